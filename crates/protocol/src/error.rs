@@ -1,0 +1,106 @@
+//! The stable error codes, the one table that maps them to HTTP statuses, and the error body.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable, machine-readable error codes, shared by HTTP answers and Socket.IO acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Unparseable JSON or a wrong content type.
+    BadRequest,
+    /// No token, or a malformed, badly signed or expired one.
+    Unauthorized,
+    /// The token lacks the scope or the workspace.
+    Forbidden,
+    /// No such job or step (or one the token cannot read).
+    NotFound,
+    /// A status transition the rules refuse, or a write to a finished job.
+    InvalidTransition,
+    /// The write conflicts with the current state (a step that is not running, an id taken).
+    Conflict,
+    /// The body or a chunk is larger than the configured limit.
+    PayloadTooLarge,
+    /// A field is missing, of the wrong type, out of range or an unknown enum value.
+    InvalidPayload,
+    /// A `since` beyond the job's newest event.
+    InvalidCursor,
+    /// The database cannot be reached; nothing was written.
+    Unavailable,
+    /// Anything else; details are in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::InvalidTransition | Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::InvalidPayload | Self::InvalidCursor => 422,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::InvalidTransition => "invalid_transition",
+            Self::Conflict => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidPayload => "invalid_payload",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// `{ "code": "…", "message": "…" }`: what a client is told of an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A sentence a person can act on; never internal error text.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_code_maps_to_its_contract_status() {
+        let table = [
+            ("bad_request", 400),
+            ("unauthorized", 401),
+            ("forbidden", 403),
+            ("not_found", 404),
+            ("invalid_transition", 409),
+            ("conflict", 409),
+            ("payload_too_large", 413),
+            ("invalid_payload", 422),
+            ("unavailable", 503),
+            ("internal", 500),
+        ];
+        for (name, status) in table {
+            let code: ErrorCode = serde_json::from_value(serde_json::json!(name)).unwrap_or(ErrorCode::Internal);
+            assert_eq!((code.as_str(), code.http_status()), (name, status));
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Requests: Socket.IO subscribe payloads and the bodies of the HTTP write routes,
+//! each with its validation, so that every front door refuses bad input the same way.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::enums::{JobStatus, OutputStream, StepPhase, StepStatus, StepType};
+use crate::event::EventType;
+use crate::MAX_BATCH_EVENTS;
+
+/// A request that does not fit its schema: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The JSON path of the field (`progress`, `events[3].status`), or `body`.
+    pub field: String,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A problem with one field.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+
+    /// The same problem, under a parent path (`events[3]`).
+    pub fn within(self, parent: &str) -> Self {
+        let field = if self.field == "body" { parent.to_owned() } else { format!("{parent}.{}", self.field) };
+        Self { field, message: self.message }
+    }
+}
+
+/// A request type: parsed from JSON, then checked for what types cannot say.
+pub trait Request: DeserializeOwned {
+    /// Range and consistency checks after parsing.
+    fn validate(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+
+    /// Parses and validates `value`, naming the offending field on failure.
+    fn parse(value: Value) -> Result<Self, ValidationError> {
+        if !value.is_object() {
+            return Err(ValidationError::new("body", "must be a JSON object"));
+        }
+        let parsed: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
+            ValidationError::new(field, e.into_inner().to_string())
+        })?;
+        parsed.validate()?;
+        Ok(parsed)
+    }
+}
+
+fn check_progress(progress: i64) -> Result<(), ValidationError> {
+    if (0..=100).contains(&progress) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("progress", format!("must be an integer from 0 to 100, got {progress}")))
+    }
+}
+
+fn check_text(field: &str, text: &str, max: usize) -> Result<(), ValidationError> {
+    if text.trim().is_empty() {
+        Err(ValidationError::new(field, "must not be empty"))
+    } else if text.len() > max {
+        Err(ValidationError::new(field, format!("must be at most {max} bytes")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a workspace id: non-empty, at most 200 bytes, no control characters.
+pub fn check_workspace_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    check_text(field, id, 200)?;
+    if id.chars().any(char::is_control) {
+        return Err(ValidationError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_count(field: &str, value: Option<i64>) -> Result<(), ValidationError> {
+    match value {
+        Some(n) if n < 0 => Err(ValidationError::new(field, "must be an integer ≥ 0")),
+        _ => Ok(()),
+    }
+}
+
+/// `subscribe:workspace:jobs` `{ workspaceId }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribeWorkspace {
+    /// The workspace to follow.
+    pub workspace_id: String,
+}
+
+impl Request for SubscribeWorkspace {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_workspace_id("workspaceId", &self.workspace_id)
+    }
+}
+
+/// `unsubscribe:workspace:jobs` `{ workspaceId }`.
+pub type UnsubscribeWorkspace = SubscribeWorkspace;
+
+/// `subscribe:job` `{ jobId, since? }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribeJob {
+    /// The job to follow.
+    pub job_id: Uuid,
+    /// Replay every event with `seq > since` first.
+    #[serde(default)]
+    pub since: Option<i64>,
+}
+
+impl Request for SubscribeJob {
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self.since {
+            Some(since) if since < 0 => Err(ValidationError::new("since", "must be an integer ≥ 0")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `unsubscribe:job` `{ jobId }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsubscribeJob {
+    /// The job to stop following.
+    pub job_id: Uuid,
+}
+
+impl Request for UnsubscribeJob {}
+
+/// `POST /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateJob {
+    /// A client-chosen id (creation is then idempotent); else the server makes a v7 UUID.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// The workspace the job belongs to.
+    pub workspace_id: String,
+    /// The producer's kind of job.
+    #[serde(rename = "type")]
+    pub job_type: String,
+    /// Default 0.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Any JSON object; default `{}`.
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl Request for CreateJob {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_workspace_id("workspaceId", &self.workspace_id)?;
+        check_text("type", &self.job_type, 200)
+    }
+}
+
+/// `POST /api/v1/jobs/{jobId}/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRequest {
+    /// The status to move to.
+    pub status: JobStatus,
+    /// With `completed` only.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// With `failed` or `cancelled` only.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl Request for StatusRequest {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.result.as_ref().is_some_and(|r| !r.is_null()) && self.status != JobStatus::Completed {
+            return Err(ValidationError::new("result", "is only accepted with status `completed`"));
+        }
+        if self.error.is_some() && !matches!(self.status, JobStatus::Failed | JobStatus::Cancelled) {
+            return Err(ValidationError::new("error", "is only accepted with status `failed` or `cancelled`"));
+        }
+        Ok(())
+    }
+}
+
+/// `POST …/progress` of a job or a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressRequest {
+    /// 0–100.
+    pub progress: i64,
+    /// What is happening, for people.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl Request for ProgressRequest {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_progress(self.progress)
+    }
+}
+
+/// `POST /api/v1/jobs/{jobId}/steps`: starts a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartStep {
+    /// A client-chosen id; else a v7 UUID.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// The step's name.
+    pub name: String,
+    /// Its phase.
+    pub phase: StepPhase,
+    /// Its type.
+    pub step_type: StepType,
+}
+
+impl Request for StartStep {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_text("name", &self.name, 500)
+    }
+}
+
+/// `POST …/steps/{stepId}/output`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepOutputRequest {
+    /// The text. Its size limit is the server's (`413` over it).
+    pub chunk: String,
+    /// Default `stdout`.
+    #[serde(default)]
+    pub stream: Option<OutputStream>,
+}
+
+impl Request for StepOutputRequest {}
+
+/// `POST …/steps/{stepId}/complete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompleteStep {
+    /// `completed`, `failed` or `skipped`.
+    pub status: StepStatus,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// AI input tokens.
+    #[serde(default)]
+    pub tokens_input: Option<i64>,
+    /// AI output tokens.
+    #[serde(default)]
+    pub tokens_output: Option<i64>,
+}
+
+impl Request for CompleteStep {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if !self.status.is_finished() {
+            return Err(ValidationError::new("status", "must be `completed`, `failed` or `skipped`"));
+        }
+        check_count("tokensInput", self.tokens_input)?;
+        check_count("tokensOutput", self.tokens_output)
+    }
+}
+
+/// `POST /api/v1/jobs/{jobId}/events`: a `job:event` type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomEventRequest {
+    /// One of `ai.tool_called`, `ai.tokens_used`, `ai.artifact_created`, `gate.started`, `gate.passed`, `gate.failed`.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The step it is about, if any.
+    #[serde(default)]
+    pub step_id: Option<Uuid>,
+    /// Any JSON object; default `{}`.
+    #[serde(default)]
+    pub payload: Option<Map<String, Value>>,
+}
+
+impl Request for CustomEventRequest {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.event_type.is_custom() {
+            Ok(())
+        } else {
+            Err(ValidationError::new(
+                "type",
+                "must be one of ai.tool_called, ai.tokens_used, ai.artifact_created, gate.started, gate.passed, gate.failed",
+            ))
+        }
+    }
+}
+
+/// The kinds of write a batch item can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchKind {
+    /// Like `POST /jobs/{id}/status`.
+    Status,
+    /// Like `POST /jobs/{id}/progress`.
+    Progress,
+    /// Like `POST /jobs/{id}/steps`.
+    Step,
+    /// Like `POST …/steps/{stepId}/progress`.
+    StepProgress,
+    /// Like `POST …/steps/{stepId}/output`.
+    Output,
+    /// Like `POST …/steps/{stepId}/complete`.
+    StepComplete,
+    /// Like `POST /jobs/{id}/events`.
+    Event,
+}
+
+/// One parsed batch item: which job, and the write with its route's body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchItem {
+    /// Status change of `job_id`.
+    Status(Uuid, StatusRequest),
+    /// Job progress.
+    Progress(Uuid, ProgressRequest),
+    /// Start a step.
+    Step(Uuid, StartStep),
+    /// Step progress of (job, step).
+    StepProgress(Uuid, Uuid, ProgressRequest),
+    /// Step output of (job, step).
+    Output(Uuid, Uuid, StepOutputRequest),
+    /// Step completion of (job, step).
+    StepComplete(Uuid, Uuid, CompleteStep),
+    /// A `job:event`.
+    Event(Uuid, CustomEventRequest),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemHead {
+    job_id: Uuid,
+    kind: BatchKind,
+    #[serde(default)]
+    step_id: Option<Uuid>,
+}
+
+impl Request for ItemHead {}
+
+impl BatchItem {
+    /// Parses one item of a batch: `{ jobId, kind, stepId?, …body of the route }`.
+    pub fn parse(value: Value) -> Result<Self, ValidationError> {
+        let head = ItemHead::parse(value.clone())?;
+        let step = || head.step_id.ok_or_else(|| ValidationError::new("stepId", "is required for this kind"));
+        let job = head.job_id;
+        Ok(match head.kind {
+            BatchKind::Status => Self::Status(job, StatusRequest::parse(value)?),
+            BatchKind::Progress => Self::Progress(job, ProgressRequest::parse(value)?),
+            BatchKind::Step => Self::Step(job, StartStep::parse(value)?),
+            BatchKind::StepProgress => Self::StepProgress(job, step()?, ProgressRequest::parse(value)?),
+            BatchKind::Output => Self::Output(job, step()?, StepOutputRequest::parse(value)?),
+            BatchKind::StepComplete => Self::StepComplete(job, step()?, CompleteStep::parse(value)?),
+            BatchKind::Event => Self::Event(job, CustomEventRequest::parse(value)?),
+        })
+    }
+
+    /// The job the item writes to.
+    pub fn job_id(&self) -> Uuid {
+        match self {
+            Self::Status(j, _) | Self::Progress(j, _) | Self::Step(j, _) | Self::Event(j, _) => *j,
+            Self::StepProgress(j, ..) | Self::Output(j, ..) | Self::StepComplete(j, ..) => *j,
+        }
+    }
+}
+
+/// `POST /api/v1/events/batch` `{ events: [...] }`, at most [`MAX_BATCH_EVENTS`] items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRequest {
+    /// The items, in request order.
+    pub events: Vec<BatchItem>,
+}
+
+impl BatchRequest {
+    /// Parses a whole batch; the first bad item refuses it all, naming `events[i].field`.
+    pub fn parse(value: Value) -> Result<Self, ValidationError> {
+        let Value::Object(mut body) = value else {
+            return Err(ValidationError::new("body", "must be a JSON object"));
+        };
+        let Some(Value::Array(items)) = body.remove("events") else {
+            return Err(ValidationError::new("events", "must be an array of events"));
+        };
+        if items.is_empty() {
+            return Err(ValidationError::new("events", "must hold at least one event"));
+        }
+        if items.len() > MAX_BATCH_EVENTS {
+            return Err(ValidationError::new("events", format!("must hold at most {MAX_BATCH_EVENTS} events, got {}", items.len())));
+        }
+        let events = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| BatchItem::parse(item).map_err(|e| e.within(&format!("events[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { events })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let err = SubscribeJob::parse(json!({})).err();
+        assert_eq!(err.map(|e| e.message.contains("jobId")), Some(true));
+    }
+
+    #[test]
+    fn a_negative_or_textual_since_is_refused() {
+        let job = Uuid::from_u128(1).to_string();
+        assert_eq!(SubscribeJob::parse(json!({ "jobId": job, "since": -1 })).err().map(|e| e.field), Some("since".into()));
+        assert_eq!(SubscribeJob::parse(json!({ "jobId": job, "since": "x" })).err().map(|e| e.field), Some("since".into()));
+        assert!(SubscribeJob::parse(json!({ "jobId": job, "since": 0 })).is_ok());
+    }
+
+    #[test]
+    fn progress_out_of_range_is_refused() {
+        assert!(ProgressRequest::parse(json!({ "progress": 101 })).is_err());
+        assert!(ProgressRequest::parse(json!({ "progress": -1 })).is_err());
+        assert!(ProgressRequest::parse(json!({ "progress": 100, "message": "done" })).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_enum_value_is_refused_with_its_field() {
+        let err = StartStep::parse(json!({ "name": "x", "phase": "warmup", "stepType": "command" })).err();
+        assert_eq!(err.map(|e| e.field), Some("phase".into()));
+    }
+
+    #[test]
+    fn a_result_with_a_failed_status_is_refused() {
+        assert!(StatusRequest::parse(json!({ "status": "failed", "result": 1 })).is_err());
+        assert!(StatusRequest::parse(json!({ "status": "completed", "result": { "a": 1 } })).is_ok());
+    }
+
+    #[test]
+    fn a_batch_names_the_bad_item() {
+        let job = Uuid::from_u128(1).to_string();
+        let err = BatchRequest::parse(json!({ "events": [
+            { "jobId": job, "kind": "progress", "progress": 5 },
+            { "jobId": job, "kind": "output", "chunk": "x" }
+        ] }))
+        .err();
+        assert_eq!(err.map(|e| e.field), Some("events[1].stepId".into()));
+    }
+
+    #[test]
+    fn a_batch_parses_every_kind_in_order() {
+        let job = Uuid::from_u128(1).to_string();
+        let step = Uuid::from_u128(2).to_string();
+        let batch = BatchRequest::parse(json!({ "events": [
+            { "jobId": job, "kind": "status", "status": "queued" },
+            { "jobId": job, "kind": "step", "id": step, "name": "a", "phase": "setup", "stepType": "command" },
+            { "jobId": job, "kind": "step_progress", "stepId": step, "progress": 5 },
+            { "jobId": job, "kind": "output", "stepId": step, "chunk": "x" },
+            { "jobId": job, "kind": "step_complete", "stepId": step, "status": "completed" },
+            { "jobId": job, "kind": "progress", "progress": 50 },
+            { "jobId": job, "kind": "event", "type": "gate.passed", "payload": { "gate": "lint" } }
+        ] }));
+        assert_eq!(batch.map(|b| b.events.len()).ok(), Some(7));
+    }
+
+    #[test]
+    fn a_custom_event_must_be_a_job_event_type() {
+        assert!(CustomEventRequest::parse(json!({ "type": "job.completed" })).is_err());
+        assert!(CustomEventRequest::parse(json!({ "type": "ai.tool_called", "payload": { "tool": "grep" } })).is_ok());
+    }
+}

@@ -1,0 +1,105 @@
+// Socket.IO subscription tests: refused subscriptions and their error codes,
+// and unsubscribing (CONTRACT §3).
+'use strict';
+
+const assert = require('node:assert/strict');
+const { randomUUID } = require('node:crypto');
+const { describe, it, before, after } = require('node:test');
+const {
+  api, assertAckError, collect, connect, emitAck, mintToken, skipReason, sleep, useServer,
+} = require('./harness');
+
+describe('subscribing over Socket.IO', { skip: skipReason(), timeout: 120_000 }, () => {
+  const ctx = useServer();
+  const ownWorkspace = randomUUID();
+  const otherWorkspace = randomUUID();
+  let socket;
+  let producer;
+  let ownJob;
+  let otherJob;
+
+  before(async () => {
+    const { secret, url } = ctx.server;
+    producer = api(url, mintToken(secret, { workspaces: [ownWorkspace, otherWorkspace], scope: 'publish' }));
+    ownJob = (await producer.createJob({ workspaceId: ownWorkspace, type: 'e2e.subscribe' })).body;
+    otherJob = (await producer.createJob({ workspaceId: otherWorkspace, type: 'e2e.subscribe' })).body;
+    socket = await connect(url, mintToken(secret, { workspaces: [ownWorkspace], scope: 'subscribe' }));
+  });
+
+  after(() => socket && socket.close());
+
+  it('refuses a workspace the token does not name with forbidden', async () => {
+    const ack = await emitAck(socket, 'subscribe:workspace:jobs', { workspaceId: otherWorkspace });
+    assertAckError(ack, 'forbidden');
+  });
+
+  it('refuses an unknown job with not_found', async () => {
+    const ack = await emitAck(socket, 'subscribe:job', { jobId: randomUUID() });
+    assertAckError(ack, 'not_found');
+  });
+
+  it('refuses a job of a workspace the token cannot read with not_found', async () => {
+    const ack = await emitAck(socket, 'subscribe:job', { jobId: otherJob.id });
+    assertAckError(ack, 'not_found');
+  });
+
+  const badPayloads = [
+    ['subscribe:job', 'a payload without jobId', () => ({})],
+    ['subscribe:job', 'a jobId that is not a string', () => ({ jobId: 42 })],
+    ['subscribe:job', 'since: -1', () => ({ jobId: ownJob.id, since: -1 })],
+    ['subscribe:job', "since: 'x'", () => ({ jobId: ownJob.id, since: 'x' })],
+    ['subscribe:job', 'since: 1.5', () => ({ jobId: ownJob.id, since: 1.5 })],
+    ['subscribe:workspace:jobs', 'a payload without workspaceId', () => ({})],
+    ['subscribe:workspace:jobs', 'a workspaceId that is not a string', () => ({ workspaceId: 7 })],
+  ];
+  for (const [event, description, payload] of badPayloads) {
+    it(`refuses ${event} with ${description} as invalid_payload`, async () => {
+      const ack = await emitAck(socket, event, payload());
+      assertAckError(ack, 'invalid_payload');
+    });
+  }
+
+  it('refuses since greater than the last seq with invalid_cursor', async () => {
+    const ack = await emitAck(socket, 'subscribe:job', { jobId: ownJob.id, since: ownJob.lastSeq + 1 });
+    assertAckError(ack, 'invalid_cursor');
+  });
+
+  it('accepts the job and workspace the token can read', async () => {
+    const jobAck = await emitAck(socket, 'subscribe:job', { jobId: ownJob.id });
+    const workspaceAck = await emitAck(socket, 'subscribe:workspace:jobs', { workspaceId: ownWorkspace });
+    assert.equal(jobAck.ok, true, JSON.stringify(jobAck));
+    assert.equal(jobAck.room, `job:${ownJob.id}`);
+    assert.equal(workspaceAck.ok, true, JSON.stringify(workspaceAck));
+    assert.deepEqual(workspaceAck.jobs.map((job) => job.id), [ownJob.id]);
+  });
+
+  it('stops delivering a job after unsubscribe:job and unsubscribe:workspace:jobs', async () => {
+    const { secret, url } = ctx.server;
+    const token = mintToken(secret, { workspaces: [ownWorkspace], scope: 'subscribe' });
+    const leaving = await connect(url, token);
+    const staying = await connect(url, token);
+    try {
+      const job = (await producer.createJob({ workspaceId: ownWorkspace, type: 'e2e.unsubscribe' })).body;
+      for (const s of [leaving, staying]) {
+        assert.equal((await emitAck(s, 'subscribe:job', { jobId: job.id })).ok, true);
+        assert.equal((await emitAck(s, 'subscribe:workspace:jobs', { workspaceId: ownWorkspace })).ok, true);
+      }
+      const left = collect(leaving);
+      const stayed = collect(staying);
+
+      const jobAck = await emitAck(leaving, 'unsubscribe:job', { jobId: job.id });
+      const workspaceAck = await emitAck(leaving, 'unsubscribe:workspace:jobs', { workspaceId: ownWorkspace });
+      assert.equal((await producer.setStatus(job.id, { status: 'queued' })).status, 200);
+      await stayed.waitFor(1);
+      await sleep(300);
+
+      assert.deepEqual(jobAck, { ok: true });
+      assert.deepEqual(workspaceAck, { ok: true });
+      assert.equal(stayed.events.length, 1);
+      assert.deepEqual(left.events, []);
+    } finally {
+      leaving.close();
+      staying.close();
+    }
+  });
+});
