@@ -1,1 +1,18 @@
-//! placeholder
+//! jobstream-migrations: the database schema, as ordered sea-orm migrations.
+//!
+//! A migration that has shipped is never edited: a change is a new migration.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_jobs;
+
+/// Every migration, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_jobs::Migration)]
+    }
+}

@@ -205,17 +205,23 @@ async function spawnServer({ databaseUrl } = {}) {
 }
 
 // Registers hooks that give the enclosing describe() its own server, print the
-// server output after a failed test, and clean up afterwards. The returned
-// object is filled in by the `before` hook.
+// server output after a failed test (or when a later `before` hook failed and
+// no test ran), and clean up afterwards. The returned object is filled in by
+// the `before` hook.
 function useServer() {
   const ctx = { server: null };
+  let testsRun = 0;
+  const printOutput = (why) => process.stderr.write(`--- server output (${why}) ---\n${ctx.server.output()}\n`);
   before(async () => { ctx.server = await spawnServer(); }, { timeout: READY_TIMEOUT_MS + 10_000 });
   afterEach((t) => {
-    if (t.passed === false && ctx.server) {
-      process.stderr.write(`--- server output after "${t.name}" failed ---\n${ctx.server.output()}\n`);
-    }
+    testsRun += 1;
+    if (t.passed === false && ctx.server) printOutput(`"${t.name}" failed`);
   });
-  after(async () => { if (ctx.server) await ctx.server.close(); }, { timeout: 15_000 });
+  after(async () => {
+    if (!ctx.server) return;
+    if (testsRun === 0) printOutput('no test ran');
+    await ctx.server.close();
+  }, { timeout: 15_000 });
   return ctx;
 }
 

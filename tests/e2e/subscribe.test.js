@@ -20,7 +20,7 @@ describe('subscribing over Socket.IO', { skip: skipReason(), timeout: 120_000 },
 
   before(async () => {
     const { secret, url } = ctx.server;
-    producer = api(url, mintToken(secret, { workspaces: [ownWorkspace, otherWorkspace], scope: 'publish' }));
+    producer = api(url, mintToken(secret, { workspaces: [ownWorkspace, otherWorkspace] }));
     ownJob = (await producer.createJob({ workspaceId: ownWorkspace, type: 'e2e.subscribe' })).body;
     otherJob = (await producer.createJob({ workspaceId: otherWorkspace, type: 'e2e.subscribe' })).body;
     socket = await connect(url, mintToken(secret, { workspaces: [ownWorkspace], scope: 'subscribe' }));

@@ -167,6 +167,16 @@ impl Subscriptions {
         self.cursors.iter().map(|(job, c)| (*job, c.seq)).collect()
     }
 
+    /// The active job subscriptions.
+    pub fn active_jobs(&self) -> Vec<Uuid> {
+        self.jobs.iter().filter(|(_, s)| **s == State::Active).map(|(j, _)| *j).collect()
+    }
+
+    /// Whether a subscription is still being set up.
+    pub fn has_pending(&self) -> bool {
+        self.jobs.values().chain(self.workspaces.values()).any(|s| *s == State::Pending)
+    }
+
     /// The active workspace subscriptions.
     pub fn active_workspaces(&self) -> Vec<Arc<str>> {
         self.workspaces.iter().filter(|(_, s)| **s == State::Active).map(|(w, _)| w.clone()).collect()

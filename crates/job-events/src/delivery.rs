@@ -1,0 +1,615 @@
+//! Delivery: committed events to subscribers, per job in `seq` order, each once, without gaps.
+//!
+//! Each node has one [`Hub`]. A subscriber (a Socket.IO socket, an SSE stream)
+//! gets a [`Subscriber`] handle and a worker task that owns its
+//! [`Subscriptions`] (its cursor per job). The hub indexes subscribers by room;
+//! a committed event is offered to the mailbox of every subscriber whose rooms
+//! cover it — once, even when two of its rooms do. The worker classifies each
+//! event against the cursor:
+//! - the next `seq` is sent;
+//! - an older one is a duplicate and dropped;
+//! - a later one shows a gap (writers committed out of order, a mailbox
+//!   overflowed, a bus message was lost): the worker reads the missing events
+//!   from the database — every event below a committed `seq` is committed —
+//!   in pages, sends them in order, then goes on.
+//!
+//! Memory stays bounded: a mailbox holds at most `queue_limit` events; past
+//! that, the hub stops queueing for that subscriber and asks it to
+//! resynchronise from the database once it has caught up. A subscriber whose
+//! outlet stays full for `stall_timeout` is closed; its client reconnects and
+//! resumes with `since`. Subscribing registers the room before the snapshot is
+//! read, and the ack is sent by the worker before anything it announces.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jobstream_protocol::{JobSnapshot, Room};
+use jobstream_rooms::{EventKey, Subscriptions, Verdict};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::error::ReadError;
+use crate::sink::{Committed, EventSink};
+use crate::store::{EventStore, WorkspaceSnapshot};
+
+/// Where a subscriber's events go.
+pub trait Outlet: Send + Sync + 'static {
+    /// Sends one event without waiting. [`OutletError::Full`] means: try again later.
+    fn try_send(&self, event: &Committed) -> Result<(), OutletError>;
+    /// Ends the connection (the client may reconnect and resume).
+    fn close(&self);
+}
+
+/// Why an outlet did not take an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutletError {
+    /// Its buffer is full.
+    Full,
+    /// It is gone.
+    Closed,
+}
+
+/// Sends a subscription's announcement (a Socket.IO ack, an SSE snapshot frame)
+/// from the worker, so that it goes out before any event it announces.
+pub type Announce = Box<dyn FnOnce() -> Result<(), OutletError> + Send>;
+
+/// Delivery limits.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Events a subscriber's mailbox holds before it switches to catching up from the database.
+    pub queue_limit: usize,
+    /// Events held for subscriptions being set up.
+    pub pending_limit: usize,
+    /// Events read per page when catching up or replaying.
+    pub page_size: u64,
+    /// How long an outlet may stay full before the subscriber is closed.
+    pub stall_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self { queue_limit: 1024, pending_limit: 4096, page_size: 500, stall_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Counters for operators.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Events sent to outlets.
+    pub delivered: AtomicU64,
+    /// Catch-up reads from the database (gaps, replays, resynchronisations).
+    pub catch_ups: AtomicU64,
+    /// Mailboxes that overflowed.
+    pub overflows: AtomicU64,
+    /// Subscribers closed because their outlet stayed full.
+    pub stalls: AtomicU64,
+}
+
+/// The per-node delivery hub. Cheap to clone. It is the [`EventSink`] of the writer.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+struct HubInner {
+    store: EventStore,
+    config: DeliveryConfig,
+    index: RwLock<Index>,
+    next_id: AtomicU64,
+    stats: DeliveryStats,
+}
+
+#[derive(Default)]
+struct Index {
+    by_job: HashMap<Uuid, HashSet<u64>>,
+    by_workspace: HashMap<String, HashSet<u64>>,
+    mailboxes: HashMap<u64, Arc<Mailbox>>,
+}
+
+impl Index {
+    fn add(&mut self, id: u64, room: &Room) {
+        match room {
+            Room::Job(job) => self.by_job.entry(*job).or_default().insert(id),
+            Room::Workspace(ws) => self.by_workspace.entry(ws.clone()).or_default().insert(id),
+        };
+    }
+
+    fn remove(&mut self, id: u64, room: &Room) {
+        fn drop_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<u64>>, key: &K, id: u64) {
+            if let Some(set) = map.get_mut(key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        match room {
+            Room::Job(job) => drop_from(&mut self.by_job, job, id),
+            Room::Workspace(ws) => drop_from(&mut self.by_workspace, ws, id),
+        }
+    }
+}
+
+struct Mailbox {
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Events in the channel: bounded by `queue_limit`, commands are not counted.
+    queued: AtomicUsize,
+    /// Set when an event was not queued; cleared by the worker when it resynchronises.
+    overflowed: AtomicBool,
+}
+
+impl Mailbox {
+    fn offer(&self, event: &Arc<Committed>, limit: usize, stats: &DeliveryStats) {
+        if self.queued.load(Ordering::Acquire) >= limit {
+            if !self.overflowed.swap(true, Ordering::AcqRel) {
+                stats.overflows.fetch_add(1, Ordering::Relaxed);
+                let _ = self.tx.send(Msg::Resync);
+            }
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(Msg::Event(event.clone())).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+enum Msg {
+    Event(Arc<Committed>),
+    Resync,
+    Begin(Room),
+    Abort(Room),
+    ActivateJob { job_id: Uuid, workspace_id: String, last_seq: i64, since: Option<i64>, announce: Announce },
+    ActivateWorkspace { workspace_id: String, cursors: Vec<(Uuid, i64)>, announce: Announce },
+    Unsubscribe(Room),
+    Close,
+}
+
+impl Hub {
+    /// A hub reading catch-ups from `store`.
+    pub fn new(store: EventStore, config: DeliveryConfig) -> Self {
+        let inner = HubInner { store, config, index: RwLock::default(), next_id: AtomicU64::new(1), stats: DeliveryStats::default() };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.inner.stats
+    }
+
+    /// (subscribers, job rooms, workspace rooms) currently indexed.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        (index.mailboxes.len(), index.by_job.len(), index.by_workspace.len())
+    }
+
+    /// Registers a subscriber and starts its worker.
+    pub fn subscriber(&self, outlet: Arc<dyn Outlet>) -> Subscriber {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Arc::new(Mailbox { tx, queued: AtomicUsize::new(0), overflowed: AtomicBool::new(false) });
+        self.write_index().mailboxes.insert(id, mailbox.clone());
+        let worker = Worker {
+            id,
+            hub: self.clone(),
+            mailbox: mailbox.clone(),
+            outlet,
+            subs: Subscriptions::default(),
+            pending: Vec::new(),
+            pending_overflow: false,
+        };
+        tokio::spawn(worker.run(rx));
+        Subscriber { id, hub: self.clone(), mailbox, rooms: tokio::sync::Mutex::new(HashSet::new()) }
+    }
+
+    /// Offers committed events to the subscribers whose rooms cover them.
+    pub fn dispatch(&self, events: &[Arc<Committed>]) {
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        let limit = self.inner.config.queue_limit;
+        for event in events {
+            let by_job = index.by_job.get(&event.event.job_id);
+            let by_ws = index.by_workspace.get(&event.event.workspace_id);
+            let mut offer = |id: &u64| {
+                if let Some(mailbox) = index.mailboxes.get(id) {
+                    mailbox.offer(event, limit, &self.inner.stats);
+                }
+            };
+            match (by_job, by_ws) {
+                (Some(a), Some(b)) => a.union(b).for_each(&mut offer),
+                (Some(a), None) | (None, Some(a)) => a.iter().for_each(&mut offer),
+                (None, None) => {}
+            }
+        }
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.inner.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget(&self, id: u64) {
+        let mut index = self.write_index();
+        index.mailboxes.remove(&id);
+        index.by_job.retain(|_, set| {
+            set.remove(&id);
+            !set.is_empty()
+        });
+        index.by_workspace.retain(|_, set| {
+            set.remove(&id);
+            !set.is_empty()
+        });
+    }
+}
+
+impl EventSink for Hub {
+    fn publish(&self, events: &[Arc<Committed>]) {
+        self.dispatch(events);
+    }
+}
+
+/// Why a subscription was refused. Nothing stays registered.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError<E> {
+    /// The caller's check refused it (its own error, e.g. forbidden).
+    #[error("refused")]
+    Refused(E),
+    /// No such job.
+    #[error("not found")]
+    NotFound,
+    /// `since` is beyond the job's newest event.
+    #[error("since {since} is beyond the job's last seq {last_seq}")]
+    InvalidCursor {
+        /// What was asked.
+        since: i64,
+        /// The job's newest seq.
+        last_seq: i64,
+    },
+    /// The snapshot could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// One subscriber's handle: subscribe, unsubscribe, close.
+pub struct Subscriber {
+    id: u64,
+    hub: Hub,
+    mailbox: Arc<Mailbox>,
+    /// The rooms registered in the hub index. Its lock also serialises this
+    /// subscriber's subscribe and unsubscribe calls.
+    rooms: tokio::sync::Mutex<HashSet<Room>>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    fn send(&self, msg: Msg) {
+        let _ = self.mailbox.tx.send(msg);
+    }
+
+    /// Registers `room` (if new) so that events committed from now on reach the worker.
+    fn begin(&self, rooms: &HashSet<Room>, room: &Room) -> bool {
+        let fresh = !rooms.contains(room);
+        if fresh {
+            self.hub.write_index().add(self.id, room);
+        }
+        self.send(Msg::Begin(room.clone()));
+        fresh
+    }
+
+    fn abort(&self, fresh: bool, room: Room) {
+        if fresh {
+            self.hub.write_index().remove(self.id, &room);
+        }
+        self.send(Msg::Abort(room));
+    }
+
+    /// Subscribes to a job. `check` sees the snapshot first (workspace access);
+    /// `announce` builds the ack from it. After the announcement, the outlet
+    /// gets every event with `seq > since` (or `> lastSeq` without `since`).
+    pub async fn subscribe_job<E>(
+        &self,
+        job_id: Uuid,
+        since: Option<i64>,
+        check: impl FnOnce(&JobSnapshot) -> Result<(), E>,
+        announce: impl FnOnce(JobSnapshot) -> Announce,
+    ) -> Result<(), SubscribeError<E>> {
+        let mut rooms = self.rooms.lock().await;
+        let room = Room::Job(job_id);
+        let fresh = self.begin(&rooms, &room);
+        let job = match self.hub.inner.store.job(job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                self.abort(fresh, room);
+                return Err(SubscribeError::NotFound);
+            }
+            Err(err) => {
+                self.abort(fresh, room);
+                return Err(err.into());
+            }
+        };
+        if let Err(err) = check(&job) {
+            self.abort(fresh, room);
+            return Err(SubscribeError::Refused(err));
+        }
+        if let Some(since) = since.filter(|s| *s > job.last_seq) {
+            self.abort(fresh, room);
+            return Err(SubscribeError::InvalidCursor { since, last_seq: job.last_seq });
+        }
+        rooms.insert(room);
+        let (workspace_id, last_seq) = (job.workspace_id.clone(), job.last_seq);
+        self.send(Msg::ActivateJob { job_id, workspace_id, last_seq, since, announce: announce(job) });
+        Ok(())
+    }
+
+    /// Subscribes to a workspace (access must be checked before). `announce`
+    /// builds the ack from the snapshot; after it, the outlet gets every event
+    /// committed after the snapshot, for every job of the workspace.
+    pub async fn subscribe_workspace(
+        &self,
+        workspace_id: &str,
+        announce: impl FnOnce(Vec<JobSnapshot>) -> Announce,
+    ) -> Result<(), SubscribeError<std::convert::Infallible>> {
+        let mut rooms = self.rooms.lock().await;
+        let room = Room::Workspace(workspace_id.to_owned());
+        let fresh = self.begin(&rooms, &room);
+        match self.hub.inner.store.workspace_snapshot(workspace_id).await {
+            Ok(WorkspaceSnapshot { jobs, cursors }) => {
+                rooms.insert(room);
+                let announce = announce(jobs);
+                self.send(Msg::ActivateWorkspace { workspace_id: workspace_id.to_owned(), cursors, announce });
+                Ok(())
+            }
+            Err(err) => {
+                self.abort(fresh, room);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Ends a subscription; returns whether there was one.
+    pub async fn unsubscribe(&self, room: Room) -> bool {
+        let mut rooms = self.rooms.lock().await;
+        let existed = rooms.remove(&room);
+        if existed {
+            self.hub.write_index().remove(self.id, &room);
+            self.send(Msg::Unsubscribe(room));
+        }
+        existed
+    }
+
+    /// Ends every subscription and stops the worker.
+    pub fn close(&self) {
+        self.hub.forget(self.id);
+        self.send(Msg::Close);
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The worker stops: its outlet is gone, or it was closed.
+struct Stop;
+
+struct Worker {
+    id: u64,
+    hub: Hub,
+    mailbox: Arc<Mailbox>,
+    outlet: Arc<dyn Outlet>,
+    subs: Subscriptions,
+    /// Events for subscriptions being set up, classified again at activation.
+    pending: Vec<Arc<Committed>>,
+    /// Some pending events were dropped: resynchronise at activation.
+    pending_overflow: bool,
+}
+
+fn key(event: &Committed) -> EventKey<'_> {
+    EventKey { job_id: event.event.job_id, workspace_id: &event.event.workspace_id, seq: event.event.seq }
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        while let Some(msg) = rx.recv().await {
+            if self.handle(msg).await.is_err() {
+                break;
+            }
+        }
+        self.outlet.close();
+        self.hub.forget(self.id);
+    }
+
+    async fn handle(&mut self, msg: Msg) -> Result<(), Stop> {
+        match msg {
+            Msg::Event(event) => {
+                self.mailbox.queued.fetch_sub(1, Ordering::AcqRel);
+                self.offer(event).await
+            }
+            Msg::Resync => {
+                self.mailbox.overflowed.store(false, Ordering::Release);
+                self.resync().await
+            }
+            Msg::Begin(Room::Job(job)) => {
+                self.subs.begin_job(job);
+                Ok(())
+            }
+            Msg::Begin(Room::Workspace(ws)) => {
+                self.subs.begin_workspace(&ws);
+                Ok(())
+            }
+            Msg::Abort(room) => {
+                match room {
+                    Room::Job(job) => self.subs.abort_job(job),
+                    Room::Workspace(ws) => self.subs.abort_workspace(&ws),
+                }
+                self.settle_pending().await
+            }
+            Msg::ActivateJob { job_id, workspace_id, last_seq, since, announce } => {
+                let cursor = self.subs.activate_job(job_id, &workspace_id, last_seq, since);
+                self.announce(announce)?;
+                self.settle_pending().await?;
+                if cursor < last_seq {
+                    self.catch_up(job_id).await?;
+                }
+                Ok(())
+            }
+            Msg::ActivateWorkspace { workspace_id, cursors, announce } => {
+                self.subs.activate_workspace(&workspace_id, cursors);
+                self.announce(announce)?;
+                self.settle_pending().await
+            }
+            Msg::Unsubscribe(Room::Job(job)) => {
+                self.subs.unsubscribe_job(job);
+                Ok(())
+            }
+            Msg::Unsubscribe(Room::Workspace(ws)) => {
+                self.subs.unsubscribe_workspace(&ws);
+                Ok(())
+            }
+            Msg::Close => Err(Stop),
+        }
+    }
+
+    fn announce(&self, announce: Announce) -> Result<(), Stop> {
+        announce().map_err(|err| {
+            tracing::debug!(subscriber = self.id, ?err, "subscription announcement not sent; closing");
+            Stop
+        })
+    }
+
+    /// Classifies the held events again now that a subscription changed state.
+    async fn settle_pending(&mut self) -> Result<(), Stop> {
+        for event in std::mem::take(&mut self.pending) {
+            self.offer(event).await?;
+        }
+        if self.pending_overflow {
+            self.resync().await?;
+            self.pending_overflow = self.subs.has_pending();
+        }
+        if !self.subs.has_pending() {
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+
+    async fn offer(&mut self, event: Arc<Committed>) -> Result<(), Stop> {
+        match self.subs.classify(key(&event)) {
+            Verdict::Ignore | Verdict::Duplicate => Ok(()),
+            Verdict::Pending => {
+                if self.pending.len() < self.hub.inner.config.pending_limit {
+                    self.pending.push(event);
+                } else {
+                    self.pending_overflow = true;
+                }
+                Ok(())
+            }
+            Verdict::Deliver => self.deliver(&event).await,
+            Verdict::Gap { .. } => {
+                self.catch_up(event.event.job_id).await?;
+                if self.subs.classify(key(&event)) == Verdict::Deliver {
+                    self.deliver(&event).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn deliver(&mut self, event: &Committed) -> Result<(), Stop> {
+        let config = &self.hub.inner.config;
+        let mut waited = Duration::ZERO;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self.outlet.try_send(event) {
+                Ok(()) => break,
+                Err(OutletError::Closed) => return Err(Stop),
+                Err(OutletError::Full) if waited >= config.stall_timeout => {
+                    self.hub.inner.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(subscriber = self.id, "subscriber stopped reading for {waited:?}; closing it");
+                    return Err(Stop);
+                }
+                Err(OutletError::Full) => {
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+        self.subs.advance(key(event));
+        self.hub.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends a job's committed events after its cursor, page by page, until the
+    /// database has no more.
+    async fn catch_up(&mut self, job_id: Uuid) -> Result<(), Stop> {
+        let page_size = self.hub.inner.config.page_size;
+        self.hub.inner.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let cursor = self.subs.cursor(job_id).unwrap_or(0);
+            let page = self.read(|store| async move { store.events_after(job_id, cursor, page_size).await }).await?;
+            let full = page.len() as u64 == page_size;
+            for event in page {
+                match self.subs.classify(key(&event)) {
+                    Verdict::Deliver => self.deliver(&event).await?,
+                    Verdict::Duplicate => {}
+                    // Unsubscribed meanwhile, or a hole in the table: nothing more to send.
+                    _ => return Ok(()),
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// After dropped events: compares every followed job with the database and catches up.
+    async fn resync(&mut self) -> Result<(), Stop> {
+        let mut behind: HashSet<Uuid> = self.subs.active_jobs().into_iter().collect();
+        for workspace in self.subs.active_workspaces() {
+            let cursors = self
+                .read(|store| {
+                    let ws = workspace.clone();
+                    async move { store.workspace_cursors(&ws).await }
+                })
+                .await?;
+            behind.extend(
+                cursors.into_iter().filter(|(job, last)| *last > self.subs.cursor(*job).unwrap_or(0)).map(|(job, _)| job),
+            );
+        }
+        for job in behind {
+            self.catch_up(job).await?;
+        }
+        Ok(())
+    }
+
+    /// A database read, retried while the database is unavailable (the subscriber
+    /// is closed if it stays so: its client resumes with `since` later).
+    async fn read<T, F, Fut>(&self, op: F) -> Result<T, Stop>
+    where
+        F: Fn(EventStore) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ReadError>>,
+    {
+        for attempt in 0..5u32 {
+            match op(self.hub.inner.store.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(err) => {
+                    tracing::warn!(subscriber = self.id, attempt, error = %err, source = ?std::error::Error::source(&err), "catch-up read failed");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+        Err(Stop)
+    }
+}

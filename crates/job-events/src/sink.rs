@@ -1,0 +1,41 @@
+//! Where committed events go: the [`EventSink`] trait and the encoded-once event.
+
+use std::sync::Arc;
+
+use jobstream_protocol::Event;
+use serde_json::value::RawValue;
+
+/// A committed event with its JSON encoded once, shared by every subscriber.
+#[derive(Debug)]
+pub struct Committed {
+    /// The event.
+    pub event: Event,
+    /// `event` as JSON: what Socket.IO payloads, HTTP answers and SSE frames carry.
+    pub json: Box<RawValue>,
+}
+
+impl Committed {
+    /// Encodes an event.
+    pub fn new(event: Event) -> Result<Self, serde_json::Error> {
+        let json = RawValue::from_string(serde_json::to_string(&event)?)?;
+        Ok(Self { event, json })
+    }
+}
+
+/// Receives events after their transaction committed, in commit order per call.
+///
+/// A sink must not block: it is called on the writer's path. Events of one job
+/// may reach it out of `seq` order when several writers commit at once; the
+/// delivery layer puts them back in order.
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes the events of one committed transaction.
+    fn publish(&self, events: &[Arc<Committed>]);
+}
+
+/// A sink that drops everything (for tools that only write).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn publish(&self, _: &[Arc<Committed>]) {}
+}

@@ -1,0 +1,226 @@
+//! Reads: job snapshots, job lists, workspace snapshots and replay pages.
+
+use std::sync::Arc;
+
+use jobstream_protocol::{
+    Event, EventBody, EventType, JobSnapshot, JobStatus, StepPhase, StepSnapshot, StepStatus, StepType, Timestamp,
+    WORKSPACE_SNAPSHOT_LIMIT,
+};
+use sea_orm::{
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IsolationLevel,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::entity::{job_events, job_steps, jobs};
+use crate::error::ReadError;
+use crate::sink::Committed;
+
+/// Read access to the job tables. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pub(crate) db: DatabaseConnection,
+}
+
+/// A filter for [`EventStore::jobs`].
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only these workspaces; `None` for every workspace.
+    pub workspaces: Option<Vec<String>>,
+    /// Only jobs in this status.
+    pub status: Option<JobStatus>,
+    /// At most this many.
+    pub limit: u64,
+}
+
+/// What a `subscribe:workspace:jobs` needs, read in one consistent transaction.
+#[derive(Debug, Clone)]
+pub struct WorkspaceSnapshot {
+    /// The most recently updated jobs, newest first (without steps).
+    pub jobs: Vec<JobSnapshot>,
+    /// Every job of the workspace with its `lastSeq`: the subscriber needs what comes after.
+    pub cursors: Vec<(Uuid, i64)>,
+}
+
+impl EventStore {
+    /// Wraps an open connection.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Which engine is behind it.
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), ReadError> {
+        self.db.ping().await.map_err(ReadError::from)
+    }
+
+    /// A job with its steps, or `None`.
+    pub async fn job(&self, id: Uuid) -> Result<Option<JobSnapshot>, ReadError> {
+        let Some(job) = jobs::Entity::find_by_id(id).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let steps = job_steps::Entity::find()
+            .filter(job_steps::Column::JobId.eq(id))
+            .order_by_asc(job_steps::Column::Position)
+            .all(&self.db)
+            .await?;
+        let steps = steps.into_iter().map(step_snapshot).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(job_snapshot(job, Some(steps))?))
+    }
+
+    /// Jobs, newest first.
+    pub async fn jobs(&self, query: JobQuery) -> Result<Vec<JobSnapshot>, ReadError> {
+        let mut select = jobs::Entity::find();
+        if let Some(workspaces) = query.workspaces {
+            select = select.filter(jobs::Column::WorkspaceId.is_in(workspaces));
+        }
+        if let Some(status) = query.status {
+            select = select.filter(jobs::Column::Status.eq(status.as_str()));
+        }
+        let rows = select
+            .order_by_desc(jobs::Column::CreatedAt)
+            .order_by_desc(jobs::Column::Id)
+            .limit(query.limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(|j| job_snapshot(j, None)).collect()
+    }
+
+    /// The snapshot of a workspace and the cursor of each of its jobs, consistent
+    /// with each other: a subscriber that gets events after these cursors misses nothing.
+    pub async fn workspace_snapshot(&self, workspace_id: &str) -> Result<WorkspaceSnapshot, ReadError> {
+        let tx = match self.backend() {
+            DbBackend::Postgres => {
+                self.db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
+            }
+            _ => self.db.begin().await?,
+        };
+        let recent = jobs::Entity::find()
+            .filter(jobs::Column::WorkspaceId.eq(workspace_id))
+            .order_by_desc(jobs::Column::UpdatedAt)
+            .order_by_desc(jobs::Column::Id)
+            .limit(WORKSPACE_SNAPSHOT_LIMIT)
+            .all(&tx)
+            .await?;
+        let cursors = Self::cursors_in(&tx, workspace_id).await?;
+        tx.commit().await?;
+        let jobs = recent.into_iter().map(|j| job_snapshot(j, None)).collect::<Result<_, _>>()?;
+        Ok(WorkspaceSnapshot { jobs, cursors })
+    }
+
+    /// Every job of a workspace with its `lastSeq`.
+    pub async fn workspace_cursors(&self, workspace_id: &str) -> Result<Vec<(Uuid, i64)>, ReadError> {
+        Ok(Self::cursors_in(&self.db, workspace_id).await?)
+    }
+
+    async fn cursors_in(db: &impl ConnectionTrait, workspace_id: &str) -> Result<Vec<(Uuid, i64)>, DbErr> {
+        jobs::Entity::find()
+            .select_only()
+            .column(jobs::Column::Id)
+            .column(jobs::Column::LastSeq)
+            .filter(jobs::Column::WorkspaceId.eq(workspace_id))
+            .into_tuple::<(Uuid, i64)>()
+            .all(db)
+            .await
+    }
+
+    /// Up to `limit` events of a job with `seq > since`, ascending.
+    pub async fn events_after(&self, job_id: Uuid, since: i64, limit: u64) -> Result<Vec<Arc<Committed>>, ReadError> {
+        let rows = job_events::Entity::find()
+            .filter(job_events::Column::JobId.eq(job_id))
+            .filter(job_events::Column::Seq.gt(since))
+            .order_by_asc(job_events::Column::Seq)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let event = stored_event(row)?;
+                Committed::new(event).map(Arc::new).map_err(|e| corrupt(format!("event cannot be encoded: {e}")))
+            })
+            .collect()
+    }
+
+    /// The `lastSeq` of a job, or `None` if it does not exist.
+    pub async fn last_seq(&self, job_id: Uuid) -> Result<Option<i64>, ReadError> {
+        Ok(jobs::Entity::find_by_id(job_id)
+            .select_only()
+            .column(jobs::Column::LastSeq)
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?)
+    }
+}
+
+fn corrupt(message: String) -> ReadError {
+    ReadError::Internal(DbErr::Custom(message))
+}
+
+fn parse<T>(what: &str, text: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, ReadError> {
+    parse(text).ok_or_else(|| corrupt(format!("stored {what} {text:?} is not valid")))
+}
+
+/// A stored row as the wire event.
+pub(crate) fn stored_event(row: job_events::Model) -> Result<Event, ReadError> {
+    let event_type = parse("event type", &row.event_type, EventType::parse)?;
+    let body = EventBody::from_stored(event_type, row.data)
+        .map_err(|e| corrupt(format!("event {} has invalid data: {e}", row.id)))?;
+    Ok(Event {
+        event_id: row.id,
+        seq: row.seq,
+        event_type,
+        job_id: row.job_id,
+        workspace_id: row.workspace_id,
+        step_id: row.step_id,
+        timestamp: row.created_at.into(),
+        body,
+    })
+}
+
+/// A job row as its snapshot.
+pub(crate) fn job_snapshot(job: jobs::Model, steps: Option<Vec<StepSnapshot>>) -> Result<JobSnapshot, ReadError> {
+    Ok(JobSnapshot {
+        id: job.id,
+        workspace_id: job.workspace_id,
+        job_type: job.job_type,
+        status: parse("job status", &job.status, JobStatus::parse)?,
+        priority: job.priority,
+        progress: u8::try_from(job.progress).unwrap_or(0),
+        metadata: job.metadata,
+        result: job.result,
+        error: job.error,
+        created_at: job.created_at.into(),
+        updated_at: job.updated_at.into(),
+        started_at: job.started_at.map(Timestamp::from),
+        completed_at: job.completed_at.map(Timestamp::from),
+        last_seq: job.last_seq,
+        steps,
+    })
+}
+
+/// A step row as its snapshot.
+pub(crate) fn step_snapshot(step: job_steps::Model) -> Result<StepSnapshot, ReadError> {
+    Ok(StepSnapshot {
+        id: step.id,
+        job_id: step.job_id,
+        phase: parse("step phase", &step.phase, StepPhase::from_wire_name)?,
+        step_type: parse("step type", &step.step_type, StepType::from_wire_name)?,
+        status: parse("step status", &step.status, StepStatus::from_wire_name)?,
+        name: step.name,
+        started_at: step.started_at.map(Timestamp::from),
+        completed_at: step.completed_at.map(Timestamp::from),
+        duration_ms: step.duration_ms,
+        error: step.error,
+        tokens_input: step.tokens_input,
+        tokens_output: step.tokens_output,
+    })
+}

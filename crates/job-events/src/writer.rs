@@ -1,0 +1,445 @@
+//! Writes: job creation and event appends, each in one transaction that assigns `seq`.
+//!
+//! Under the lock of the job row (`SELECT … FOR UPDATE` on PostgreSQL; SQLite
+//! has a single writer, which this process queues for), a write reads the job,
+//! checks the status and step rules, takes `seq = last_seq + 1`, inserts the
+//! event, updates the snapshot columns, and commits. Commits of one job are
+//! therefore in `seq` order, and every event below a committed `seq` is
+//! committed too — the property delivery relies on to fill a gap from the database.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use jobstream_protocol::{
+    BatchItem, CreateJob, CustomEvent, Event, EventBody, EventType, JobCreated, JobProgress, JobSnapshot, JobStatus,
+    StatusChanged, StepFinished, StepOutput, StepProgress, StepSnapshot, StepStarted, StepStatus, Timestamp,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+};
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::entity::{job_events, job_steps, jobs};
+use crate::error::WriteError;
+use crate::sink::{Committed, EventSink};
+use crate::store::{job_snapshot, step_snapshot, EventStore};
+
+/// Rows per multi-row insert (keeps SQLite under its bound-parameter limit).
+const INSERT_CHUNK: usize = 500;
+
+/// The writer. Cheap to clone; all clones share one sink and one SQLite write queue.
+#[derive(Clone)]
+pub struct JobEvents {
+    store: EventStore,
+    sink: Arc<dyn EventSink>,
+    /// SQLite allows one writer at a time; queueing here avoids `database is locked`.
+    write_queue: Option<Arc<Mutex<()>>>,
+}
+
+impl std::fmt::Debug for JobEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEvents").field("backend", &self.store.backend()).finish_non_exhaustive()
+    }
+}
+
+/// One applied write: its committed event, and the step it created or finished.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The event, encoded.
+    pub event: Arc<Committed>,
+    /// The step after the write, for `step` and `step_complete` writes.
+    pub step: Option<StepSnapshot>,
+}
+
+impl JobEvents {
+    /// A writer over `db` that hands committed events to `sink`.
+    pub fn new(db: DatabaseConnection, sink: Arc<dyn EventSink>) -> Self {
+        let write_queue = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Self { store: EventStore::new(db), sink, write_queue }
+    }
+
+    /// The read side.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    async fn begin(&self) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, DatabaseTransaction), WriteError> {
+        let guard = match &self.write_queue {
+            Some(queue) => Some(queue.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.store.db.begin().await?;
+        Ok((guard, tx))
+    }
+
+    /// Creates a job and its `job.created` event (seq 1). With a client id that
+    /// exists in the same workspace, returns that job and `false` (nothing written).
+    pub async fn create_job(&self, request: CreateJob) -> Result<(JobSnapshot, bool), WriteError> {
+        use jobstream_protocol::requests::Request as _;
+        request.validate()?;
+        let id = request.id.unwrap_or_else(Uuid::now_v7);
+        let (guard, tx) = self.begin().await?;
+        if let Some(existing) = self.existing_job(&tx, id, &request.workspace_id).await? {
+            return Ok((existing, false));
+        }
+        let now = Timestamp::now();
+        let row = jobs::Model {
+            id,
+            workspace_id: request.workspace_id.clone(),
+            job_type: request.job_type,
+            status: JobStatus::Pending.as_str().to_owned(),
+            priority: request.priority.unwrap_or(0),
+            progress: 0,
+            metadata: Value::Object(request.metadata.unwrap_or_default()),
+            result: None,
+            error: None,
+            created_at: now.as_datetime(),
+            updated_at: now.as_datetime(),
+            started_at: None,
+            completed_at: None,
+            last_seq: 1,
+        };
+        let snapshot = job_snapshot(row.clone(), None).map_err(|_| WriteError::Conflict("invalid job".into()))?;
+        let event = Event {
+            event_id: Uuid::now_v7(),
+            seq: 1,
+            event_type: EventType::JobCreated,
+            job_id: id,
+            workspace_id: request.workspace_id.clone(),
+            step_id: None,
+            timestamp: now,
+            body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
+        };
+        let inserted = async {
+            jobs::Entity::insert(row.into_active_model()).exec_without_returning(&tx).await?;
+            job_events::Entity::insert(event_row(&event)?.into_active_model()).exec_without_returning(&tx).await?;
+            tx.commit().await
+        }
+        .await;
+        drop(guard);
+        match inserted {
+            Ok(()) => {}
+            // Another writer created the same id first: answer as for a repeat.
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                let existing = self.existing_job(&self.store.db, id, &request.workspace_id).await?;
+                return existing.map(|job| (job, false)).ok_or(WriteError::Internal(err));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        self.publish(vec![event]);
+        Ok((snapshot, true))
+    }
+
+    async fn existing_job(
+        &self,
+        db: &impl sea_orm::ConnectionTrait,
+        id: Uuid,
+        workspace_id: &str,
+    ) -> Result<Option<JobSnapshot>, WriteError> {
+        let Some(row) = jobs::Entity::find_by_id(id).one(db).await? else {
+            return Ok(None);
+        };
+        if row.workspace_id != workspace_id {
+            return Err(WriteError::Conflict(format!("job id {id} is already used in another workspace")));
+        }
+        let job = job_snapshot(row, None).map_err(|_| WriteError::Conflict(format!("job {id} is unreadable")))?;
+        Ok(Some(job))
+    }
+
+    /// Applies one write. `may_write` is asked about the job's workspace once
+    /// the job is locked; a job it refuses is reported as not found.
+    pub async fn write(&self, item: BatchItem, may_write: &(dyn Fn(&str) -> bool + Sync)) -> Result<Applied, WriteError> {
+        let mut applied = self.write_batch(vec![item], may_write).await?;
+        applied.pop().ok_or_else(|| WriteError::Internal(DbErr::Custom("empty write".into())))
+    }
+
+    /// Applies writes in order, all in one transaction: all or nothing.
+    pub async fn write_batch(
+        &self,
+        items: Vec<BatchItem>,
+        may_write: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<Applied>, WriteError> {
+        let (guard, tx) = self.begin().await?;
+        let mut batch = Batch::new(&tx, self.store.backend());
+        batch.lock_jobs(items.iter().map(BatchItem::job_id).collect()).await?;
+        let mut steps = Vec::with_capacity(items.len());
+        for item in items {
+            steps.push(batch.apply(item, may_write).await?);
+        }
+        let events = batch.flush().await?;
+        tx.commit().await?;
+        drop(guard);
+        let committed = self.publish(events);
+        Ok(committed.into_iter().zip(steps).map(|(event, step)| Applied { event, step }).collect())
+    }
+
+    /// Encodes committed events and hands them to the sink.
+    fn publish(&self, events: Vec<Event>) -> Vec<Arc<Committed>> {
+        let committed: Vec<Arc<Committed>> = events
+            .into_iter()
+            .filter_map(|event| match Committed::new(event) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(err) => {
+                    tracing::error!(%err, "a committed event could not be encoded");
+                    None
+                }
+            })
+            .collect();
+        self.sink.publish(&committed);
+        committed
+    }
+}
+
+fn event_row(event: &Event) -> Result<job_events::Model, DbErr> {
+    let data = serde_json::to_value(&event.body).map_err(|e| DbErr::Custom(format!("event body: {e}")))?;
+    Ok(job_events::Model {
+        id: event.event_id,
+        job_id: event.job_id,
+        seq: event.seq,
+        event_type: event.event_type.as_str().to_owned(),
+        workspace_id: event.workspace_id.clone(),
+        step_id: event.step_id,
+        created_at: event.timestamp.as_datetime(),
+        data,
+    })
+}
+
+/// A step row in the batch and whether it must be inserted or updated at flush.
+struct StepRow {
+    row: job_steps::Model,
+    new: bool,
+    dirty: bool,
+}
+
+/// The state of one write transaction: locked job rows and touched steps, kept
+/// in memory and written once at [`Batch::flush`].
+struct Batch<'a> {
+    tx: &'a DatabaseTransaction,
+    backend: DbBackend,
+    jobs: HashMap<Uuid, (jobs::Model, bool)>,
+    steps: HashMap<Uuid, StepRow>,
+    events: Vec<Event>,
+    now: Timestamp,
+}
+
+impl<'a> Batch<'a> {
+    fn new(tx: &'a DatabaseTransaction, backend: DbBackend) -> Self {
+        Self { tx, backend, jobs: HashMap::new(), steps: HashMap::new(), events: Vec::new(), now: Timestamp::now() }
+    }
+
+    /// Loads and locks every job of the batch, in id order so that two batches
+    /// touching the same jobs cannot deadlock.
+    async fn lock_jobs(&mut self, ids: BTreeSet<Uuid>) -> Result<(), WriteError> {
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            let mut select =
+                jobs::Entity::find().filter(jobs::Column::Id.is_in(chunk.to_vec())).order_by_asc(jobs::Column::Id);
+            if self.backend == DbBackend::Postgres {
+                select = select.lock_exclusive();
+            }
+            for row in select.all(self.tx).await? {
+                self.jobs.insert(row.id, (row, false));
+            }
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, job_id: Uuid, step_id: Uuid) -> Result<&mut StepRow, WriteError> {
+        if !self.steps.contains_key(&step_id) {
+            let row = job_steps::Entity::find_by_id(step_id).one(self.tx).await?;
+            match row {
+                Some(row) if row.job_id == job_id => {
+                    self.steps.insert(step_id, StepRow { row, new: false, dirty: false });
+                }
+                _ => return Err(WriteError::StepNotFound { job: job_id, step: step_id }),
+            }
+        }
+        match self.steps.get_mut(&step_id) {
+            Some(step) if step.row.job_id == job_id => Ok(step),
+            _ => Err(WriteError::StepNotFound { job: job_id, step: step_id }),
+        }
+    }
+
+    /// A step that must be running to take the write `what`.
+    async fn running_step(&mut self, job_id: Uuid, step_id: Uuid, what: &str) -> Result<&mut StepRow, WriteError> {
+        let step = self.step(job_id, step_id).await?;
+        if step.row.status != StepStatus::Running.wire_name() {
+            return Err(WriteError::Conflict(format!(
+                "step {step_id} is {}: only a running step takes {what}",
+                step.row.status
+            )));
+        }
+        Ok(step)
+    }
+
+    /// Checks one write against the current state and records its effects.
+    async fn apply(
+        &mut self,
+        item: BatchItem,
+        may_write: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<StepSnapshot>, WriteError> {
+        let job_id = item.job_id();
+        let (workspace_id, status) = match self.jobs.get(&job_id) {
+            Some((job, _)) if may_write(&job.workspace_id) => {
+                (job.workspace_id.clone(), JobStatus::parse(&job.status).unwrap_or(JobStatus::Failed))
+            }
+            _ => return Err(WriteError::JobNotFound(job_id)),
+        };
+        if status.is_terminal() && !matches!(item, BatchItem::Event(..)) {
+            return Err(WriteError::JobFinished { job: job_id, status });
+        }
+        let now = self.now;
+        let seq = self.jobs.get(&job_id).map_or(1, |(job, _)| job.last_seq + 1);
+        let mut job_update: Option<Box<dyn FnOnce(&mut jobs::Model)>> = None;
+        let mut step_out = None;
+        let (event_type, step_id, body) = match item {
+            BatchItem::Status(_, request) => {
+                let next = request.status;
+                let Some(event_type) = EventType::for_status(next).filter(|_| status.can_become(next)) else {
+                    return Err(WriteError::InvalidTransition { job: job_id, from: status, to: next });
+                };
+                let result = request.result.filter(|r| !r.is_null() && next == JobStatus::Completed);
+                let error = request.error.filter(|_| matches!(next, JobStatus::Failed | JobStatus::Cancelled));
+                let body = StatusChanged { status: next, previous_status: status, result: result.clone(), error: error.clone() };
+                job_update = Some(Box::new(move |job: &mut jobs::Model| {
+                    job.status = next.as_str().to_owned();
+                    if next == JobStatus::Running {
+                        job.started_at = Some(now.as_datetime());
+                    }
+                    if next.is_terminal() {
+                        job.completed_at = Some(now.as_datetime());
+                        job.result = result;
+                        job.error = error;
+                    }
+                }));
+                (event_type, None, EventBody::Status(body))
+            }
+            BatchItem::Progress(_, request) => {
+                let progress = clamp_progress(request.progress);
+                job_update = Some(Box::new(move |job: &mut jobs::Model| job.progress = i16::from(progress)));
+                (EventType::JobProgress, None, EventBody::JobProgress(JobProgress { progress, message: request.message }))
+            }
+            BatchItem::Step(_, request) => {
+                let step_id = request.id.unwrap_or_else(Uuid::now_v7);
+                let taken = self.steps.contains_key(&step_id)
+                    || job_steps::Entity::find_by_id(step_id).select_only().column(job_steps::Column::Id).into_tuple::<Uuid>().one(self.tx).await?.is_some();
+                if taken {
+                    return Err(WriteError::Conflict(format!("step id {step_id} is already used")));
+                }
+                let row = job_steps::Model {
+                    id: step_id,
+                    job_id,
+                    position: seq,
+                    name: request.name.clone(),
+                    phase: request.phase.wire_name(),
+                    step_type: request.step_type.wire_name(),
+                    status: StepStatus::Running.wire_name(),
+                    started_at: Some(now.as_datetime()),
+                    completed_at: None,
+                    duration_ms: None,
+                    error: None,
+                    tokens_input: None,
+                    tokens_output: None,
+                };
+                step_out = Some(step_snapshot(row.clone()).map_err(|_| WriteError::Conflict("invalid step".into()))?);
+                self.steps.insert(step_id, StepRow { row, new: true, dirty: true });
+                let body = StepStarted { name: request.name, phase: request.phase, step_type: request.step_type };
+                (EventType::StepStarted, Some(step_id), EventBody::StepStarted(body))
+            }
+            BatchItem::StepProgress(_, step_id, request) => {
+                self.running_step(job_id, step_id, "progress").await?;
+                let body = StepProgress { progress: clamp_progress(request.progress), message: request.message };
+                (EventType::StepProgress, Some(step_id), EventBody::StepProgress(body))
+            }
+            BatchItem::Output(_, step_id, request) => {
+                self.running_step(job_id, step_id, "output").await?;
+                let body = StepOutput { chunk: request.chunk, stream: request.stream.unwrap_or_default() };
+                (EventType::StepOutput, Some(step_id), EventBody::StepOutput(body))
+            }
+            BatchItem::StepComplete(_, step_id, request) => {
+                let step = self.running_step(job_id, step_id, "completion").await?;
+                let started = step.row.started_at.map_or(now, Timestamp::from);
+                let duration_ms = now.millis_since(started);
+                step.row.status = request.status.wire_name();
+                step.row.completed_at = Some(now.as_datetime());
+                step.row.duration_ms = Some(duration_ms);
+                step.row.error = request.error.clone();
+                step.row.tokens_input = request.tokens_input;
+                step.row.tokens_output = request.tokens_output;
+                step.dirty = true;
+                step_out = Some(step_snapshot(step.row.clone()).map_err(|_| WriteError::Conflict("invalid step".into()))?);
+                let event_type =
+                    if request.status == StepStatus::Failed { EventType::StepFailed } else { EventType::StepCompleted };
+                let body = StepFinished {
+                    status: request.status,
+                    duration_ms,
+                    error: request.error,
+                    tokens_input: request.tokens_input,
+                    tokens_output: request.tokens_output,
+                };
+                (event_type, Some(step_id), EventBody::StepFinished(body))
+            }
+            BatchItem::Event(_, request) => {
+                if let Some(step_id) = request.step_id {
+                    self.step(job_id, step_id).await?;
+                }
+                let payload = request.payload.unwrap_or_else(Map::new);
+                (request.event_type, request.step_id, EventBody::Custom(CustomEvent { payload }))
+            }
+        };
+        if let Some((job, dirty)) = self.jobs.get_mut(&job_id) {
+            if let Some(update) = job_update {
+                update(job);
+            }
+            job.last_seq = seq;
+            job.updated_at = now.as_datetime();
+            *dirty = true;
+        }
+        self.events.push(Event {
+            event_id: Uuid::now_v7(),
+            seq,
+            event_type,
+            job_id,
+            workspace_id,
+            step_id,
+            timestamp: now,
+            body,
+        });
+        Ok(step_out)
+    }
+
+    /// Writes what the batch recorded: new and changed steps, the events, the jobs.
+    async fn flush(self) -> Result<Vec<Event>, WriteError> {
+        let (new_steps, changed_steps): (Vec<_>, Vec<_>) =
+            self.steps.into_values().filter(|s| s.dirty).partition(|s| s.new);
+        for chunk in new_steps.chunks(INSERT_CHUNK) {
+            let rows = chunk.iter().map(|s| s.row.clone().into_active_model());
+            job_steps::Entity::insert_many(rows).exec_without_returning(self.tx).await?;
+        }
+        for step in changed_steps {
+            let id = step.row.id;
+            let row = step.row.into_active_model().reset_all();
+            job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).exec(self.tx).await?;
+        }
+        for chunk in self.events.chunks(INSERT_CHUNK) {
+            let rows = chunk.iter().map(|e| event_row(e).map(IntoActiveModel::into_active_model)).collect::<Result<Vec<_>, _>>()?;
+            job_events::Entity::insert_many(rows).exec_without_returning(self.tx).await?;
+        }
+        for (id, (job, dirty)) in self.jobs {
+            if dirty {
+                let row = job.into_active_model().reset_all();
+                jobs::Entity::update_many().set(row).filter(jobs::Column::Id.eq(id)).exec(self.tx).await?;
+            }
+        }
+        Ok(self.events)
+    }
+}
+
+/// Requests are validated to 0–100 before they get here.
+fn clamp_progress(progress: i64) -> u8 {
+    u8::try_from(progress.clamp(0, 100)).unwrap_or(100)
+}
+

@@ -1,0 +1,293 @@
+// HTTP API tests: health checks, authentication, refused writes and their error
+// codes, batches and idempotent job creation (CONTRACT §5).
+'use strict';
+
+const assert = require('node:assert/strict');
+const { randomUUID } = require('node:crypto');
+const { describe, it, before } = require('node:test');
+const {
+  api, assertEvent, assertHttpError, assertJobSnapshot, mintToken, skipReason, useServer,
+} = require('./harness');
+
+const CHUNK_LIMIT = 64 * 1024;
+const CONFLICT = /^(invalid_transition|conflict)$/;
+
+describe('the HTTP API', { skip: skipReason(), timeout: 180_000 }, () => {
+  const ctx = useServer();
+  const workspaceId = randomUUID();
+  const otherWorkspace = randomUUID();
+  let producer;
+
+  before(() => {
+    producer = api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [workspaceId] }));
+  });
+
+  const newJob = async (extra = {}) => {
+    const response = await producer.createJob({ workspaceId, type: 'e2e.http', ...extra });
+    assert.equal(response.status, 201, JSON.stringify(response.body));
+    return response.body;
+  };
+  const ok = async (call, status = 200) => {
+    const response = await call;
+    assert.equal(response.status, status, JSON.stringify(response.body));
+    return response.body;
+  };
+  const runningJobWithStep = async () => {
+    const job = await newJob();
+    await ok(producer.setStatus(job.id, { status: 'queued' }));
+    await ok(producer.setStatus(job.id, { status: 'running' }));
+    const { step } = await ok(producer.startStep(job.id, { name: 'build', phase: 'execution', stepType: 'command' }), 201);
+    return { job, step };
+  };
+  const snapshot = async (jobId) => ok(producer.getJob(jobId));
+
+  // Runs a write that must be refused and checks that the job did not change.
+  const refusedWithoutChange = async (jobId, call, status, code) => {
+    const before = await snapshot(jobId);
+    const eventsBefore = await ok(producer.events(jobId));
+
+    const response = await call();
+
+    assertHttpError(response, status, code);
+    assert.deepEqual(await snapshot(jobId), before, 'the job changed');
+    assert.deepEqual(await ok(producer.events(jobId)), eventsBefore, 'events were written');
+  };
+
+  it('answers GET /healthz with status ok', async () => {
+    const response = await api(ctx.server.url).healthz();
+    assert.equal(response.status, 200);
+    assert.deepEqual(response.body, { status: 'ok' });
+  });
+
+  it('answers GET /readyz with 200 while the database answers', async () => {
+    const response = await api(ctx.server.url).readyz();
+    assert.equal(response.status, 200);
+  });
+
+  it('refuses a request without a token with 401', async () => {
+    const job = await newJob();
+    const anonymous = api(ctx.server.url);
+    assertHttpError(await anonymous.getJob(job.id), 401, 'unauthorized');
+    assertHttpError(await anonymous.createJob({ workspaceId, type: 'e2e.http' }), 401, 'unauthorized');
+  });
+
+  it('refuses a badly signed or expired token with 401', async () => {
+    const job = await newJob();
+    const forged = api(ctx.server.url, mintToken('some-other-secret', { workspaces: [workspaceId] }));
+    const expired = api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [workspaceId], expiresIn: -120 }));
+    assertHttpError(await forged.getJob(job.id), 401, 'unauthorized');
+    assertHttpError(await expired.getJob(job.id), 401, 'unauthorized');
+  });
+
+  it('refuses a write with a subscribe-only token with 403 and writes nothing', async () => {
+    const job = await newJob();
+    const reader = api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [workspaceId], scope: 'subscribe' }));
+    assertHttpError(await reader.createJob({ workspaceId, type: 'e2e.http' }), 403, 'forbidden');
+    await refusedWithoutChange(job.id, () => reader.setStatus(job.id, { status: 'queued' }), 403, 'forbidden');
+  });
+
+  it('lets a subscribe-only token read', async () => {
+    const job = await newJob();
+    const reader = api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [workspaceId], scope: 'subscribe' }));
+    assertJobSnapshot(await ok(reader.getJob(job.id)), { id: job.id, steps: [] });
+  });
+
+  it('refuses to create a job in a workspace the token does not name with 403', async () => {
+    const response = await producer.createJob({ workspaceId: otherWorkspace, type: 'e2e.http' });
+    assertHttpError(response, 403, 'forbidden');
+  });
+
+  it('answers an unknown job with 404', async () => {
+    const unknown = randomUUID();
+    assertHttpError(await producer.getJob(unknown), 404, 'not_found');
+    assertHttpError(await producer.setStatus(unknown, { status: 'queued' }), 404, 'not_found');
+    assertHttpError(await producer.events(unknown), 404, 'not_found');
+  });
+
+  it('refuses malformed JSON with 400 and writes nothing', async () => {
+    const job = await newJob();
+    await refusedWithoutChange(job.id,
+      () => producer.request('POST', `/api/v1/jobs/${job.id}/status`, { rawBody: '{"status": "que' }),
+      400, 'bad_request');
+  });
+
+  it('refuses a body that is not sent as JSON with 400', async () => {
+    const job = await newJob();
+    await refusedWithoutChange(job.id,
+      () => producer.request('POST', `/api/v1/jobs/${job.id}/status`, {
+        rawBody: JSON.stringify({ status: 'queued' }), headers: { 'content-type': 'text/plain' },
+      }),
+      400, 'bad_request');
+  });
+
+  it('refuses job progress 101 with 422 invalid_payload and writes nothing', async () => {
+    const job = await newJob();
+    await refusedWithoutChange(job.id, () => producer.setProgress(job.id, { progress: 101 }), 422, 'invalid_payload');
+  });
+
+  it('refuses an unknown status with 422 invalid_payload and writes nothing', async () => {
+    const job = await newJob();
+    await refusedWithoutChange(job.id, () => producer.setStatus(job.id, { status: 'done' }), 422, 'invalid_payload');
+  });
+
+  it('refuses a step with an unknown phase with 422 invalid_payload and writes nothing', async () => {
+    const { job } = await runningJobWithStep();
+    await refusedWithoutChange(job.id,
+      () => producer.startStep(job.id, { name: 'deploy', phase: 'build', stepType: 'command' }),
+      422, 'invalid_payload');
+  });
+
+  it('refuses a job without a type with 422 invalid_payload', async () => {
+    assertHttpError(await producer.createJob({ workspaceId }), 422, 'invalid_payload');
+  });
+
+  it('refuses pending to completed with 409 invalid_transition and writes nothing', async () => {
+    const job = await newJob();
+    await refusedWithoutChange(job.id,
+      () => producer.setStatus(job.id, { status: 'completed', result: {} }), 409, 'invalid_transition');
+  });
+
+  it('refuses writes to a terminal job with 409 but still takes job:event types', async () => {
+    const { job, step } = await runningJobWithStep();
+    await ok(producer.setStatus(job.id, { status: 'failed', error: 'boom' }));
+
+    await refusedWithoutChange(job.id, () => producer.setStatus(job.id, { status: 'cancelled' }), 409, 'invalid_transition');
+    await refusedWithoutChange(job.id, () => producer.setProgress(job.id, { progress: 50 }), 409, CONFLICT);
+    await refusedWithoutChange(job.id,
+      () => producer.startStep(job.id, { name: 'late', phase: 'cleanup', stepType: 'command' }), 409, CONFLICT);
+    const { event } = await ok(producer.addEvent(job.id, { type: 'ai.tool_called', stepId: step.id, payload: { tool: 'grep' } }), 201);
+    assertEvent(event, { type: 'ai.tool_called', stepId: step.id, payload: { tool: 'grep' } });
+  });
+
+  it('carries the error of a failed job in its status event', async () => {
+    const job = await newJob();
+
+    const { event } = await ok(producer.setStatus(job.id, { status: 'failed', error: 'runner lost' }));
+
+    assertEvent(event, { type: 'job.failed', status: 'failed', previousStatus: 'pending', error: 'runner lost', result: undefined });
+    assertJobSnapshot(await snapshot(job.id), { status: 'failed', error: 'runner lost' });
+  });
+
+  it('refuses output on a completed step with 409 and writes nothing', async () => {
+    const { job, step } = await runningJobWithStep();
+    await ok(producer.completeStep(job.id, step.id, { status: 'completed' }));
+
+    await refusedWithoutChange(job.id, () => producer.stepOutput(job.id, step.id, { chunk: 'late\n' }), 409, CONFLICT);
+    await refusedWithoutChange(job.id, () => producer.stepProgress(job.id, step.id, { progress: 10 }), 409, CONFLICT);
+    await refusedWithoutChange(job.id, () => producer.completeStep(job.id, step.id, { status: 'failed' }), 409, CONFLICT);
+  });
+
+  it('refuses an output chunk over 64 KiB with 413 and writes nothing', async () => {
+    const { job, step } = await runningJobWithStep();
+    await refusedWithoutChange(job.id,
+      () => producer.stepOutput(job.id, step.id, { chunk: 'x'.repeat(CHUNK_LIMIT + 1) }), 413, 'payload_too_large');
+  });
+
+  it('takes an output chunk of exactly 64 KiB', async () => {
+    const { job, step } = await runningJobWithStep();
+    const chunk = 'y'.repeat(CHUNK_LIMIT);
+
+    const { event } = await ok(producer.stepOutput(job.id, step.id, { chunk, stream: 'stderr' }));
+
+    assertEvent(event, { type: 'step.output', stepId: step.id, chunk, stream: 'stderr' });
+  });
+
+  it('refuses an unknown output stream with 422 invalid_payload', async () => {
+    const { job, step } = await runningJobWithStep();
+    await refusedWithoutChange(job.id,
+      () => producer.stepOutput(job.id, step.id, { chunk: 'x', stream: 'stdlog' }), 422, 'invalid_payload');
+  });
+
+  it('commits a batch of several kinds and answers its events in request order', async () => {
+    const job = await newJob();
+    const other = await newJob();
+    const stepId = randomUUID();
+
+    const { events } = await ok(producer.batch({
+      events: [
+        { jobId: job.id, kind: 'status', status: 'queued' },
+        { jobId: other.id, kind: 'status', status: 'cancelled', error: 'superseded' },
+        { jobId: job.id, kind: 'status', status: 'running' },
+        { jobId: job.id, kind: 'step', id: stepId, name: 'compile', phase: 'execution', stepType: 'command' },
+        { jobId: job.id, kind: 'output', stepId, chunk: 'cc -c main.c\n' },
+        { jobId: job.id, kind: 'step_progress', stepId, progress: 60 },
+        { jobId: job.id, kind: 'step_complete', stepId, status: 'completed' },
+        { jobId: job.id, kind: 'event', type: 'ai.tokens_used', payload: { input: 10, output: 5 } },
+        { jobId: job.id, kind: 'progress', progress: 80, message: 'compiled' },
+      ],
+    }));
+
+    const expected = [
+      { jobId: job.id, seq: 2, type: 'job.queued' },
+      { jobId: other.id, seq: 2, type: 'job.cancelled', error: 'superseded' },
+      { jobId: job.id, seq: 3, type: 'job.started' },
+      { jobId: job.id, seq: 4, type: 'step.started', stepId, name: 'compile' },
+      { jobId: job.id, seq: 5, type: 'step.output', stepId, stream: 'stdout' },
+      { jobId: job.id, seq: 6, type: 'step.progress', stepId, progress: 60 },
+      { jobId: job.id, seq: 7, type: 'step.completed', stepId, status: 'completed' },
+      { jobId: job.id, seq: 8, type: 'ai.tokens_used', payload: { input: 10, output: 5 } },
+      { jobId: job.id, seq: 9, type: 'job.progress', progress: 80, message: 'compiled' },
+    ];
+    assert.equal(events.length, expected.length);
+    events.forEach((event, index) => assertEvent(event, expected[index]));
+    const stored = await ok(producer.events(job.id, { since: 1 }));
+    assert.deepEqual(stored.events, events.filter((e) => e.jobId === job.id));
+    assert.equal(stored.lastSeq, 9);
+  });
+
+  it('refuses a whole batch with one invalid item and writes nothing', async () => {
+    const job = await newJob();
+    await refusedWithoutChange(job.id, () => producer.batch({
+      events: [
+        { jobId: job.id, kind: 'status', status: 'queued' },
+        { jobId: job.id, kind: 'progress', progress: 101 },
+      ],
+    }), 422, 'invalid_payload');
+  });
+
+  it('refuses a whole batch with one invalid transition and writes nothing', async () => {
+    const job = await newJob();
+    await refusedWithoutChange(job.id, () => producer.batch({
+      events: [
+        { jobId: job.id, kind: 'status', status: 'queued' },
+        { jobId: job.id, kind: 'progress', progress: 10 },
+        { jobId: job.id, kind: 'status', status: 'completed' },
+      ],
+    }), 409, 'invalid_transition');
+  });
+
+  it('answers a second create with the same id with 200 and the same job', async () => {
+    const id = randomUUID();
+    const body = { id, workspaceId, type: 'e2e.idempotent', metadata: { attempt: 1 } };
+
+    const first = await producer.createJob(body);
+    const second = await producer.createJob(body);
+
+    assert.equal(first.status, 201, JSON.stringify(first.body));
+    assert.equal(second.status, 200, JSON.stringify(second.body));
+    assertJobSnapshot(first.body, { id, lastSeq: 1, priority: 0 });
+    assert.deepEqual(second.body, first.body);
+    assert.equal((await ok(producer.events(id))).events.length, 1);
+  });
+
+  it('lists the jobs of a workspace, filtered by status and limited', async () => {
+    const listWorkspace = randomUUID();
+    const lister = api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [listWorkspace] }));
+    const ids = [];
+    for (let i = 0; i < 3; i += 1) {
+      ids.push((await ok(lister.createJob({ workspaceId: listWorkspace, type: 'e2e.list' }), 201)).id);
+    }
+    await ok(lister.setStatus(ids[1], { status: 'queued' }));
+
+    const all = await ok(lister.listJobs({ workspaceId: listWorkspace }));
+    const queued = await ok(lister.listJobs({ workspaceId: listWorkspace, status: 'queued' }));
+    const limited = await ok(lister.listJobs({ workspaceId: listWorkspace, limit: 2 }));
+
+    assert.deepEqual(all.jobs.map((j) => j.id).sort(), [...ids].sort());
+    all.jobs.forEach((job) => assertJobSnapshot(job, { workspaceId: listWorkspace }));
+    const created = all.jobs.map((j) => j.createdAt);
+    assert.deepEqual(created, [...created].sort().reverse(), 'newest first');
+    assert.deepEqual(queued.jobs.map((j) => j.id), [ids[1]]);
+    assert.equal(limited.jobs.length, 2);
+  });
+});
