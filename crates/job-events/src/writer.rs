@@ -293,7 +293,7 @@ impl<'a> Batch<'a> {
         }
         let now = self.now;
         let seq = self.jobs.get(&job_id).map_or(1, |(job, _)| job.last_seq + 1);
-        let mut job_update: Option<Box<dyn FnOnce(&mut jobs::Model)>> = None;
+        let mut job_update: Option<Box<dyn FnOnce(&mut jobs::Model) + Send>> = None;
         let mut step_out = None;
         let (event_type, step_id, body) = match item {
             BatchItem::Status(_, request) => {

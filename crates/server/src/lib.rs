@@ -1,1 +1,14 @@
-//! placeholder
+//! jobstream-server: the `jobstream` binary's library.
+//!
+//! Configuration, logging, JWT auth, the Socket.IO gateway (socketioxide), the
+//! HTTP API and SSE streams (axum), wired together by [`app::Application`].
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod socket;
+pub mod telemetry;
+
+pub use app::{Application, AppState};
+pub use config::Config;

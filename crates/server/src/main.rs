@@ -1,1 +1,69 @@
-fn main() {}
+//! The `jobstream` command: `serve` (the default), `migrate`, and `token`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use jobstream_rooms::Claims;
+use jobstream_server::auth::{self, Secret};
+use jobstream_server::config::{jwt_secret_from_env, Cli, Command, ServeArgs};
+use jobstream_server::{app, telemetry, Application, Config};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let result = match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Migrate(args)) => migrate(&args.database_url).await,
+        Some(Command::Token(args)) => token(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = Config::from_args(args);
+    tracing::info!(database = %jobstream_job_events::redact(&config.database_url), "starting");
+    let application = Application::build(config).await.map_err(|e| e.to_string())?;
+    let url = format!("http://{}", application.local_addr());
+    if application.has_random_secret() {
+        let secret = &application.state().secret;
+        let day = Duration::from_secs(86_400);
+        let workspaces = ["demo".to_owned()];
+        let subscribe = auth::mint(secret, "demo", &workspaces, &Claims::parse_scopes(Some("subscribe")), day);
+        let publish = auth::mint(secret, "demo", &workspaces, &Claims::parse_scopes(Some("subscribe publish")), day);
+        tracing::warn!("JOBSTREAM_JWT_SECRET is not set: using a random secret; tokens die with this process");
+        println!("demo workspace tokens (valid 24h, workspace \"demo\"):");
+        println!("  subscribe: {subscribe}");
+        println!("  publish:   {publish}");
+    }
+    println!("jobstream listening on {url}");
+    application.run_until_stopped(app::shutdown_signal()).await.map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate(database_url: &str) -> Result<(), String> {
+    let db = jobstream_job_events::open(database_url).await.map_err(|e| e.to_string())?;
+    jobstream_job_events::migrate(&db).await.map_err(|e| e.to_string())?;
+    println!("migrations applied to {}", jobstream_job_events::redact(database_url));
+    Ok(())
+}
+
+fn token(args: &jobstream_server::config::TokenArgs) -> Result<(), String> {
+    let secret = jwt_secret_from_env()
+        .ok_or("JOBSTREAM_JWT_SECRET is not set: set it to the server's secret to mint tokens the server accepts")?;
+    let scopes = Claims::parse_scopes(Some(&args.scope));
+    if scopes.is_empty() {
+        return Err(format!("--scope {:?} names no known scope: use \"subscribe\", \"publish\" or both", args.scope));
+    }
+    println!("{}", auth::mint(&Secret::new(secret), &args.sub, &args.workspaces, &scopes, args.ttl));
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The application: build it (open and migrate the database, bind the listener),
+//! then run it until a shutdown signal.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, Method};
+use axum::Router;
+use jobstream_job_events::delivery::{DeliveryConfig, Hub};
+use jobstream_job_events::{EventStore, JobEvents, OpenError};
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Secret;
+use crate::config::Config;
+
+/// Size limits of the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Largest `step:output` chunk.
+    pub max_chunk_bytes: usize,
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Appends events.
+    pub writer: JobEvents,
+    /// Reads.
+    pub store: EventStore,
+    /// Delivers committed events to sockets and streams.
+    pub hub: Hub,
+    /// Signs and verifies tokens.
+    pub secret: Secret,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Database(#[from] OpenError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting cannot be used as given.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A built application, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    io: SocketIo,
+    state: AppState,
+    /// Whether the secret was made up at start (no `JOBSTREAM_JWT_SECRET`).
+    random_secret: bool,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).map_err(|_| BuildError::Config(format!("invalid CORS origin {o:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("last-event-id")])
+            .max_age(Duration::from_secs(600)),
+    ))
+}
+
+impl Application {
+    /// Opens and migrates the database, wires the services and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, BuildError> {
+        if config.redis_url.is_some() {
+            return Err(BuildError::Config(
+                "JOBSTREAM_REDIS_URL is set, but this version runs as a single node: unset it".into(),
+            ));
+        }
+        let db = jobstream_job_events::open(&config.database_url).await?;
+        jobstream_job_events::migrate(&db).await?;
+        let store = EventStore::new(db.clone());
+        let hub = Hub::new(store.clone(), DeliveryConfig::default());
+        let writer = JobEvents::new(db, Arc::new(hub.clone()));
+        let random_secret = config.jwt_secret.is_none();
+        let secret = config.jwt_secret.as_deref().map_or_else(Secret::random, Secret::new);
+        let limits = Limits { max_body_bytes: config.max_body_bytes, max_chunk_bytes: config.max_chunk_bytes };
+        let state = AppState { writer, store, hub, secret, limits };
+
+        let (socket_layer, io) = SocketIo::builder().with_state(state.clone()).max_buffer_size(1024).build_layer();
+        crate::socket::register(&io);
+
+        let mut router = crate::http::router()
+            .fallback(crate::http::not_found)
+            .with_state(state.clone())
+            .layer(socket_layer);
+        if let Some(cors) = cors_layer(&config.cors_origins)? {
+            router = router.layer(cors);
+        }
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| BuildError::Bind { addr: config.listen, source })?;
+        Ok(Self { listener, router, io, state, random_secret })
+    }
+
+    /// The bound address (the real port when the configuration said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The shared state (for in-process producers such as the demo).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Whether the secret was generated at start.
+    pub fn has_random_secret(&self) -> bool {
+        self.random_secret
+    }
+
+    /// Serves until `shutdown` completes, then closes sockets and finishes
+    /// in-flight requests (for at most 10 seconds).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+        let io = self.io.clone();
+        let graceful = async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+            tracing::info!("shutting down: closing sockets and finishing requests");
+            io.close().await;
+        };
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(graceful);
+        let deadline = async move {
+            let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        tokio::select! {
+            result = serve.into_future() => result,
+            () = deadline => {
+                tracing::warn!("connections still open after 10 s; stopping anyway");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

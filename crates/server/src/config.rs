@@ -1,0 +1,136 @@
+//! Configuration: the command line and its environment variables (CONTRACT §6).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// jobstream: a Socket.IO-compatible realtime server for background-job events.
+#[derive(Debug, Parser)]
+#[command(name = "jobstream", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server options, for plain `jobstream`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations, then serve Socket.IO, the HTTP API and the dashboard.
+    Serve(ServeArgs),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Print a token signed with JOBSTREAM_JWT_SECRET.
+    Token(TokenArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH?mode=rwc` (embedded) or `postgres://USER@HOST/DB`.
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "sqlite://jobstream.db?mode=rwc")]
+    pub database_url: String,
+}
+
+/// Options of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "JOBSTREAM_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Origins allowed to call across origins: a comma-separated list, or `*`. None by default.
+    #[arg(long = "cors-origins", env = "JOBSTREAM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Redis URL of the cluster bus (several nodes on one PostgreSQL database).
+    #[arg(long = "redis-url", env = "JOBSTREAM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Run a built-in producer of realistic jobs in the `demo` workspace.
+    #[arg(long)]
+    pub demo: bool,
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long = "max-body-bytes", env = "JOBSTREAM_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest accepted `step:output` chunk, in bytes.
+    #[arg(long = "max-chunk-bytes", env = "JOBSTREAM_MAX_CHUNK_BYTES", default_value_t = 64 * 1024)]
+    pub max_chunk_bytes: usize,
+}
+
+/// Options of `token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Who the token is for (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// A workspace the bearer may use (repeatable); `*` for all.
+    #[arg(long = "workspace", required = true)]
+    pub workspaces: Vec<String>,
+    /// Space-separated scopes: `subscribe`, `publish`.
+    #[arg(long, default_value = "subscribe")]
+    pub scope: String,
+    /// How long the token is valid: e.g. 90s, 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = crate::auth::parse_ttl)]
+    pub ttl: Duration,
+}
+
+/// The JWT secret, from `JOBSTREAM_JWT_SECRET` only (never a flag, so it stays out of `ps`).
+pub fn jwt_secret_from_env() -> Option<String> {
+    std::env::var("JOBSTREAM_JWT_SECRET").ok().filter(|s| !s.is_empty())
+}
+
+/// Everything the server needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The database URL.
+    pub database_url: String,
+    /// The JWT secret; `None` makes a random one.
+    pub jwt_secret: Option<String>,
+    /// Allowed cross origins.
+    pub cors_origins: Vec<String>,
+    /// The cluster bus.
+    pub redis_url: Option<String>,
+    /// Run the demo producer.
+    pub demo: bool,
+    /// Body limit.
+    pub max_body_bytes: usize,
+    /// Chunk limit.
+    pub max_chunk_bytes: usize,
+}
+
+impl Config {
+    /// The configuration of `serve`.
+    pub fn from_args(args: ServeArgs) -> Self {
+        Self {
+            listen: args.listen,
+            database_url: args.database.database_url,
+            jwt_secret: jwt_secret_from_env(),
+            cors_origins: args.cors_origins.into_iter().map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect(),
+            redis_url: args.redis_url.filter(|u| !u.is_empty()),
+            demo: args.demo,
+            max_body_bytes: args.max_body_bytes,
+            max_chunk_bytes: args.max_chunk_bytes,
+        }
+    }
+
+    /// A configuration for tests: port 0, the given database and secret.
+    pub fn for_tests(database_url: impl Into<String>, secret: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.into(),
+            jwt_secret: Some(secret.into()),
+            cors_origins: Vec::new(),
+            redis_url: None,
+            demo: false,
+            max_body_bytes: 1024 * 1024,
+            max_chunk_bytes: 64 * 1024,
+        }
+    }
+}

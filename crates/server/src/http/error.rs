@@ -1,0 +1,72 @@
+//! HTTP error answers: `{ "error": { "code", "message" } }` with the status of the code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jobstream_job_events::{ReadError, WriteError};
+use jobstream_protocol::{ErrorBody, ErrorCode, ValidationError};
+
+/// An error answer. Its message is for people and never holds internal error text.
+#[derive(Debug)]
+pub struct ApiError(pub ErrorBody);
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(ErrorBody::new(code, message))
+    }
+
+    /// 404 for a job (also used for jobs the token may not see).
+    pub fn job_not_found(id: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::NotFound, format!("job {id} not found"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        #[derive(serde::Serialize)]
+        struct Envelope {
+            error: ErrorBody,
+        }
+        (status, Json(Envelope { error: self.0 })).into_response()
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(err: ValidationError) -> Self {
+        Self::new(ErrorCode::InvalidPayload, err.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(err: WriteError) -> Self {
+        let code = err.code();
+        match &err {
+            WriteError::Unavailable(source) => {
+                tracing::warn!(error = %source, "write refused: database unavailable");
+                Self::new(code, "the database is unavailable; nothing was written, try again")
+            }
+            WriteError::Internal(source) => {
+                tracing::error!(error = %source, "write failed");
+                Self::new(code, "internal error; nothing was written")
+            }
+            _ => Self::new(code, err.to_string()),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        match &err {
+            ReadError::Unavailable(source) => {
+                tracing::warn!(error = %source, "read failed: database unavailable");
+                Self::new(err.code(), "the database is unavailable; try again")
+            }
+            ReadError::Internal(source) => {
+                tracing::error!(error = %source, "read failed");
+                Self::new(err.code(), "internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Request extractors: the bearer token and JSON bodies, with the contract's errors.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use jobstream_protocol::ErrorCode;
+use jobstream_rooms::{authorize, Action, Claims, Decision};
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::auth;
+
+/// The verified claims of the request's bearer token.
+#[derive(Debug, Clone)]
+pub struct Auth(pub Claims);
+
+/// The token of a request: `Authorization: Bearer …`, else `?token=` (for `EventSource`).
+pub fn request_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let value = value.trim();
+        return match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim().to_owned()),
+            _ => Some(String::new()),
+        };
+    }
+    query_param(parts.uri.query(), "token")
+}
+
+/// A query parameter's decoded value.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let query = query?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 2;
+            }
+            (byte, _) => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = request_token(parts).filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return Err(ApiError::new(ErrorCode::Unauthorized, "missing token: send `Authorization: Bearer <token>`"));
+        };
+        auth::verify(&state.secret, &token)
+            .map(Auth)
+            .map_err(|err| ApiError::new(ErrorCode::Unauthorized, format!("unauthorized: {err}")))
+    }
+}
+
+impl Auth {
+    /// Checks an action on a workspace: 403 with the rule's reason when denied.
+    pub fn require(&self, action: Action, workspace: &str) -> Result<(), ApiError> {
+        match authorize(&self.0, action, workspace) {
+            Decision::Allowed(_) => Ok(()),
+            Decision::Denied(denial) => Err(ApiError::new(ErrorCode::Forbidden, denial.reason)),
+        }
+    }
+
+    /// Checks the scope alone (403 without it).
+    pub fn require_scope(&self, action: Action) -> Result<(), ApiError> {
+        let scope = match action {
+            Action::Read => jobstream_rooms::Scope::Subscribe,
+            Action::Write => jobstream_rooms::Scope::Publish,
+        };
+        if self.0.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(ErrorCode::Forbidden, format!("the token lacks the `{}` scope", scope.as_str())))
+        }
+    }
+
+    /// Whether the token may do `action` on `workspace`.
+    pub fn allows(&self, action: Action, workspace: &str) -> bool {
+        authorize(&self.0, action, workspace).is_allowed()
+    }
+}
+
+/// A JSON request body: 400 if it is not JSON, 413 over the size limit.
+#[derive(Debug)]
+pub struct JsonBody(pub Value);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(ErrorCode::BadRequest, "expected a JSON body with `Content-Type: application/json`"));
+        }
+        let limit = state.limits.max_body_bytes;
+        let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("the request body is over the limit of {limit} bytes"))
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|err| ApiError::new(ErrorCode::BadRequest, format!("the body is not valid JSON: {err}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        assert_eq!(query_param(Some("a=1&token=x%2Ey+z"), "token").as_deref(), Some("x.y z"));
+        assert_eq!(query_param(Some("token=%zz"), "token").as_deref(), Some("%zz"));
+        assert_eq!(query_param(Some("a=1"), "token"), None);
+        assert_eq!(query_param(None, "token"), None);
+    }
+}

@@ -1,0 +1,259 @@
+//! The HTTP API (`/api/v1`), health endpoints and the JSON fallback.
+
+pub mod error;
+pub mod extract;
+pub mod sse;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jobstream_job_events::{Applied, JobQuery};
+use jobstream_protocol::requests::Request as _;
+use jobstream_protocol::{
+    BatchItem, BatchRequest, CompleteStep, CreateJob, CustomEventRequest, ErrorCode, JobStatus, ProgressRequest,
+    StartStep, StatusRequest, StepOutputRequest, StepSnapshot,
+};
+use jobstream_rooms::Action;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use error::ApiError;
+use extract::{Auth, JsonBody};
+
+/// The routes of the HTTP API and health checks.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/jobs", post(create_job).get(list_jobs))
+        .route("/api/v1/jobs/{job_id}", get(get_job))
+        .route("/api/v1/jobs/{job_id}/status", post(change_status))
+        .route("/api/v1/jobs/{job_id}/progress", post(job_progress))
+        .route("/api/v1/jobs/{job_id}/steps", post(start_step))
+        .route("/api/v1/jobs/{job_id}/steps/{step_id}/progress", post(step_progress))
+        .route("/api/v1/jobs/{job_id}/steps/{step_id}/output", post(step_output))
+        .route("/api/v1/jobs/{job_id}/steps/{step_id}/complete", post(complete_step))
+        .route("/api/v1/jobs/{job_id}/events", post(custom_event).get(job_events))
+        .route("/api/v1/jobs/{job_id}/events/stream", get(sse::job_stream))
+        .route("/api/v1/workspaces/{workspace_id}/events/stream", get(sse::workspace_stream))
+        .route("/api/v1/events/batch", post(batch))
+}
+
+/// The answer for paths that match no route.
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; the API lives under /api/v1")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check: database does not answer");
+            ApiError::new(ErrorCode::Unavailable, "the database does not answer").into_response()
+        }
+    }
+}
+
+/// A path id: anything that is not a UUID names no job (404).
+fn job_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::job_not_found(text))
+}
+
+fn step_id(job: Uuid, text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::new(ErrorCode::NotFound, format!("step {text} not found in job {job}")))
+}
+
+/// An integer query parameter within `range`, or its default.
+fn int_param(params: &HashMap<String, String>, name: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, ApiError> {
+    match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidPayload,
+                format!("{name}: must be an integer from {} to {}, got {text:?}", range.start(), range.end()),
+            )),
+        },
+    }
+}
+
+async fn create_job(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let request = CreateJob::parse(body)?;
+    auth.require(Action::Write, &request.workspace_id)?;
+    let (job, created) = app.writer.create_job(request).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(job)).into_response())
+}
+
+async fn list_jobs(
+    State(app): State<AppState>,
+    auth: Auth,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Read)?;
+    let limit = int_param(&params, "limit", 50, 1..=500)?;
+    let status = match params.get("status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidPayload, format!("status: unknown status {text:?}; use pending, queued, running, completed, failed or cancelled"))
+        })?),
+    };
+    let workspaces = match params.get("workspaceId").filter(|s| !s.is_empty()) {
+        Some(workspace) => {
+            auth.require(Action::Read, workspace)?;
+            Some(vec![workspace.clone()])
+        }
+        None if auth.0.all_workspaces() => None,
+        None => Some(auth.0.workspaces.iter().cloned().collect()),
+    };
+    let jobs = app.store.jobs(JobQuery { workspaces, status, limit: limit as u64 }).await?;
+    Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
+}
+
+async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Read)?;
+    let id = job_id(&id)?;
+    match app.store.job(id).await? {
+        Some(job) if auth.allows(Action::Read, &job.workspace_id) => Ok(Json(job).into_response()),
+        _ => Err(ApiError::job_not_found(id)),
+    }
+}
+
+async fn job_events(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Read)?;
+    let id = job_id(&id)?;
+    let since = int_param(&params, "since", 0, 0..=i64::MAX)?;
+    let limit = int_param(&params, "limit", 1000, 1..=10_000)?;
+    let last_seq = match app.store.job(id).await? {
+        Some(job) if auth.allows(Action::Read, &job.workspace_id) => job.last_seq,
+        _ => return Err(ApiError::job_not_found(id)),
+    };
+    let events = app.store.events_after(id, since, limit as u64).await?;
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Page<'a> {
+        events: Vec<&'a RawValue>,
+        last_seq: i64,
+    }
+    Ok(Json(Page { events: events.iter().map(|e| &*e.json).collect(), last_seq }).into_response())
+}
+
+/// The answer of a write route: `{ event }` or `{ step, event }`.
+#[derive(Serialize)]
+struct WriteAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<&'a StepSnapshot>,
+    event: &'a RawValue,
+}
+
+/// Refuses a `step:output` chunk over the configured size (413).
+fn check_chunk(item: &BatchItem, limit: usize) -> Result<(), ApiError> {
+    match item {
+        BatchItem::Output(_, _, output) if output.chunk.len() > limit => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("chunk is {} bytes; the limit is {limit} bytes: split the output into smaller chunks", output.chunk.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Applies one write for the token and answers with `status`.
+async fn write(app: &AppState, auth: &Auth, item: BatchItem, status: StatusCode, with_step: bool) -> Result<Response, ApiError> {
+    check_chunk(&item, app.limits.max_chunk_bytes)?;
+    let Applied { event, step } = app.writer.write(item, &|ws| auth.allows(Action::Write, ws)).await?;
+    let step = if with_step { step.as_ref() } else { None };
+    Ok((status, Json(WriteAnswer { step, event: &event.json })).into_response())
+}
+
+async fn change_status(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let id = job_id(&id)?;
+    let item = BatchItem::Status(id, StatusRequest::parse(body)?);
+    write(&app, &auth, item, StatusCode::OK, false).await
+}
+
+async fn job_progress(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let id = job_id(&id)?;
+    let item = BatchItem::Progress(id, ProgressRequest::parse(body)?);
+    write(&app, &auth, item, StatusCode::OK, false).await
+}
+
+async fn start_step(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let id = job_id(&id)?;
+    let item = BatchItem::Step(id, StartStep::parse(body)?);
+    write(&app, &auth, item, StatusCode::CREATED, true).await
+}
+
+async fn step_progress(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let id = job_id(&id)?;
+    let item = BatchItem::StepProgress(id, step_id(id, &step)?, ProgressRequest::parse(body)?);
+    write(&app, &auth, item, StatusCode::OK, false).await
+}
+
+async fn step_output(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let id = job_id(&id)?;
+    let item = BatchItem::Output(id, step_id(id, &step)?, StepOutputRequest::parse(body)?);
+    write(&app, &auth, item, StatusCode::OK, false).await
+}
+
+async fn complete_step(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let id = job_id(&id)?;
+    let item = BatchItem::StepComplete(id, step_id(id, &step)?, CompleteStep::parse(body)?);
+    write(&app, &auth, item, StatusCode::OK, true).await
+}
+
+async fn custom_event(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let id = job_id(&id)?;
+    let item = BatchItem::Event(id, CustomEventRequest::parse(body)?);
+    write(&app, &auth, item, StatusCode::CREATED, false).await
+}
+
+async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    let batch = BatchRequest::parse(body)?;
+    for (i, item) in batch.events.iter().enumerate() {
+        check_chunk(item, app.limits.max_chunk_bytes).map_err(|e| ApiError::new(e.0.code, format!("events[{i}]: {}", e.0.message)))?;
+    }
+    let applied = app.writer.write_batch(batch.events, &|ws| auth.allows(Action::Write, ws)).await?;
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        events: Vec<&'a RawValue>,
+    }
+    Ok(Json(Answer { events: applied.iter().map(|a| &*a.event.json).collect() }).into_response())
+}
