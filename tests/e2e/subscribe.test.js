@@ -73,6 +73,38 @@ describe('subscribing over Socket.IO', { skip: skipReason(), timeout: 120_000 },
     assert.deepEqual(workspaceAck.jobs.map((job) => job.id), [ownJob.id]);
   });
 
+  it('gives a socket that comes back with since the events it missed, then live ones, each once', async () => {
+    const { secret, url } = ctx.server;
+    const token = mintToken(secret, { workspaces: [ownWorkspace], scope: 'subscribe' });
+    const job = (await producer.createJob({ workspaceId: ownWorkspace, type: 'e2e.resume' })).body;
+    const first = await connect(url, token);
+    const before = collect(first);
+    assert.equal((await emitAck(first, 'subscribe:job', { jobId: job.id })).ok, true);
+    assert.equal((await producer.setStatus(job.id, { status: 'queued' })).status, 200);
+    await before.waitFor(1);
+    first.close();
+    const lastSeen = before.events[0].data.seq;
+    assert.equal((await producer.setStatus(job.id, { status: 'running' })).status, 200);
+    assert.equal((await producer.setProgress(job.id, { progress: 30 })).status, 200);
+
+    const second = await connect(url, token);
+    try {
+      const after = collect(second);
+      const ack = await emitAck(second, 'subscribe:job', { jobId: job.id, since: lastSeen });
+      await after.waitFor(2);
+      assert.equal((await producer.setProgress(job.id, { progress: 60 })).status, 200);
+      await after.waitFor(3);
+      await sleep(300);
+
+      assert.equal(ack.ok, true, JSON.stringify(ack));
+      assert.equal(lastSeen, 2);
+      assert.deepEqual(after.events.map((e) => [e.event, e.data.seq]),
+        [['job:status', 3], ['job:progress', 4], ['job:progress', 5]]);
+    } finally {
+      second.close();
+    }
+  });
+
   it('stops delivering a job after unsubscribe:job and unsubscribe:workspace:jobs', async () => {
     const { secret, url } = ctx.server;
     const token = mintToken(secret, { workspaces: [ownWorkspace], scope: 'subscribe' });

@@ -12,7 +12,7 @@ use crate::MAX_BATCH_EVENTS;
 
 /// A request that does not fit its schema: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
+#[error("{}", if field == "body" { message.clone() } else { format!("{field}: {message}") })]
 pub struct ValidationError {
     /// The JSON path of the field (`progress`, `events[3].status`), or `body`.
     pub field: String,

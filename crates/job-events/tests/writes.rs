@@ -1,0 +1,192 @@
+//! The append service on SQLite and PostgreSQL: seq assignment, concurrency, refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use jobstream_job_events::{Committed, EventSink, JobEvents, WriteError};
+use jobstream_protocol::{
+    BatchItem, CompleteStep, CreateJob, JobStatus, OutputStream, ProgressRequest, StartStep, StatusRequest, StepPhase,
+    StepStatus, StepType,
+};
+use support::TestDb;
+use uuid::Uuid;
+
+/// Records what reaches the sink.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Arc<Committed>>>);
+
+impl EventSink for Recorder {
+    fn publish(&self, events: &[Arc<Committed>]) {
+        self.0.lock().unwrap().extend(events.iter().cloned());
+    }
+}
+
+fn writer(db: &TestDb) -> (JobEvents, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    (JobEvents::new(db.db.clone(), recorder.clone()), recorder)
+}
+
+fn new_job(workspace: &str) -> CreateJob {
+    CreateJob { id: None, workspace_id: workspace.into(), job_type: "build".into(), priority: None, metadata: None }
+}
+
+async fn running_job(writer: &JobEvents) -> Uuid {
+    let (job, _) = writer.create_job(new_job("ws-1")).await.unwrap();
+    for status in [JobStatus::Queued, JobStatus::Running] {
+        writer.emit_job_status_changed(job.id, status, None, None).await.unwrap();
+    }
+    job.id
+}
+
+async fn stored_seqs(writer: &JobEvents, job: Uuid) -> Vec<i64> {
+    writer.store().events_after(job, 0, 100_000).await.unwrap().iter().map(|e| e.event.seq).collect()
+}
+
+async fn a_new_job_starts_at_seq_one_and_each_event_takes_the_next(db: &TestDb) {
+    let (writer, recorder) = writer(db);
+    let job = running_job(&writer).await;
+    let (step, _) = writer
+        .emit_step_started(job, StartStep { id: None, name: "compile".into(), phase: StepPhase::Execution, step_type: StepType::Command })
+        .await
+        .unwrap();
+    writer.emit_step_output(job, step.id, "ok\n", OutputStream::Stdout).await.unwrap();
+    let (done, event) = writer
+        .emit_step_completed(job, step.id, CompleteStep { status: StepStatus::Completed, error: None, tokens_input: Some(3), tokens_output: None })
+        .await
+        .unwrap();
+    assert_eq!(done.status, StepStatus::Completed);
+    assert_eq!(event.event.seq, 6);
+    assert_eq!(stored_seqs(&writer, job).await, vec![1, 2, 3, 4, 5, 6]);
+    let published: Vec<i64> = recorder.0.lock().unwrap().iter().map(|e| e.event.seq).collect();
+    assert_eq!(published, vec![1, 2, 3, 4, 5, 6]);
+    let snapshot = writer.store().job(job).await.unwrap().unwrap();
+    assert_eq!((snapshot.last_seq, snapshot.status), (6, JobStatus::Running));
+    assert_eq!(snapshot.steps.unwrap()[0].tokens_input, Some(3));
+}
+
+async fn eight_concurrent_writers_produce_seq_one_to_n_without_gap_or_duplicate(db: &TestDb) {
+    let (writer, recorder) = writer(db);
+    let job = running_job(&writer).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for i in 0..25u8 {
+                    let item = BatchItem::Progress(job, ProgressRequest { progress: i64::from(i), message: Some(format!("w{w}")) });
+                    writer.write(item, &|_| true).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected: Vec<i64> = (1..=203).collect();
+    assert_eq!(stored_seqs(&writer, job).await, expected);
+    let mut published: Vec<i64> = recorder.0.lock().unwrap().iter().map(|e| e.event.seq).collect();
+    published.sort_unstable();
+    assert_eq!(published, expected, "every committed event reaches the sink once");
+}
+
+async fn a_refused_write_changes_nothing(db: &TestDb) {
+    let (writer, recorder) = writer(db);
+    let (job, _) = writer.create_job(new_job("ws-1")).await.unwrap();
+    let refused = writer.emit_job_status_changed(job.id, JobStatus::Completed, None, None).await;
+    assert!(matches!(refused, Err(WriteError::InvalidTransition { .. })), "{refused:?}");
+    let missing_step = writer.emit_step_output(job.id, Uuid::now_v7(), "x", OutputStream::Stdout).await;
+    assert!(matches!(missing_step, Err(WriteError::StepNotFound { .. })));
+    let other_workspace = writer.write(BatchItem::Progress(job.id, ProgressRequest { progress: 5, message: None }), &|ws| ws == "ws-2").await;
+    assert!(matches!(other_workspace, Err(WriteError::JobNotFound(_))));
+    assert_eq!(stored_seqs(&writer, job.id).await, vec![1]);
+    assert_eq!(writer.store().job(job.id).await.unwrap().unwrap().status, JobStatus::Pending);
+    assert_eq!(recorder.0.lock().unwrap().len(), 1);
+}
+
+async fn a_batch_with_one_bad_item_writes_nothing(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let job = running_job(&writer).await;
+    let step = Uuid::now_v7();
+    let items = vec![
+        BatchItem::Step(job, StartStep { id: Some(step), name: "a".into(), phase: StepPhase::Setup, step_type: StepType::Command }),
+        BatchItem::Progress(job, ProgressRequest { progress: 10, message: None }),
+        BatchItem::Status(job, StatusRequest { status: JobStatus::Queued, result: None, error: None }),
+    ];
+    assert!(writer.write_batch(items, &|_| true).await.is_err());
+    assert_eq!(stored_seqs(&writer, job).await, vec![1, 2, 3]);
+    assert!(writer.store().job(job).await.unwrap().unwrap().steps.unwrap().is_empty());
+}
+
+async fn a_batch_applies_in_request_order_across_jobs(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let first = running_job(&writer).await;
+    let second = running_job(&writer).await;
+    let step = Uuid::now_v7();
+    let items = vec![
+        BatchItem::Step(first, StartStep { id: Some(step), name: "a".into(), phase: StepPhase::Setup, step_type: StepType::Command }),
+        BatchItem::Progress(second, ProgressRequest { progress: 10, message: None }),
+        BatchItem::Output(first, step, jobstream_protocol::StepOutputRequest { chunk: "x".into(), stream: None }),
+        BatchItem::StepComplete(first, step, CompleteStep { status: StepStatus::Skipped, error: None, tokens_input: None, tokens_output: None }),
+        BatchItem::Status(second, StatusRequest { status: JobStatus::Completed, result: Some(serde_json::json!({"ok": true})), error: None }),
+    ];
+    let applied = writer.write_batch(items, &|_| true).await.unwrap();
+    let seqs: Vec<(Uuid, i64)> = applied.iter().map(|a| (a.event.event.job_id, a.event.event.seq)).collect();
+    assert_eq!(seqs, vec![(first, 4), (second, 4), (first, 5), (first, 6), (second, 5)]);
+    let done = writer.store().job(second).await.unwrap().unwrap();
+    assert_eq!((done.status, done.result), (JobStatus::Completed, Some(serde_json::json!({"ok": true}))));
+    assert!(done.completed_at.is_some());
+}
+
+async fn a_finished_job_refuses_writes_but_job_events(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let job = running_job(&writer).await;
+    writer.emit_job_status_changed(job, JobStatus::Failed, None, Some("boom".into())).await.unwrap();
+    let refused = writer.emit_job_progress(job, 50, None).await;
+    assert!(matches!(refused, Err(WriteError::JobFinished { .. })), "{refused:?}");
+    let custom = writer
+        .emit_job_event(job, jobstream_protocol::EventType::GatePassed, None, serde_json::Map::new())
+        .await
+        .unwrap();
+    assert_eq!(custom.event.seq, 5);
+}
+
+async fn creating_the_same_job_id_twice_returns_the_existing_job(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let id = Uuid::now_v7();
+    let request = CreateJob { id: Some(id), ..new_job("ws-1") };
+    let (first, created) = writer.create_job(request.clone()).await.unwrap();
+    let (second, again) = writer.create_job(request).await.unwrap();
+    assert!(created && !again);
+    assert_eq!(first, second);
+    let elsewhere = writer.create_job(CreateJob { id: Some(id), ..new_job("ws-2") }).await;
+    assert!(matches!(elsewhere, Err(WriteError::Conflict(_))));
+    assert_eq!(stored_seqs(&writer, id).await, vec![1]);
+}
+
+async fn workspace_snapshots_list_recent_jobs_and_every_cursor(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let mut ids = HashSet::new();
+    for _ in 0..3 {
+        ids.insert(running_job(&writer).await);
+    }
+    writer.create_job(new_job("ws-other")).await.unwrap();
+    let snapshot = writer.store().workspace_snapshot("ws-1").await.unwrap();
+    assert_eq!(snapshot.jobs.len(), 3);
+    assert!(snapshot.jobs.windows(2).all(|w| w[0].updated_at >= w[1].updated_at), "newest first");
+    let cursors: HashSet<(Uuid, i64)> = snapshot.cursors.into_iter().collect();
+    assert_eq!(cursors, ids.into_iter().map(|id| (id, 3)).collect());
+}
+
+on_both_engines!(
+    a_new_job_starts_at_seq_one_and_each_event_takes_the_next,
+    eight_concurrent_writers_produce_seq_one_to_n_without_gap_or_duplicate,
+    a_refused_write_changes_nothing,
+    a_batch_with_one_bad_item_writes_nothing,
+    a_batch_applies_in_request_order_across_jobs,
+    a_finished_job_refuses_writes_but_job_events,
+    creating_the_same_job_id_twice_returns_the_existing_job,
+    workspace_snapshots_list_recent_jobs_and_every_cursor,
+);
