@@ -176,7 +176,13 @@ enum Msg {
 impl Hub {
     /// A hub reading catch-ups from `store`.
     pub fn new(store: EventStore, config: DeliveryConfig) -> Self {
-        let inner = HubInner { store, config, index: RwLock::default(), next_id: AtomicU64::new(1), stats: DeliveryStats::default() };
+        let inner = HubInner {
+            store,
+            config,
+            index: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            stats: DeliveryStats::default(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -585,7 +591,10 @@ impl Worker {
                 })
                 .await?;
             behind.extend(
-                cursors.into_iter().filter(|(job, last)| *last > self.subs.cursor(*job).unwrap_or(0)).map(|(job, _)| job),
+                cursors
+                    .into_iter()
+                    .filter(|(job, last)| *last > self.subs.cursor(*job).unwrap_or(0))
+                    .map(|(job, _)| job),
             );
         }
         for job in behind {

@@ -42,13 +42,22 @@ impl JobEvents {
     }
 
     /// `job:progress`.
-    pub async fn emit_job_progress(&self, job_id: Uuid, progress: u8, message: Option<String>) -> Result<Arc<Committed>, WriteError> {
+    pub async fn emit_job_progress(
+        &self,
+        job_id: Uuid,
+        progress: u8,
+        message: Option<String>,
+    ) -> Result<Arc<Committed>, WriteError> {
         let request = checked_progress(progress, message)?;
         self.emit(BatchItem::Progress(job_id, request)).await
     }
 
     /// `step:started`: starts a running step.
-    pub async fn emit_step_started(&self, job_id: Uuid, request: StartStep) -> Result<(StepSnapshot, Arc<Committed>), WriteError> {
+    pub async fn emit_step_started(
+        &self,
+        job_id: Uuid,
+        request: StartStep,
+    ) -> Result<(StepSnapshot, Arc<Committed>), WriteError> {
         jobstream_protocol::requests::Request::validate(&request)?;
         let applied = self.write(BatchItem::Step(job_id, request), &any_workspace).await?;
         let step = applied.step.ok_or_else(|| WriteError::Conflict("step was not created".into()))?;
@@ -80,7 +89,12 @@ impl JobEvents {
     }
 
     /// `step:completed`: finishes a running step as completed, failed or skipped.
-    pub async fn emit_step_completed(&self, job_id: Uuid, step_id: Uuid, request: CompleteStep) -> Result<(StepSnapshot, Arc<Committed>), WriteError> {
+    pub async fn emit_step_completed(
+        &self,
+        job_id: Uuid,
+        step_id: Uuid,
+        request: CompleteStep,
+    ) -> Result<(StepSnapshot, Arc<Committed>), WriteError> {
         jobstream_protocol::requests::Request::validate(&request)?;
         let applied = self.write(BatchItem::StepComplete(job_id, step_id, request), &any_workspace).await?;
         let step = applied.step.ok_or_else(|| WriteError::Conflict("step was not completed".into()))?;

@@ -15,8 +15,8 @@ use jobstream_protocol::{
     StatusChanged, StepFinished, StepOutput, StepProgress, StepSnapshot, StepStarted, StepStatus, Timestamp,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -151,7 +151,11 @@ impl JobEvents {
 
     /// Applies one write. `may_write` is asked about the job's workspace once
     /// the job is locked; a job it refuses is reported as not found.
-    pub async fn write(&self, item: BatchItem, may_write: &(dyn Fn(&str) -> bool + Sync)) -> Result<Applied, WriteError> {
+    pub async fn write(
+        &self,
+        item: BatchItem,
+        may_write: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Applied, WriteError> {
         let mut applied = self.write_batch(vec![item], may_write).await?;
         applied.pop().ok_or_else(|| WriteError::Internal(DbErr::Custom("empty write".into())))
     }
@@ -293,7 +297,7 @@ impl<'a> Batch<'a> {
         }
         let now = self.now;
         let seq = self.jobs.get(&job_id).map_or(1, |(job, _)| job.last_seq + 1);
-        let mut job_update: Option<Box<dyn FnOnce(&mut jobs::Model) + Send>> = None;
+        let mut change = JobChange::None;
         let mut step_out = None;
         let (event_type, step_id, body) = match item {
             BatchItem::Status(_, request) => {
@@ -303,29 +307,34 @@ impl<'a> Batch<'a> {
                 };
                 let result = request.result.filter(|r| !r.is_null() && next == JobStatus::Completed);
                 let error = request.error.filter(|_| matches!(next, JobStatus::Failed | JobStatus::Cancelled));
-                let body = StatusChanged { status: next, previous_status: status, result: result.clone(), error: error.clone() };
-                job_update = Some(Box::new(move |job: &mut jobs::Model| {
-                    job.status = next.as_str().to_owned();
-                    if next == JobStatus::Running {
-                        job.started_at = Some(now.as_datetime());
-                    }
-                    if next.is_terminal() {
-                        job.completed_at = Some(now.as_datetime());
-                        job.result = result;
-                        job.error = error;
-                    }
-                }));
+                let body = StatusChanged {
+                    status: next,
+                    previous_status: status,
+                    result: result.clone(),
+                    error: error.clone(),
+                };
+                change = JobChange::Status { next, result, error };
                 (event_type, None, EventBody::Status(body))
             }
             BatchItem::Progress(_, request) => {
                 let progress = clamp_progress(request.progress);
-                job_update = Some(Box::new(move |job: &mut jobs::Model| job.progress = i16::from(progress)));
-                (EventType::JobProgress, None, EventBody::JobProgress(JobProgress { progress, message: request.message }))
+                change = JobChange::Progress(progress);
+                (
+                    EventType::JobProgress,
+                    None,
+                    EventBody::JobProgress(JobProgress { progress, message: request.message }),
+                )
             }
             BatchItem::Step(_, request) => {
                 let step_id = request.id.unwrap_or_else(Uuid::now_v7);
                 let taken = self.steps.contains_key(&step_id)
-                    || job_steps::Entity::find_by_id(step_id).select_only().column(job_steps::Column::Id).into_tuple::<Uuid>().one(self.tx).await?.is_some();
+                    || job_steps::Entity::find_by_id(step_id)
+                        .select_only()
+                        .column(job_steps::Column::Id)
+                        .into_tuple::<Uuid>()
+                        .one(self.tx)
+                        .await?
+                        .is_some();
                 if taken {
                     return Err(WriteError::Conflict(format!("step id {step_id} is already used")));
                 }
@@ -370,7 +379,8 @@ impl<'a> Batch<'a> {
                 step.row.tokens_input = request.tokens_input;
                 step.row.tokens_output = request.tokens_output;
                 step.dirty = true;
-                step_out = Some(step_snapshot(step.row.clone()).map_err(|_| WriteError::Conflict("invalid step".into()))?);
+                step_out =
+                    Some(step_snapshot(step.row.clone()).map_err(|_| WriteError::Conflict("invalid step".into()))?);
                 let event_type =
                     if request.status == StepStatus::Failed { EventType::StepFailed } else { EventType::StepCompleted };
                 let body = StepFinished {
@@ -391,9 +401,7 @@ impl<'a> Batch<'a> {
             }
         };
         if let Some((job, dirty)) = self.jobs.get_mut(&job_id) {
-            if let Some(update) = job_update {
-                update(job);
-            }
+            change.apply(job, now);
             job.last_seq = seq;
             job.updated_at = now.as_datetime();
             *dirty = true;
@@ -425,7 +433,10 @@ impl<'a> Batch<'a> {
             job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).exec(self.tx).await?;
         }
         for chunk in self.events.chunks(INSERT_CHUNK) {
-            let rows = chunk.iter().map(|e| event_row(e).map(IntoActiveModel::into_active_model)).collect::<Result<Vec<_>, _>>()?;
+            let rows = chunk
+                .iter()
+                .map(|e| event_row(e).map(IntoActiveModel::into_active_model))
+                .collect::<Result<Vec<_>, _>>()?;
             job_events::Entity::insert_many(rows).exec_without_returning(self.tx).await?;
         }
         for (id, (job, dirty)) in self.jobs {
@@ -438,8 +449,34 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// What a write changes in the job row besides `last_seq` and `updated_at`.
+enum JobChange {
+    None,
+    Status { next: JobStatus, result: Option<Value>, error: Option<String> },
+    Progress(u8),
+}
+
+impl JobChange {
+    fn apply(self, job: &mut jobs::Model, now: Timestamp) {
+        match self {
+            JobChange::None => {}
+            JobChange::Progress(progress) => job.progress = i16::from(progress),
+            JobChange::Status { next, result, error } => {
+                job.status = next.as_str().to_owned();
+                if next == JobStatus::Running {
+                    job.started_at = Some(now.as_datetime());
+                }
+                if next.is_terminal() {
+                    job.completed_at = Some(now.as_datetime());
+                    job.result = result;
+                    job.error = error;
+                }
+            }
+        }
+    }
+}
+
 /// Requests are validated to 0–100 before they get here.
 fn clamp_progress(progress: i64) -> u8 {
     u8::try_from(progress.clamp(0, 100)).unwrap_or(100)
 }
-

@@ -30,7 +30,7 @@ struct Collector {
 impl Outlet for Collector {
     fn try_send(&self, event: &Committed) -> Result<(), OutletError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.full_every > 0 && call % self.full_every == 0 {
+        if self.full_every > 0 && call.is_multiple_of(self.full_every) {
             return Err(OutletError::Full);
         }
         self.log.lock().unwrap().push(Some((event.event.job_id, event.event.seq)));
@@ -73,7 +73,8 @@ fn received(log: &Log) -> HashMap<Uuid, Vec<i64>> {
 
 async fn every_subscriber_gets_each_job_in_order_once_under_concurrent_writers_and_slow_outlets(db: &TestDb) {
     // Arrange: a hub with tiny mailboxes, so overflow and catch-up happen often.
-    let config = DeliveryConfig { queue_limit: 8, pending_limit: 8, page_size: 16, stall_timeout: Duration::from_secs(10) };
+    let config =
+        DeliveryConfig { queue_limit: 8, pending_limit: 8, page_size: 16, stall_timeout: Duration::from_secs(10) };
     let hub = Hub::new(EventStore::new(db.db.clone()), config);
     let writer = JobEvents::new(db.db.clone(), Arc::new(hub.clone()));
     let mut jobs = Vec::new();
@@ -103,9 +104,14 @@ async fn every_subscriber_gets_each_job_in_order_once_under_concurrent_writers_a
             tokio::spawn(async move {
                 for i in 0..30usize {
                     let job = jobs[(p + i) % jobs.len()];
-                    let progress = |n: usize| BatchItem::Progress(job, ProgressRequest { progress: (n % 100) as i64, message: None });
+                    let progress = |n: usize| {
+                        BatchItem::Progress(job, ProgressRequest { progress: (n % 100) as i64, message: None })
+                    };
                     if i % 5 == 0 {
-                        writer.write_batch(vec![progress(i), progress(i + 1), progress(i + 2)], &|_| true).await.unwrap();
+                        writer
+                            .write_batch(vec![progress(i), progress(i + 1), progress(i + 2)], &|_| true)
+                            .await
+                            .unwrap();
                     } else {
                         writer.write(progress(i), &|_| true).await.unwrap();
                     }
@@ -126,13 +132,15 @@ async fn every_subscriber_gets_each_job_in_order_once_under_concurrent_writers_a
     }
     let expect = |log: &Log, wanted: &[(Uuid, i64)]| {
         let got = received(log);
-        let want: HashMap<Uuid, Vec<i64>> = wanted.iter().map(|(job, from)| (*job, ((from + 1)..=last[job]).collect())).collect();
+        let want: HashMap<Uuid, Vec<i64>> =
+            wanted.iter().map(|(job, from)| (*job, ((from + 1)..=last[job]).collect())).collect();
         (got == want, format!("got {got:?}\nwant {want:?}"))
     };
     let workspace_wants: Vec<(Uuid, i64)> = jobs.iter().map(|j| (*j, 1)).chain([(late.id, 0)]).collect();
     let mut both_wants = workspace_wants.clone();
     both_wants[0] = (j1, 0);
-    let checks: Vec<(&str, &Log, Vec<(Uuid, i64)>)> = vec![
+    type Wanted = Vec<(Uuid, i64)>;
+    let checks: Vec<(&str, &Log, Wanted)> = vec![
         ("job only", &job_log, vec![(j1, 1)]),
         ("workspace", &ws_log, workspace_wants.clone()),
         ("both rooms", &both_log, both_wants),
@@ -154,7 +162,8 @@ async fn every_subscriber_gets_each_job_in_order_once_under_concurrent_writers_a
 }
 
 async fn a_replay_of_many_events_streams_in_order_through_a_small_mailbox(db: &TestDb) {
-    let config = DeliveryConfig { queue_limit: 4, pending_limit: 4, page_size: 100, stall_timeout: Duration::from_secs(10) };
+    let config =
+        DeliveryConfig { queue_limit: 4, pending_limit: 4, page_size: 100, stall_timeout: Duration::from_secs(10) };
     let hub = Hub::new(EventStore::new(db.db.clone()), config);
     let writer = JobEvents::new(db.db.clone(), Arc::new(hub.clone()));
     let (job, _) = writer.create_job(job_request()).await.unwrap();

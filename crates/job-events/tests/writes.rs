@@ -50,12 +50,19 @@ async fn a_new_job_starts_at_seq_one_and_each_event_takes_the_next(db: &TestDb) 
     let (writer, recorder) = writer(db);
     let job = running_job(&writer).await;
     let (step, _) = writer
-        .emit_step_started(job, StartStep { id: None, name: "compile".into(), phase: StepPhase::Execution, step_type: StepType::Command })
+        .emit_step_started(
+            job,
+            StartStep { id: None, name: "compile".into(), phase: StepPhase::Execution, step_type: StepType::Command },
+        )
         .await
         .unwrap();
     writer.emit_step_output(job, step.id, "ok\n", OutputStream::Stdout).await.unwrap();
     let (done, event) = writer
-        .emit_step_completed(job, step.id, CompleteStep { status: StepStatus::Completed, error: None, tokens_input: Some(3), tokens_output: None })
+        .emit_step_completed(
+            job,
+            step.id,
+            CompleteStep { status: StepStatus::Completed, error: None, tokens_input: Some(3), tokens_output: None },
+        )
         .await
         .unwrap();
     assert_eq!(done.status, StepStatus::Completed);
@@ -76,7 +83,10 @@ async fn eight_concurrent_writers_produce_seq_one_to_n_without_gap_or_duplicate(
             let writer = writer.clone();
             tokio::spawn(async move {
                 for i in 0..25u8 {
-                    let item = BatchItem::Progress(job, ProgressRequest { progress: i64::from(i), message: Some(format!("w{w}")) });
+                    let item = BatchItem::Progress(
+                        job,
+                        ProgressRequest { progress: i64::from(i), message: Some(format!("w{w}")) },
+                    );
                     writer.write(item, &|_| true).await.unwrap();
                 }
             })
@@ -99,7 +109,9 @@ async fn a_refused_write_changes_nothing(db: &TestDb) {
     assert!(matches!(refused, Err(WriteError::InvalidTransition { .. })), "{refused:?}");
     let missing_step = writer.emit_step_output(job.id, Uuid::now_v7(), "x", OutputStream::Stdout).await;
     assert!(matches!(missing_step, Err(WriteError::StepNotFound { .. })));
-    let other_workspace = writer.write(BatchItem::Progress(job.id, ProgressRequest { progress: 5, message: None }), &|ws| ws == "ws-2").await;
+    let other_workspace = writer
+        .write(BatchItem::Progress(job.id, ProgressRequest { progress: 5, message: None }), &|ws| ws == "ws-2")
+        .await;
     assert!(matches!(other_workspace, Err(WriteError::JobNotFound(_))));
     assert_eq!(stored_seqs(&writer, job.id).await, vec![1]);
     assert_eq!(writer.store().job(job.id).await.unwrap().unwrap().status, JobStatus::Pending);
@@ -111,7 +123,10 @@ async fn a_batch_with_one_bad_item_writes_nothing(db: &TestDb) {
     let job = running_job(&writer).await;
     let step = Uuid::now_v7();
     let items = vec![
-        BatchItem::Step(job, StartStep { id: Some(step), name: "a".into(), phase: StepPhase::Setup, step_type: StepType::Command }),
+        BatchItem::Step(
+            job,
+            StartStep { id: Some(step), name: "a".into(), phase: StepPhase::Setup, step_type: StepType::Command },
+        ),
         BatchItem::Progress(job, ProgressRequest { progress: 10, message: None }),
         BatchItem::Status(job, StatusRequest { status: JobStatus::Queued, result: None, error: None }),
     ];
@@ -126,11 +141,21 @@ async fn a_batch_applies_in_request_order_across_jobs(db: &TestDb) {
     let second = running_job(&writer).await;
     let step = Uuid::now_v7();
     let items = vec![
-        BatchItem::Step(first, StartStep { id: Some(step), name: "a".into(), phase: StepPhase::Setup, step_type: StepType::Command }),
+        BatchItem::Step(
+            first,
+            StartStep { id: Some(step), name: "a".into(), phase: StepPhase::Setup, step_type: StepType::Command },
+        ),
         BatchItem::Progress(second, ProgressRequest { progress: 10, message: None }),
         BatchItem::Output(first, step, jobstream_protocol::StepOutputRequest { chunk: "x".into(), stream: None }),
-        BatchItem::StepComplete(first, step, CompleteStep { status: StepStatus::Skipped, error: None, tokens_input: None, tokens_output: None }),
-        BatchItem::Status(second, StatusRequest { status: JobStatus::Completed, result: Some(serde_json::json!({"ok": true})), error: None }),
+        BatchItem::StepComplete(
+            first,
+            step,
+            CompleteStep { status: StepStatus::Skipped, error: None, tokens_input: None, tokens_output: None },
+        ),
+        BatchItem::Status(
+            second,
+            StatusRequest { status: JobStatus::Completed, result: Some(serde_json::json!({"ok": true})), error: None },
+        ),
     ];
     let applied = writer.write_batch(items, &|_| true).await.unwrap();
     let seqs: Vec<(Uuid, i64)> = applied.iter().map(|a| (a.event.event.job_id, a.event.event.seq)).collect();

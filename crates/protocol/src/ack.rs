@@ -60,7 +60,9 @@ mod tests {
         let ack = AckError::new(ErrorCode::Forbidden, "workspace ws-2 is not in your token");
         assert_eq!(
             serde_json::to_value(ack).ok(),
-            Some(json!({ "ok": false, "error": { "code": "forbidden", "message": "workspace ws-2 is not in your token" } }))
+            Some(
+                json!({ "ok": false, "error": { "code": "forbidden", "message": "workspace ws-2 is not in your token" } })
+            )
         );
     }
 }

@@ -22,14 +22,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in life order.
-    pub const ALL: [JobStatus; 6] = [
-        Self::Pending,
-        Self::Queued,
-        Self::Running,
-        Self::Completed,
-        Self::Failed,
-        Self::Cancelled,
-    ];
+    pub const ALL: [JobStatus; 6] =
+        [Self::Pending, Self::Queued, Self::Running, Self::Completed, Self::Failed, Self::Cancelled];
 
     /// The wire name (`"running"`).
     pub fn as_str(self) -> &'static str {
@@ -58,11 +52,13 @@ impl JobStatus {
     /// `failed` or `cancelled`. Everything else is refused.
     pub fn can_become(self, next: JobStatus) -> bool {
         use JobStatus::*;
-        match (self, next) {
-            (Pending, Queued) | (Queued, Running) | (Running, Completed) => true,
-            (Pending | Queued | Running, Failed | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Queued)
+                | (Queued, Running)
+                | (Running, Completed)
+                | (Pending | Queued | Running, Failed | Cancelled)
+        )
     }
 }
 
@@ -173,11 +169,7 @@ mod tests {
         ];
         for from in JobStatus::ALL {
             for to in JobStatus::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    allowed.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
             }
         }
     }

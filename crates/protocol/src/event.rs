@@ -142,11 +142,9 @@ impl EventType {
     pub fn socket_event(self) -> SocketEvent {
         match self {
             Self::JobCreated => SocketEvent::JobCreated,
-            Self::JobQueued
-            | Self::JobStarted
-            | Self::JobCompleted
-            | Self::JobFailed
-            | Self::JobCancelled => SocketEvent::JobStatus,
+            Self::JobQueued | Self::JobStarted | Self::JobCompleted | Self::JobFailed | Self::JobCancelled => {
+                SocketEvent::JobStatus
+            }
             Self::JobProgress => SocketEvent::JobProgress,
             Self::StepStarted => SocketEvent::StepStarted,
             Self::StepProgress => SocketEvent::StepProgress,
@@ -477,10 +475,8 @@ mod tests {
 
     #[test]
     fn every_event_type_maps_to_the_contract_socket_event() {
-        let names: Vec<_> = EventType::ALL
-            .iter()
-            .map(|t| format!("{}={}", t.as_str(), t.socket_event().as_str()))
-            .collect();
+        let names: Vec<_> =
+            EventType::ALL.iter().map(|t| format!("{}={}", t.as_str(), t.socket_event().as_str())).collect();
         assert_eq!(
             names.join(" "),
             "job.created=job:created job.queued=job:status job.started=job:status \

@@ -19,13 +19,13 @@ pub use ack::{AckError, JobSubscribed, Unsubscribed, WorkspaceSubscribed};
 pub use enums::{JobStatus, OutputStream, StepPhase, StepStatus, StepType};
 pub use error::{ErrorBody, ErrorCode};
 pub use event::{
-    CustomEvent, Event, EventBody, EventType, JobCreated, JobProgress, SocketEvent, StatusChanged,
-    StepFinished, StepOutput, StepProgress, StepStarted,
+    CustomEvent, Event, EventBody, EventType, JobCreated, JobProgress, SocketEvent, StatusChanged, StepFinished,
+    StepOutput, StepProgress, StepStarted,
 };
 pub use requests::{
-    BatchItem, BatchKind, BatchRequest, CompleteStep, CreateJob, CustomEventRequest,
-    ProgressRequest, StartStep, StatusRequest, StepOutputRequest, SubscribeJob,
-    SubscribeWorkspace, UnsubscribeJob, UnsubscribeWorkspace, ValidationError,
+    BatchItem, BatchKind, BatchRequest, CompleteStep, CreateJob, CustomEventRequest, ProgressRequest, StartStep,
+    StatusRequest, StepOutputRequest, SubscribeJob, SubscribeWorkspace, UnsubscribeJob, UnsubscribeWorkspace,
+    ValidationError,
 };
 pub use room::{Room, RoomParseError};
 pub use snapshot::{JobSnapshot, StepSnapshot};

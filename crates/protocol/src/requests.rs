@@ -391,7 +391,10 @@ impl BatchRequest {
             return Err(ValidationError::new("events", "must hold at least one event"));
         }
         if items.len() > MAX_BATCH_EVENTS {
-            return Err(ValidationError::new("events", format!("must hold at most {MAX_BATCH_EVENTS} events, got {}", items.len())));
+            return Err(ValidationError::new(
+                "events",
+                format!("must hold at most {MAX_BATCH_EVENTS} events, got {}", items.len()),
+            ));
         }
         let events = items
             .into_iter()
@@ -416,8 +419,14 @@ mod tests {
     #[test]
     fn a_negative_or_textual_since_is_refused() {
         let job = Uuid::from_u128(1).to_string();
-        assert_eq!(SubscribeJob::parse(json!({ "jobId": job, "since": -1 })).err().map(|e| e.field), Some("since".into()));
-        assert_eq!(SubscribeJob::parse(json!({ "jobId": job, "since": "x" })).err().map(|e| e.field), Some("since".into()));
+        assert_eq!(
+            SubscribeJob::parse(json!({ "jobId": job, "since": -1 })).err().map(|e| e.field),
+            Some("since".into())
+        );
+        assert_eq!(
+            SubscribeJob::parse(json!({ "jobId": job, "since": "x" })).err().map(|e| e.field),
+            Some("since".into())
+        );
         assert!(SubscribeJob::parse(json!({ "jobId": job, "since": 0 })).is_ok());
     }
 

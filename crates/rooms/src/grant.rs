@@ -103,11 +103,12 @@ type Rule = fn(&Claims, Action, &str) -> Option<Decision>;
 const RULES: &[(&str, Rule)] = &[
     ("scope", |claims, action, _| {
         let scope = action.scope();
-        (!claims.scopes.contains(&scope)).then(|| {
-            Decision::Denied(Denial { reason: format!("the token lacks the `{}` scope", scope.as_str()) })
-        })
+        (!claims.scopes.contains(&scope))
+            .then(|| Decision::Denied(Denial { reason: format!("the token lacks the `{}` scope", scope.as_str()) }))
     }),
-    ("all workspaces", |claims, _, _| claims.all_workspaces().then_some(Decision::Allowed("the token grants every workspace"))),
+    ("all workspaces", |claims, _, _| {
+        claims.all_workspaces().then_some(Decision::Allowed("the token grants every workspace"))
+    }),
     ("named workspace", |claims, _, workspace| {
         claims.workspaces.contains(workspace).then_some(Decision::Allowed("the token names the workspace"))
     }),
@@ -135,7 +136,10 @@ mod tests {
 
     #[test]
     fn a_named_workspace_with_the_subscribe_scope_may_be_read() {
-        assert_eq!(authorize(&claims(&["ws-1"], None), Action::Read, "ws-1"), Decision::Allowed("the token names the workspace"));
+        assert_eq!(
+            authorize(&claims(&["ws-1"], None), Action::Read, "ws-1"),
+            Decision::Allowed("the token names the workspace")
+        );
     }
 
     #[test]
@@ -152,9 +156,13 @@ mod tests {
     #[test]
     fn a_missing_scope_is_denied_even_for_a_named_workspace() {
         let read_only = claims(&["ws-1"], Some("subscribe"));
-        assert!(matches!(authorize(&read_only, Action::Write, "ws-1"), Decision::Denied(d) if d.reason.contains("publish")));
+        assert!(
+            matches!(authorize(&read_only, Action::Write, "ws-1"), Decision::Denied(d) if d.reason.contains("publish"))
+        );
         let write_only = claims(&["*"], Some("publish"));
-        assert!(matches!(authorize(&write_only, Action::Read, "ws-1"), Decision::Denied(d) if d.reason.contains("subscribe")));
+        assert!(
+            matches!(authorize(&write_only, Action::Read, "ws-1"), Decision::Denied(d) if d.reason.contains("subscribe"))
+        );
     }
 
     #[test]

@@ -100,7 +100,11 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("last-event-id")])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ])
             .max_age(Duration::from_secs(600)),
     ))
 }
@@ -126,15 +130,14 @@ impl Application {
         let (socket_layer, io) = SocketIo::builder().with_state(state.clone()).max_buffer_size(1024).build_layer();
         crate::socket::register(&io);
 
-        let mut router = crate::http::router()
-            .fallback(crate::http::not_found)
-            .with_state(state.clone())
-            .layer(socket_layer);
+        let mut router =
+            crate::http::router().fallback(crate::http::not_found).with_state(state.clone()).layer(socket_layer);
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
         }
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| BuildError::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
         Ok(Self { listener, router, io, state, random_secret })
     }
 

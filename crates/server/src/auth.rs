@@ -225,7 +225,11 @@ mod tests {
     fn malformed_and_none_algorithm_tokens_are_refused() {
         let secret = Secret::new("s");
         assert_eq!(verify(&secret, "abc").err(), Some(TokenError::Malformed));
-        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode(br#"{"sub":"u","exp":9999999999}"#));
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"u","exp":9999999999}"#)
+        );
         assert_eq!(verify(&secret, &none).err(), Some(TokenError::Algorithm));
     }
 

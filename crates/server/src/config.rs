@@ -112,7 +112,12 @@ impl Config {
             listen: args.listen,
             database_url: args.database.database_url,
             jwt_secret: jwt_secret_from_env(),
-            cors_origins: args.cors_origins.into_iter().map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect(),
+            cors_origins: args
+                .cors_origins
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
             redis_url: args.redis_url.filter(|u| !u.is_empty()),
             demo: args.demo,
             max_body_bytes: args.max_body_bytes,

@@ -10,5 +10,5 @@ pub mod http;
 pub mod socket;
 pub mod telemetry;
 
-pub use app::{Application, AppState};
+pub use app::{AppState, Application};
 pub use config::Config;

@@ -57,7 +57,11 @@ fn connect_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
 }
 
 /// Connect middleware: refuses sockets without a valid token, so no handler runs for them.
-async fn authenticate(socket: SocketRef, TryData(auth): TryData<Value>, State(app): State<AppState>) -> Result<(), Unauthorized> {
+async fn authenticate(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(app): State<AppState>,
+) -> Result<(), Unauthorized> {
     let token = connect_token(&socket, auth.as_ref().ok()).filter(|t| !t.is_empty());
     let claims = token.ok_or(TokenError::Missing).and_then(|t| auth::verify(&app.secret, &t)).map_err(|err| {
         tracing::debug!(socket = %socket.id, %err, "connection refused");
@@ -156,8 +160,12 @@ fn take_ack<T: Serialize + Send + 'static>(slot: &mut Option<AckSender>, body: T
 }
 
 async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<SubscribeWorkspace>(data, ack) else { return };
-    let Some(session) = session(&socket) else { return };
+    let Some((request, ack)) = parse::<SubscribeWorkspace>(data, ack) else {
+        return;
+    };
+    let Some(session) = session(&socket) else {
+        return;
+    };
     if let Decision::Denied(denial) = authorize(&session.claims, Action::Read, &request.workspace_id) {
         return refuse(ack, ErrorCode::Forbidden, denial.reason);
     }
@@ -165,7 +173,9 @@ async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, a
     let mut slot = Some(ack);
     let result = session
         .subscriber
-        .subscribe_workspace(&request.workspace_id, |jobs| take_ack(&mut slot, WorkspaceSubscribed { ok: true, room, jobs }))
+        .subscribe_workspace(&request.workspace_id, |jobs| {
+            take_ack(&mut slot, WorkspaceSubscribed { ok: true, room, jobs })
+        })
         .await;
     if let (Err(err), Some(ack)) = (result, slot) {
         internal(ack, &err);
@@ -173,7 +183,9 @@ async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, a
 }
 
 async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else { return };
+    let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else {
+        return;
+    };
     if let Some(session) = session(&socket) {
         session.subscriber.unsubscribe(Room::Workspace(request.workspace_id)).await;
     }
@@ -181,20 +193,32 @@ async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>,
 }
 
 async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<SubscribeJob>(data, ack) else { return };
-    let Some(session) = session(&socket) else { return };
+    let Some((request, ack)) = parse::<SubscribeJob>(data, ack) else {
+        return;
+    };
+    let Some(session) = session(&socket) else {
+        return;
+    };
     let claims = session.claims.clone();
     // A job the token cannot read gets the same answer as a job that does not exist.
     let check = |job: &jobstream_protocol::JobSnapshot| {
-        if authorize(&claims, Action::Read, &job.workspace_id).is_allowed() { Ok(()) } else { Err(()) }
+        if authorize(&claims, Action::Read, &job.workspace_id).is_allowed() {
+            Ok(())
+        } else {
+            Err(())
+        }
     };
     let room = Room::Job(request.job_id).to_string();
     let mut slot = Some(ack);
     let result = session
         .subscriber
-        .subscribe_job(request.job_id, request.since, check, |job| take_ack(&mut slot, JobSubscribed { ok: true, room, job }))
+        .subscribe_job(request.job_id, request.since, check, |job| {
+            take_ack(&mut slot, JobSubscribed { ok: true, room, job })
+        })
         .await;
-    let (Err(err), Some(ack)) = (result, slot) else { return };
+    let (Err(err), Some(ack)) = (result, slot) else {
+        return;
+    };
     match err {
         SubscribeError::NotFound | SubscribeError::Refused(()) => {
             refuse(ack, ErrorCode::NotFound, format!("job {} not found", request.job_id));
@@ -207,7 +231,9 @@ async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ac
 }
 
 async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else { return };
+    let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else {
+        return;
+    };
     if let Some(session) = session(&socket) {
         session.subscriber.unsubscribe(Room::Job(request.job_id)).await;
     }

@@ -42,7 +42,10 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
             (b'+', _) => out.push(b' '),
             (b'%', Some(byte)) => {
@@ -116,7 +119,10 @@ impl FromRequest<AppState> for JsonBody {
                 mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         if !is_json {
-            return Err(ApiError::new(ErrorCode::BadRequest, "expected a JSON body with `Content-Type: application/json`"));
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "expected a JSON body with `Content-Type: application/json`",
+            ));
         }
         let limit = state.limits.max_body_bytes;
         let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {

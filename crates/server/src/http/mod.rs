@@ -73,7 +73,12 @@ fn step_id(job: Uuid, text: &str) -> Result<Uuid, ApiError> {
 }
 
 /// An integer query parameter within `range`, or its default.
-fn int_param(params: &HashMap<String, String>, name: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, ApiError> {
+fn int_param(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, ApiError> {
     match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
         None => Ok(default),
         Some(text) => match text.parse::<i64>() {
@@ -105,7 +110,12 @@ async fn list_jobs(
     let status = match params.get("status").filter(|s| !s.is_empty()) {
         None => None,
         Some(text) => Some(JobStatus::parse(text).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidPayload, format!("status: unknown status {text:?}; use pending, queued, running, completed, failed or cancelled"))
+            ApiError::new(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "status: unknown status {text:?}; use pending, queued, running, completed, failed or cancelled"
+                ),
+            )
         })?),
     };
     let workspaces = match params.get("workspaceId").filter(|s| !s.is_empty()) {
@@ -166,35 +176,59 @@ fn check_chunk(item: &BatchItem, limit: usize) -> Result<(), ApiError> {
     match item {
         BatchItem::Output(_, _, output) if output.chunk.len() > limit => Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
-            format!("chunk is {} bytes; the limit is {limit} bytes: split the output into smaller chunks", output.chunk.len()),
+            format!(
+                "chunk is {} bytes; the limit is {limit} bytes: split the output into smaller chunks",
+                output.chunk.len()
+            ),
         )),
         _ => Ok(()),
     }
 }
 
 /// Applies one write for the token and answers with `status`.
-async fn write(app: &AppState, auth: &Auth, item: BatchItem, status: StatusCode, with_step: bool) -> Result<Response, ApiError> {
+async fn write(
+    app: &AppState,
+    auth: &Auth,
+    item: BatchItem,
+    status: StatusCode,
+    with_step: bool,
+) -> Result<Response, ApiError> {
     check_chunk(&item, app.limits.max_chunk_bytes)?;
     let Applied { event, step } = app.writer.write(item, &|ws| auth.allows(Action::Write, ws)).await?;
     let step = if with_step { step.as_ref() } else { None };
     Ok((status, Json(WriteAnswer { step, event: &event.json })).into_response())
 }
 
-async fn change_status(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+async fn change_status(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
     let id = job_id(&id)?;
     let item = BatchItem::Status(id, StatusRequest::parse(body)?);
     write(&app, &auth, item, StatusCode::OK, false).await
 }
 
-async fn job_progress(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+async fn job_progress(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
     let id = job_id(&id)?;
     let item = BatchItem::Progress(id, ProgressRequest::parse(body)?);
     write(&app, &auth, item, StatusCode::OK, false).await
 }
 
-async fn start_step(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+async fn start_step(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
     let id = job_id(&id)?;
     let item = BatchItem::Step(id, StartStep::parse(body)?);
@@ -237,7 +271,12 @@ async fn complete_step(
     write(&app, &auth, item, StatusCode::OK, true).await
 }
 
-async fn custom_event(State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+async fn custom_event(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
     let id = job_id(&id)?;
     let item = BatchItem::Event(id, CustomEventRequest::parse(body)?);
@@ -248,7 +287,8 @@ async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody
     auth.require_scope(Action::Write)?;
     let batch = BatchRequest::parse(body)?;
     for (i, item) in batch.events.iter().enumerate() {
-        check_chunk(item, app.limits.max_chunk_bytes).map_err(|e| ApiError::new(e.0.code, format!("events[{i}]: {}", e.0.message)))?;
+        check_chunk(item, app.limits.max_chunk_bytes)
+            .map_err(|e| ApiError::new(e.0.code, format!("events[{i}]: {}", e.0.message)))?;
     }
     let applied = app.writer.write_batch(batch.events, &|ws| auth.allows(Action::Write, ws)).await?;
     #[derive(Serialize)]

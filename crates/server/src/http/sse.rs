@@ -90,7 +90,8 @@ fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send 
 
 /// The resume point: `Last-Event-ID`, else `?since=`, else 0 (the whole history).
 fn resume_point(parts: &Parts, params: &HashMap<String, String>) -> Result<i64, ApiError> {
-    let header = parts.headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    let header =
+        parts.headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     match header.map(str::to_owned).or_else(|| params.get("since").cloned()) {
         None => Ok(0),
         Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
@@ -115,14 +116,21 @@ pub async fn job_stream(
     let mut finished = false;
     let check = |job: &JobSnapshot| {
         finished = job.status.is_terminal() && since >= job.last_seq;
-        if auth.allows(Action::Read, &job.workspace_id) { Ok(()) } else { Err(()) }
+        if auth.allows(Action::Read, &job.workspace_id) {
+            Ok(())
+        } else {
+            Err(())
+        }
     };
     let announce = |_: JobSnapshot| -> Announce { Box::new(|| Ok(())) };
     match subscriber.subscribe_job(job_id, Some(since), check, announce).await {
         Ok(()) => {}
         Err(SubscribeError::NotFound | SubscribeError::Refused(())) => return Err(ApiError::job_not_found(job_id)),
         Err(SubscribeError::InvalidCursor { since, last_seq }) => {
-            return Err(ApiError::new(ErrorCode::InvalidCursor, format!("since {since} is beyond the job's last seq {last_seq}")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidCursor,
+                format!("since {since} is beyond the job's last seq {last_seq}"),
+            ));
         }
         Err(SubscribeError::Read(err)) => return Err(err.into()),
     }
@@ -134,7 +142,11 @@ pub async fn job_stream(
 }
 
 /// `GET /api/v1/workspaces/{workspaceId}/events/stream`.
-pub async fn workspace_stream(State(app): State<AppState>, auth: Auth, Path(workspace_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn workspace_stream(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(workspace_id): Path<String>,
+) -> Result<Response, ApiError> {
     auth.require(Action::Read, &workspace_id)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let snapshot_tx = tx.clone();

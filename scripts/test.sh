@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs them all: the Rust unit and integration
+# tests (cargo nextest), then the end-to-end suite with the stock socket.io-client
+# against the built server, on SQLite and, when JOBSTREAM_TEST_POSTGRES_URL is
+# set, on PostgreSQL. Exits non-zero if anything fails.
+#
+#   scripts/test.sh
+#   JOBSTREAM_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "error: $1 is required ($2)" >&2; exit 1; }; }
+need cargo "install Rust from https://rustup.rs"
+need node "install Node.js 20 or newer"
+need npm "it comes with Node.js"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest =="
+  cargo install cargo-nextest --locked
+fi
+
+if [ -z "${JOBSTREAM_TEST_POSTGRES_URL:-}" ]; then
+  echo "note: JOBSTREAM_TEST_POSTGRES_URL is not set: PostgreSQL tests are skipped (SQLite runs)."
+fi
+
+echo "== installing end-to-end test dependencies (npm ci) =="
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== building =="
+cargo build --workspace --all-targets --locked
+
+echo "== Rust tests =="
+cargo nextest run --workspace --locked --no-fail-fast
+
+echo "== end-to-end tests =="
+JOBSTREAM_BIN="$PWD/target/debug/jobstream" tests/e2e/run.sh
