@@ -39,6 +39,8 @@ pub struct AppState {
     pub secret: Secret,
     /// Size limits.
     pub limits: Limits,
+    /// What the dashboard page is told (demo token in demo mode).
+    pub dashboard: crate::dashboard::DashboardConfig,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,6 +77,8 @@ pub struct Application {
     state: AppState,
     /// Whether the secret was made up at start (no `JOBSTREAM_JWT_SECRET`).
     random_secret: bool,
+    /// Whether to run the demo producer.
+    demo: bool,
 }
 
 impl std::fmt::Debug for Application {
@@ -125,20 +129,40 @@ impl Application {
         let random_secret = config.jwt_secret.is_none();
         let secret = config.jwt_secret.as_deref().map_or_else(Secret::random, Secret::new);
         let limits = Limits { max_body_bytes: config.max_body_bytes, max_chunk_bytes: config.max_chunk_bytes };
-        let state = AppState { writer, store, hub, secret, limits };
+        let dashboard = if config.demo {
+            let token = crate::auth::mint(
+                &secret,
+                "dashboard",
+                &[crate::demo::DEMO_WORKSPACE.to_owned()],
+                &jobstream_rooms::Claims::parse_scopes(Some("subscribe")),
+                Duration::from_secs(7 * 86_400),
+            );
+            crate::dashboard::DashboardConfig {
+                demo: true,
+                workspace_id: Some(crate::demo::DEMO_WORKSPACE.to_owned()),
+                token: Some(token),
+            }
+        } else {
+            crate::dashboard::DashboardConfig::default()
+        };
+        let state = AppState { writer, store, hub, secret, limits, dashboard };
 
-        let (socket_layer, io) = SocketIo::builder().with_state(state.clone()).max_buffer_size(1024).build_layer();
+        let (socket_layer, io) =
+            SocketIo::builder().with_state(state.clone()).max_buffer_size(config.socket_buffer).build_layer();
         crate::socket::register(&io);
 
-        let mut router =
-            crate::http::router().fallback(crate::http::not_found).with_state(state.clone()).layer(socket_layer);
+        let mut router = crate::http::router()
+            .merge(crate::dashboard::router())
+            .fallback(crate::http::not_found)
+            .with_state(state.clone())
+            .layer(socket_layer);
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
         }
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
-        Ok(Self { listener, router, io, state, random_secret })
+        Ok(Self { listener, router, io, state, random_secret, demo: config.demo })
     }
 
     /// The bound address (the real port when the configuration said 0).
@@ -159,10 +183,14 @@ impl Application {
     /// Serves until `shutdown` completes, then closes sockets and finishes
     /// in-flight requests (for at most 10 seconds).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let demo = self.demo.then(|| tokio::spawn(crate::demo::run(self.state.writer.clone())));
         let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
         let io = self.io.clone();
         let graceful = async move {
             shutdown.await;
+            if let Some(demo) = demo {
+                demo.abort();
+            }
             let _ = stopping_tx.send(true);
             tracing::info!("shutting down: closing sockets and finishing requests");
             io.close().await;

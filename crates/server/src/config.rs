@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// Largest accepted `step:output` chunk, in bytes.
     #[arg(long = "max-chunk-bytes", env = "JOBSTREAM_MAX_CHUNK_BYTES", default_value_t = 64 * 1024)]
     pub max_chunk_bytes: usize,
+    /// Socket.IO packets buffered per socket; a socket whose buffer is full is
+    /// caught up from the database when it reads again.
+    #[arg(long = "socket-buffer", env = "JOBSTREAM_SOCKET_BUFFER", default_value_t = 1024)]
+    pub socket_buffer: usize,
 }
 
 /// Options of `token`.
@@ -103,6 +107,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Chunk limit.
     pub max_chunk_bytes: usize,
+    /// Socket.IO per-socket packet buffer.
+    pub socket_buffer: usize,
 }
 
 impl Config {
@@ -122,6 +128,7 @@ impl Config {
             demo: args.demo,
             max_body_bytes: args.max_body_bytes,
             max_chunk_bytes: args.max_chunk_bytes,
+            socket_buffer: args.socket_buffer.max(1),
         }
     }
 
@@ -136,6 +143,7 @@ impl Config {
             demo: false,
             max_body_bytes: 1024 * 1024,
             max_chunk_bytes: 64 * 1024,
+            socket_buffer: 1024,
         }
     }
 }

@@ -6,6 +6,8 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
+pub mod demo;
 pub mod http;
 pub mod socket;
 pub mod telemetry;

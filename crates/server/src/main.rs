@@ -44,6 +44,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  subscribe: {subscribe}");
         println!("  publish:   {publish}");
     }
+    if application.state().dashboard.demo {
+        println!("demo mode: jobs are running in workspace \"demo\"; open the dashboard at {url}/");
+    } else {
+        println!("dashboard: {url}/");
+    }
     println!("jobstream listening on {url}");
     application.run_until_stopped(app::shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
