@@ -167,10 +167,25 @@ enum Msg {
     Resync,
     Begin(Room),
     Abort(Room),
-    ActivateJob { job_id: Uuid, workspace_id: String, last_seq: i64, since: Option<i64>, announce: Announce },
-    ActivateWorkspace { workspace_id: String, cursors: Vec<(Uuid, i64)>, announce: Announce },
+    /// Boxed, like the next one: the mailbox allocates slots of the largest variant.
+    ActivateJob(Box<ActivateJob>),
+    ActivateWorkspace(Box<ActivateWorkspace>),
     Unsubscribe(Room),
     Close,
+}
+
+struct ActivateJob {
+    job_id: Uuid,
+    workspace_id: String,
+    last_seq: i64,
+    since: Option<i64>,
+    announce: Announce,
+}
+
+struct ActivateWorkspace {
+    workspace_id: String,
+    cursors: Vec<(Uuid, i64)>,
+    announce: Announce,
 }
 
 impl Hub {
@@ -354,7 +369,13 @@ impl Subscriber {
         }
         rooms.insert(room);
         let (workspace_id, last_seq) = (job.workspace_id.clone(), job.last_seq);
-        self.send(Msg::ActivateJob { job_id, workspace_id, last_seq, since, announce: announce(job) });
+        self.send(Msg::ActivateJob(Box::new(ActivateJob {
+            job_id,
+            workspace_id,
+            last_seq,
+            since,
+            announce: announce(job),
+        })));
         Ok(())
     }
 
@@ -373,7 +394,8 @@ impl Subscriber {
             Ok(WorkspaceSnapshot { jobs, cursors }) => {
                 rooms.insert(room);
                 let announce = announce(jobs);
-                self.send(Msg::ActivateWorkspace { workspace_id: workspace_id.to_owned(), cursors, announce });
+                let workspace_id = workspace_id.to_owned();
+                self.send(Msg::ActivateWorkspace(Box::new(ActivateWorkspace { workspace_id, cursors, announce })));
                 Ok(())
             }
             Err(err) => {
@@ -429,7 +451,8 @@ fn key(event: &Committed) -> EventKey<'_> {
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         while let Some(msg) = rx.recv().await {
-            if self.handle(msg).await.is_err() {
+            // Boxed so that the idle task holds only the receiver, not the largest handler state.
+            if Box::pin(self.handle(msg)).await.is_err() {
                 break;
             }
         }
@@ -445,7 +468,7 @@ impl Worker {
             }
             Msg::Resync => {
                 self.mailbox.overflowed.store(false, Ordering::Release);
-                self.resync().await
+                Box::pin(self.resync()).await
             }
             Msg::Begin(Room::Job(job)) => {
                 self.subs.begin_job(job);
@@ -462,16 +485,18 @@ impl Worker {
                 }
                 self.settle_pending().await
             }
-            Msg::ActivateJob { job_id, workspace_id, last_seq, since, announce } => {
+            Msg::ActivateJob(activation) => {
+                let ActivateJob { job_id, workspace_id, last_seq, since, announce } = *activation;
                 let cursor = self.subs.activate_job(job_id, &workspace_id, last_seq, since);
                 self.announce(announce)?;
                 self.settle_pending().await?;
                 if cursor < last_seq {
-                    self.catch_up(job_id).await?;
+                    Box::pin(self.catch_up(job_id)).await?;
                 }
                 Ok(())
             }
-            Msg::ActivateWorkspace { workspace_id, cursors, announce } => {
+            Msg::ActivateWorkspace(activation) => {
+                let ActivateWorkspace { workspace_id, cursors, announce } = *activation;
                 self.subs.activate_workspace(&workspace_id, cursors);
                 self.announce(announce)?;
                 self.settle_pending().await
@@ -523,7 +548,7 @@ impl Worker {
             }
             Verdict::Deliver => self.deliver(&event).await,
             Verdict::Gap { .. } => {
-                self.catch_up(event.event.job_id).await?;
+                Box::pin(self.catch_up(event.event.job_id)).await?;
                 if self.subs.classify(key(&event)) == Verdict::Deliver {
                     self.deliver(&event).await?;
                 }
@@ -611,7 +636,8 @@ impl Worker {
         Fut: std::future::Future<Output = Result<T, ReadError>>,
     {
         for attempt in 0..5u32 {
-            match op(self.hub.inner.store.clone()).await {
+            // Boxed: database futures are large, and an idle worker should stay small.
+            match Box::pin(op(self.hub.inner.store.clone())).await {
                 Ok(value) => return Ok(value),
                 Err(err) => {
                     tracing::warn!(subscriber = self.id, attempt, error = %err, source = ?std::error::Error::source(&err), "catch-up read failed");

@@ -147,15 +147,20 @@ impl Application {
         };
         let state = AppState { writer, store, hub, secret, limits, dashboard };
 
-        let (socket_layer, io) =
-            SocketIo::builder().with_state(state.clone()).max_buffer_size(config.socket_buffer).build_layer();
+        let (socket_layer, io) = SocketIo::builder()
+            .with_state(state.clone())
+            .max_buffer_size(config.socket_buffer)
+            // Clients send only small subscribe packets; a smaller read chunk saves memory per socket.
+            .ws_read_buffer_size(1024)
+            .build_layer();
         crate::socket::register(&io);
 
         let mut router = crate::http::router()
             .merge(crate::dashboard::router())
             .fallback(crate::http::not_found)
             .with_state(state.clone())
-            .layer(socket_layer);
+            .layer(socket_layer)
+            .layer(axum::middleware::map_request(detach_socket_request));
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
         }
@@ -208,6 +213,34 @@ impl Application {
             }
         }
     }
+}
+
+/// Copies the URI and headers of Socket.IO requests into their own small
+/// allocations. socketioxide keeps each socket's request parts for the socket's
+/// life; as parsed, they point into the connection's 16 KiB read buffer and so
+/// would keep that buffer alive per connection.
+async fn detach_socket_request(mut request: axum::extract::Request) -> axum::extract::Request {
+    if request.uri().path().starts_with("/socket.io") {
+        if let Ok(uri) = request.uri().to_string().parse() {
+            *request.uri_mut() = uri;
+        }
+        let headers = std::mem::take(request.headers_mut());
+        let copied = request.headers_mut();
+        copied.reserve(headers.len());
+        let mut name = None;
+        for (key, value) in headers {
+            if let Some(key) = key {
+                name = Some(key);
+            }
+            if let (Some(key), Ok(value)) = (&name, HeaderValue::from_bytes(value.as_bytes())) {
+                copied.append(
+                    header::HeaderName::from_bytes(key.as_str().as_bytes()).unwrap_or_else(|_| key.clone()),
+                    value,
+                );
+            }
+        }
+    }
+    request
 }
 
 /// Resolves on SIGINT or SIGTERM.

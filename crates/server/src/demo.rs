@@ -151,7 +151,7 @@ async fn run_job(writer: &JobEvents, n: u64) -> Result<(), WriteError> {
         5 => Ending::Cancelled,
         _ => Ending::Success,
     };
-    let kind = if n % 2 == 0 { "test" } else { "build" };
+    let kind = if n.is_multiple_of(2) { "test" } else { "build" };
     let request = CreateJob {
         id: None,
         workspace_id: DEMO_WORKSPACE.into(),
