@@ -2,7 +2,8 @@
 # Installs what the tests need and runs them all: the Rust unit and integration
 # tests (cargo nextest), then the end-to-end suite with the stock socket.io-client
 # against the built server, on SQLite and, when JOBSTREAM_TEST_POSTGRES_URL is
-# set, on PostgreSQL. Exits non-zero if anything fails.
+# set, on PostgreSQL; then the browser tests (Debian's chromium, installed with
+# apt-get if missing, driven by playwright-core). Exits non-zero if anything fails.
 #
 #   scripts/test.sh
 #   JOBSTREAM_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test scripts/test.sh
@@ -25,6 +26,7 @@ fi
 
 echo "== installing end-to-end test dependencies (npm ci) =="
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== building =="
 cargo build --workspace --all-targets --locked
@@ -32,5 +34,14 @@ cargo build --workspace --all-targets --locked
 echo "== Rust tests =="
 cargo nextest run --workspace --locked --no-fail-fast
 
+status=0
 echo "== end-to-end tests =="
-JOBSTREAM_BIN="$PWD/target/debug/jobstream" tests/e2e/run.sh
+JOBSTREAM_BIN="$PWD/target/debug/jobstream" tests/e2e/run.sh || status=1
+
+echo "== deployment files (static checks: compose, nginx, Dockerfile) =="
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+python3 tests/deploy/check.py || status=1
+
+echo "== browser tests (Debian chromium, playwright-core) =="
+JOBSTREAM_BIN="$PWD/target/debug/jobstream" tests/browser/run.sh || status=1
+exit "$status"

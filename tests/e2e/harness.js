@@ -15,6 +15,9 @@ const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const READY_TIMEOUT_MS = 20_000;
 const STOP_GRACE_MS = 5_000;
 const TEST_TIMEOUT_MS = 30_000;
+// A restart on the same port retries while the port is still held.
+const SAME_PORT_ATTEMPTS = 8;
+const SAME_PORT_RETRY_MS = 250;
 
 // Socket.IO events the server sends (CONTRACT §1).
 const SERVER_EVENTS = [
@@ -108,15 +111,18 @@ function binaryPath() {
   return process.env.JOBSTREAM_BIN || path.join(REPO_ROOT, 'target', 'debug', 'jobstream');
 }
 
-// Starts `jobstream serve` and resolves with { url, child, log } once it prints
-// its listening line on stdout.
-function startProcess({ databaseUrl, secret, log }) {
+// Starts `jobstream serve` on `listen` (default: any free port) and resolves
+// with { url, child } once it prints its listening line on stdout. `env` is
+// added to the server's environment.
+function startProcess({ databaseUrl, secret, log, listen = '127.0.0.1:0', env = {} }) {
   const bin = binaryPath();
   if (!fs.existsSync(bin)) {
     return Promise.reject(new Error(`server binary not found at ${bin} (build it, or set JOBSTREAM_BIN)`));
   }
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--database-url', databaseUrl], {
-    env: { ...process.env, JOBSTREAM_JWT_SECRET: secret, RUST_LOG: process.env.RUST_LOG || 'info' },
+  const child = spawn(bin, ['serve', '--listen', listen, '--database-url', databaseUrl], {
+    env: {
+      ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', ...env, JOBSTREAM_JWT_SECRET: secret,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   log.push(`--- ${bin} serve (pid ${child.pid}) ---`);
@@ -173,25 +179,40 @@ function stopProcess(child) {
 }
 
 // Starts a server on its own database (a fresh one unless databaseUrl is
-// given). Returns { url, secret, stop(), restart(), close(), output() }.
-async function spawnServer({ databaseUrl } = {}) {
+// given); `env` is added to the server's environment. Returns { url, port,
+// secret, stop(), restart(), close(), output() }. restart({ samePort: true })
+// starts again on the port of the previous run (retrying while the port is
+// still held), so that clients reconnect to the same URL.
+async function spawnServer({ databaseUrl, env = {} } = {}) {
   const database = databaseUrl ? { url: databaseUrl, drop: async () => {} } : createDatabase();
   const secret = crypto.randomBytes(32).toString('hex');
   const log = [];
   let child = null;
 
-  const start = async () => {
-    const started = await startProcess({ databaseUrl: database.url, secret, log });
-    child = started.child;
-    server.url = started.url;
-    return started.url;
+  const start = async ({ samePort = false } = {}) => {
+    const listen = samePort && server.port ? `127.0.0.1:${server.port}` : '127.0.0.1:0';
+    const attempts = samePort ? SAME_PORT_ATTEMPTS : 1;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        const started = await startProcess({ databaseUrl: database.url, secret, log, listen, env });
+        child = started.child;
+        server.url = started.url;
+        server.port = Number(new URL(started.url).port);
+        return started.url;
+      } catch (err) {
+        if (attempt >= attempts) throw err;
+        log.push(`--- start on ${listen} failed (attempt ${attempt} of ${attempts}); retrying ---`);
+        await sleep(SAME_PORT_RETRY_MS * attempt);
+      }
+    }
   };
   const server = {
     url: null,
+    port: null,
     secret,
     databaseUrl: database.url,
     stop: () => stopProcess(child),
-    restart: async () => { await stopProcess(child); return start(); },
+    restart: async (options) => { await stopProcess(child); return start(options); },
     close: async () => { await stopProcess(child); await database.drop(); },
     output: () => log.join('\n'),
   };
@@ -207,12 +228,12 @@ async function spawnServer({ databaseUrl } = {}) {
 // Registers hooks that give the enclosing describe() its own server, print the
 // server output after a failed test (or when a later `before` hook failed and
 // no test ran), and clean up afterwards. The returned object is filled in by
-// the `before` hook.
-function useServer() {
+// the `before` hook. options go to spawnServer (e.g. { env }).
+function useServer(options = {}) {
   const ctx = { server: null };
   let testsRun = 0;
   const printOutput = (why) => process.stderr.write(`--- server output (${why}) ---\n${ctx.server.output()}\n`);
-  before(async () => { ctx.server = await spawnServer(); }, { timeout: READY_TIMEOUT_MS + 10_000 });
+  before(async () => { ctx.server = await spawnServer(options); }, { timeout: READY_TIMEOUT_MS + 10_000 });
   afterEach((t) => {
     testsRun += 1;
     if (t.passed === false && ctx.server) printOutput(`"${t.name}" failed`);
@@ -431,6 +452,10 @@ function assertAckError(ack, code) {
 }
 
 module.exports = {
+  createDatabase,
+  startProcess,
+  stopProcess,
+  requestedDatabase,
   assertAckError,
   assertEvent,
   assertHttpError,

@@ -52,8 +52,9 @@ pub enum OutletError {
 }
 
 /// Sends a subscription's announcement (a Socket.IO ack, an SSE snapshot frame)
-/// from the worker, so that it goes out before any event it announces.
-pub type Announce = Box<dyn FnOnce() -> Result<(), OutletError> + Send>;
+/// from the worker, so that it goes out before any event it announces. It is
+/// called again while it answers [`OutletError::Full`].
+pub type Announce = Box<dyn FnMut() -> Result<(), OutletError> + Send>;
 
 /// Delivery limits.
 #[derive(Debug, Clone)]
@@ -64,7 +65,9 @@ pub struct DeliveryConfig {
     pub pending_limit: usize,
     /// Events read per page when catching up or replaying.
     pub page_size: u64,
-    /// How long an outlet may stay full before the subscriber is closed.
+    /// How long an outlet may stay full before it is logged and counted as stalled.
+    /// The subscriber keeps waiting: a client that stops reading for good is
+    /// closed by the transport's heartbeat, and its outlet then reports closed.
     pub stall_timeout: Duration,
 }
 
@@ -83,7 +86,7 @@ pub struct DeliveryStats {
     pub catch_ups: AtomicU64,
     /// Mailboxes that overflowed.
     pub overflows: AtomicU64,
-    /// Subscribers closed because their outlet stayed full.
+    /// Times a subscriber's outlet stayed full for longer than `stall_timeout`.
     pub stalls: AtomicU64,
 }
 
@@ -249,6 +252,33 @@ impl Hub {
                 (None, None) => {}
             }
         }
+    }
+
+    /// (subscribers, job subscriptions, workspace subscriptions).
+    pub fn subscription_counts(&self) -> (usize, usize, usize) {
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        let count = |sets: &mut dyn Iterator<Item = &HashSet<u64>>| sets.map(HashSet::len).sum::<usize>();
+        (index.mailboxes.len(), count(&mut index.by_job.values()), count(&mut index.by_workspace.values()))
+    }
+
+    /// The job and workspace rooms with local subscribers.
+    pub fn rooms(&self) -> (Vec<Uuid>, Vec<String>) {
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        (index.by_job.keys().copied().collect(), index.by_workspace.keys().cloned().collect())
+    }
+
+    /// Asks every subscriber to compare its cursors with the database and catch
+    /// up (after events may have been missed, e.g. while a bus was down).
+    pub fn resync_all(&self) {
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        for mailbox in index.mailboxes.values() {
+            let _ = mailbox.tx.send(Msg::Resync);
+        }
+    }
+
+    /// The store the hub reads from.
+    pub fn store(&self) -> &EventStore {
+        &self.inner.store
     }
 
     fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
@@ -488,7 +518,7 @@ impl Worker {
             Msg::ActivateJob(activation) => {
                 let ActivateJob { job_id, workspace_id, last_seq, since, announce } = *activation;
                 let cursor = self.subs.activate_job(job_id, &workspace_id, last_seq, since);
-                self.announce(announce)?;
+                self.announce(announce).await?;
                 self.settle_pending().await?;
                 if cursor < last_seq {
                     Box::pin(self.catch_up(job_id)).await?;
@@ -498,7 +528,7 @@ impl Worker {
             Msg::ActivateWorkspace(activation) => {
                 let ActivateWorkspace { workspace_id, cursors, announce } = *activation;
                 self.subs.activate_workspace(&workspace_id, cursors);
-                self.announce(announce)?;
+                self.announce(announce).await?;
                 self.settle_pending().await
             }
             Msg::Unsubscribe(Room::Job(job)) => {
@@ -513,11 +543,8 @@ impl Worker {
         }
     }
 
-    fn announce(&self, announce: Announce) -> Result<(), Stop> {
-        announce().map_err(|err| {
-            tracing::debug!(subscriber = self.id, ?err, "subscription announcement not sent; closing");
-            Stop
-        })
+    async fn announce(&self, announce: Announce) -> Result<(), Stop> {
+        self.wait_while_full(announce).await
     }
 
     /// Classifies the held events again now that a subscription changed state.
@@ -558,28 +585,36 @@ impl Worker {
     }
 
     async fn deliver(&mut self, event: &Committed) -> Result<(), Stop> {
-        let config = &self.hub.inner.config;
+        let outlet = self.outlet.clone();
+        self.wait_while_full(|| outlet.try_send(event)).await?;
+        self.subs.advance(key(event));
+        self.hub.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Calls `send` until the outlet takes it, backing off while it is full;
+    /// stops when the outlet is gone.
+    async fn wait_while_full(&self, mut send: impl FnMut() -> Result<(), OutletError>) -> Result<(), Stop> {
+        let stall_timeout = self.hub.inner.config.stall_timeout;
         let mut waited = Duration::ZERO;
         let mut pause = Duration::from_millis(2);
+        let mut reported = false;
         loop {
-            match self.outlet.try_send(event) {
-                Ok(()) => break,
+            match send() {
+                Ok(()) => return Ok(()),
                 Err(OutletError::Closed) => return Err(Stop),
-                Err(OutletError::Full) if waited >= config.stall_timeout => {
-                    self.hub.inner.stats.stalls.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(subscriber = self.id, "subscriber stopped reading for {waited:?}; closing it");
-                    return Err(Stop);
-                }
                 Err(OutletError::Full) => {
+                    if waited >= stall_timeout && !reported {
+                        reported = true;
+                        self.hub.inner.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(subscriber = self.id, "subscriber has not read for {waited:?}; still waiting");
+                    }
                     tokio::time::sleep(pause).await;
                     waited += pause;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
             }
         }
-        self.subs.advance(key(event));
-        self.hub.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Sends a job's committed events after its cursor, page by page, until the

@@ -22,6 +22,7 @@ pub mod writer;
 
 pub use db::{backend_of, migrate, open, redact, OpenError};
 pub use error::{ReadError, WriteError};
+pub use sea_orm::DbBackend;
 pub use sink::{Committed, EventSink, NullSink};
 pub use store::{EventStore, JobQuery, WorkspaceSnapshot};
 pub use writer::{Applied, JobEvents};

@@ -224,3 +224,42 @@ pub(crate) fn step_snapshot(step: job_steps::Model) -> Result<StepSnapshot, Read
         tokens_output: step.tokens_output,
     })
 }
+
+impl EventStore {
+    /// The `lastSeq` of the given jobs (missing jobs are left out).
+    pub async fn last_seqs(&self, jobs: Vec<Uuid>) -> Result<Vec<(Uuid, i64)>, ReadError> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(500) {
+            let rows = jobs::Entity::find()
+                .select_only()
+                .column(jobs::Column::Id)
+                .column(jobs::Column::LastSeq)
+                .filter(jobs::Column::Id.is_in(chunk.to_vec()))
+                .into_tuple::<(Uuid, i64)>()
+                .all(&self.db)
+                .await?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Jobs of the given workspaces updated since `since`, with their `lastSeq`.
+    pub async fn recently_updated(
+        &self,
+        workspaces: Vec<String>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(Uuid, i64)>, ReadError> {
+        if workspaces.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(jobs::Entity::find()
+            .select_only()
+            .column(jobs::Column::Id)
+            .column(jobs::Column::LastSeq)
+            .filter(jobs::Column::WorkspaceId.is_in(workspaces))
+            .filter(jobs::Column::UpdatedAt.gte(since))
+            .into_tuple::<(Uuid, i64)>()
+            .all(&self.db)
+            .await?)
+    }
+}

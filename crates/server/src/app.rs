@@ -16,6 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::Secret;
 use crate::config::Config;
+use crate::metrics::CountingSink;
 
 /// Size limits of the HTTP API.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +42,10 @@ pub struct AppState {
     pub limits: Limits,
     /// What the dashboard page is told (demo token in demo mode).
     pub dashboard: crate::dashboard::DashboardConfig,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// Turns true when the server is shutting down (SSE streams end then).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -79,6 +84,8 @@ pub struct Application {
     random_secret: bool,
     /// Whether to run the demo producer.
     demo: bool,
+    /// Tells long-lived responses (SSE) that the server is stopping.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Application {
@@ -116,16 +123,27 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
 impl Application {
     /// Opens and migrates the database, wires the services and binds the listener.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
-        if config.redis_url.is_some() {
+        if config.redis_url.is_some()
+            && jobstream_job_events::backend_of(&config.database_url) != Some(sea_orm_backend_postgres())
+        {
             return Err(BuildError::Config(
-                "JOBSTREAM_REDIS_URL is set, but this version runs as a single node: unset it".into(),
+                "a cluster bus (JOBSTREAM_REDIS_URL) needs a shared PostgreSQL database: several nodes cannot share a SQLite file. Use DATABASE_URL=postgres://… or unset JOBSTREAM_REDIS_URL".into(),
             ));
         }
         let db = jobstream_job_events::open(&config.database_url).await?;
         jobstream_job_events::migrate(&db).await?;
         let store = EventStore::new(db.clone());
         let hub = Hub::new(store.clone(), DeliveryConfig::default());
-        let writer = JobEvents::new(db, Arc::new(hub.clone()));
+        let metrics = crate::metrics::Metrics::default();
+        let sink: Arc<dyn jobstream_job_events::EventSink> = match &config.redis_url {
+            Some(url) => {
+                let bus = crate::bus::start(url, hub.clone(), metrics.clone())
+                    .map_err(|e| BuildError::Config(e.to_string()))?;
+                Arc::new(CountingSink { inner: bus, metrics: metrics.clone() })
+            }
+            None => Arc::new(CountingSink { inner: hub.clone(), metrics: metrics.clone() }),
+        };
+        let writer = JobEvents::new(db, sink);
         let random_secret = config.jwt_secret.is_none();
         let secret = config.jwt_secret.as_deref().map_or_else(Secret::random, Secret::new);
         let limits = Limits { max_body_bytes: config.max_body_bytes, max_chunk_bytes: config.max_chunk_bytes };
@@ -145,7 +163,8 @@ impl Application {
         } else {
             crate::dashboard::DashboardConfig::default()
         };
-        let state = AppState { writer, store, hub, secret, limits, dashboard };
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let state = AppState { writer, store, hub, secret, limits, dashboard, metrics, stopping };
 
         let (socket_layer, io) = SocketIo::builder()
             .with_state(state.clone())
@@ -156,6 +175,8 @@ impl Application {
         crate::socket::register(&io);
 
         let mut router = crate::http::router()
+            .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_http))
+            .route("/metrics", axum::routing::get(crate::metrics::render))
             .merge(crate::dashboard::router())
             .fallback(crate::http::not_found)
             .with_state(state.clone())
@@ -167,7 +188,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
-        Ok(Self { listener, router, io, state, random_secret, demo: config.demo })
+        Ok(Self { listener, router, io, state, random_secret, demo: config.demo, stopping: stopping_tx })
     }
 
     /// The bound address (the real port when the configuration said 0).
@@ -189,7 +210,8 @@ impl Application {
     /// in-flight requests (for at most 10 seconds).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let demo = self.demo.then(|| tokio::spawn(crate::demo::run(self.state.writer.clone())));
-        let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+        let stopping_tx = self.stopping;
+        let mut stopping_rx = stopping_tx.subscribe();
         let io = self.io.clone();
         let graceful = async move {
             shutdown.await;
@@ -241,6 +263,10 @@ async fn detach_socket_request(mut request: axum::extract::Request) -> axum::ext
         }
     }
     request
+}
+
+fn sea_orm_backend_postgres() -> jobstream_job_events::DbBackend {
+    jobstream_job_events::DbBackend::Postgres
 }
 
 /// Resolves on SIGINT or SIGTERM.

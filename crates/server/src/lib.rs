@@ -5,10 +5,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod http;
+pub mod metrics;
 pub mod socket;
 pub mod telemetry;
 

@@ -1,7 +1,13 @@
 //! The Socket.IO gateway: token check at connect, the subscribe / unsubscribe
 //! handlers and their acks, and the socket as a delivery outlet.
+//!
+//! Handlers are registered in the connect middleware, after the token is
+//! accepted and before socketioxide sends CONNECT, so that a subscribe the
+//! client sends right after connecting always finds its handler. The delivery
+//! worker of a socket starts with its first subscription.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
 
 use jobstream_job_events::delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
 use jobstream_job_events::Committed;
@@ -13,24 +19,32 @@ use jobstream_protocol::{
 use jobstream_rooms::{authorize, Action, Claims, Decision};
 use serde::Serialize;
 use serde_json::Value;
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
-use socketioxide::handler::ConnectHandler;
-use socketioxide::socket::DisconnectReason;
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo};
 
 use crate::app::AppState;
 use crate::auth::{self, TokenError};
 
-/// Registers the `/` namespace: the auth middleware, then the handlers.
+/// Registers the `/` namespace: the auth middleware, then the connect handler.
 pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(authenticate));
 }
 
-/// The claims of a connected socket, kept in its extensions.
+/// A socket's claims and, once it subscribes, its delivery subscriber.
 #[derive(Clone)]
 struct Session {
     claims: Arc<Claims>,
-    subscriber: Arc<Subscriber>,
+    subscriber: Arc<OnceLock<Arc<Subscriber>>>,
+}
+
+impl Session {
+    /// The socket's subscriber, started on first use.
+    fn subscriber(&self, socket: &SocketRef, app: &AppState) -> Arc<Subscriber> {
+        self.subscriber.get_or_init(|| Arc::new(app.hub.subscriber(Arc::new(SocketOutlet(socket.clone()))))).clone()
+    }
 }
 
 /// Why a connection was refused; sent as the `connect_error` message.
@@ -56,7 +70,8 @@ fn connect_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
         .map(|(_, token)| token.trim().to_owned())
 }
 
-/// Connect middleware: refuses sockets without a valid token, so no handler runs for them.
+/// Connect middleware: refuses sockets without a valid token (no handler runs
+/// for them); for the others, sets up the session and registers the handlers.
 async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
@@ -67,8 +82,26 @@ async fn authenticate(
         tracing::debug!(socket = %socket.id, %err, "connection refused");
         Unauthorized(err)
     })?;
-    socket.extensions.insert(Arc::new(claims));
+    socket.extensions.insert(Session { claims: Arc::new(claims), subscriber: Arc::default() });
+    socket.on("subscribe:workspace:jobs", subscribe_workspace);
+    socket.on("unsubscribe:workspace:jobs", unsubscribe_workspace);
+    socket.on("subscribe:job", subscribe_job);
+    socket.on("unsubscribe:job", unsubscribe_job);
+    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason, State(app): State<AppState>| {
+        if let Some(session) = socket.extensions.remove::<Session>() {
+            if let Some(subscriber) = session.subscriber.get() {
+                subscriber.close();
+            }
+        }
+        app.metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(socket = %socket.id, ?reason, "disconnected");
+    });
     Ok(())
+}
+
+async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
+    app.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(socket = %socket.id, "connected");
 }
 
 /// The socket as a delivery outlet: `emit` of the pre-encoded event.
@@ -93,45 +126,55 @@ impl Outlet for SocketOutlet {
     }
 }
 
-async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
-    let Some(claims) = socket.extensions.get::<Arc<Claims>>() else {
-        // The middleware always sets the claims; without them, refuse to serve.
-        let _ = socket.disconnect();
-        return;
-    };
-    let subscriber = Arc::new(app.hub.subscriber(Arc::new(SocketOutlet(socket.clone()))));
-    socket.extensions.insert(Session { claims, subscriber });
-    tracing::debug!(socket = %socket.id, "connected");
-    socket.on("subscribe:workspace:jobs", subscribe_workspace);
-    socket.on("unsubscribe:workspace:jobs", unsubscribe_workspace);
-    socket.on("subscribe:job", subscribe_job);
-    socket.on("unsubscribe:job", unsubscribe_job);
-    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
-        if let Some(session) = socket.extensions.remove::<Session>() {
-            session.subscriber.close();
-        }
-        tracing::debug!(socket = %socket.id, ?reason, "disconnected");
-    });
+/// An ack that can be sent again when the socket's buffer is full
+/// (socketioxide's `AckSender` is consumed by a failed send).
+struct Ack {
+    socket: Arc<Socket<LocalAdapter>>,
+    ack_id: Option<i64>,
 }
 
-/// Sends an ack (errors: the client is gone or not reading; nothing to do).
-fn reply<T: Serialize + ?Sized>(ack: AckSender, body: &T) {
-    if let Err(err) = ack.send(body) {
-        tracing::debug!(%err, "ack not sent");
+impl FromMessageParts<LocalAdapter> for Ack {
+    type Error = Infallible;
+
+    fn from_message_parts(
+        socket: &Arc<Socket<LocalAdapter>>,
+        _: &mut socketioxide_core::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(Self { socket: socket.clone(), ack_id: *ack_id })
     }
 }
 
-fn refuse(ack: AckSender, code: ErrorCode, message: impl Into<String>) {
-    reply(ack, &AckError::new(code, message));
+impl Ack {
+    fn try_send<T: Serialize + ?Sized>(&self, body: &T) -> Result<(), SendError> {
+        let mut unused = socketioxide_core::Value::Bytes(bytes::Bytes::new());
+        let Ok(sender) = AckSender::from_message_parts(&self.socket, &mut unused, &self.ack_id);
+        sender.send(body)
+    }
+
+    /// Sends an ack from the handler (errors: the client is gone; nothing to do).
+    fn reply<T: Serialize + ?Sized>(self, body: &T) {
+        if let Err(err) = self.try_send(body) {
+            tracing::debug!(%err, "ack not sent");
+        }
+    }
+
+    fn refuse(self, code: ErrorCode, message: impl Into<String>) {
+        self.reply(&AckError::new(code, message));
+    }
+
+    /// An ack sent by the delivery worker, before the events it announces.
+    fn announce<T: Serialize + Send + 'static>(self, body: T) -> Announce {
+        Box::new(move || self.try_send(&body).map_err(|e| outlet_error(&e)))
+    }
 }
 
 /// Parses the payload, or acks `invalid_payload` and returns `None`.
-fn parse<T: Request>(data: Result<Value, socketioxide::ParserError>, ack: AckSender) -> Option<(T, AckSender)> {
-    let value = data.unwrap_or(Value::Null);
-    match T::parse(value) {
+fn parse<T: Request>(data: Result<Value, socketioxide::ParserError>, ack: Ack) -> Option<(T, Ack)> {
+    match T::parse(data.unwrap_or(Value::Null)) {
         Ok(request) => Some((request, ack)),
         Err(err) => {
-            refuse(ack, ErrorCode::InvalidPayload, err.to_string());
+            ack.refuse(ErrorCode::InvalidPayload, err.to_string());
             None
         }
     }
@@ -141,38 +184,29 @@ fn session(socket: &SocketRef) -> Option<Session> {
     socket.extensions.get::<Session>()
 }
 
-/// An ack sent by the delivery worker, before the events it announces.
-fn announce_ack<T: Serialize + Send + 'static>(ack: AckSender, body: T) -> Announce {
-    Box::new(move || ack.send(&body).map_err(|e| outlet_error(&e)))
-}
-
-fn internal(ack: AckSender, err: &dyn std::fmt::Display) {
+fn internal(ack: Ack, err: &dyn std::fmt::Display) {
     tracing::error!(error = %err, "subscription failed");
-    refuse(ack, ErrorCode::Internal, "internal error; try again");
+    ack.refuse(ErrorCode::Internal, "internal error; try again");
 }
 
-/// Builds the ack announcement from the slot holding the ack (left in place if never called).
-fn take_ack<T: Serialize + Send + 'static>(slot: &mut Option<AckSender>, body: T) -> Announce {
+/// Builds the announcement from the slot holding the ack (left in place if never called).
+fn take_ack<T: Serialize + Send + 'static>(slot: &mut Option<Ack>, body: T) -> Announce {
     match slot.take() {
-        Some(ack) => announce_ack(ack, body),
+        Some(ack) => ack.announce(body),
         None => Box::new(|| Ok(())),
     }
 }
 
-async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<SubscribeWorkspace>(data, ack) else {
-        return;
-    };
-    let Some(session) = session(&socket) else {
-        return;
-    };
+async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, State(app): State<AppState>) {
+    let Some((request, ack)) = parse::<SubscribeWorkspace>(data, ack) else { return };
+    let Some(session) = session(&socket) else { return };
     if let Decision::Denied(denial) = authorize(&session.claims, Action::Read, &request.workspace_id) {
-        return refuse(ack, ErrorCode::Forbidden, denial.reason);
+        return ack.refuse(ErrorCode::Forbidden, denial.reason);
     }
     let room = Room::Workspace(request.workspace_id.clone()).to_string();
     let mut slot = Some(ack);
     let result = session
-        .subscriber
+        .subscriber(&socket, &app)
         .subscribe_workspace(&request.workspace_id, |jobs| {
             take_ack(&mut slot, WorkspaceSubscribed { ok: true, room, jobs })
         })
@@ -182,23 +216,20 @@ async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, a
     }
 }
 
-async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else {
-        return;
-    };
-    if let Some(session) = session(&socket) {
-        session.subscriber.unsubscribe(Room::Workspace(request.workspace_id)).await;
+async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack) {
+    let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else { return };
+    if let Some(subscriber) = session(&socket).and_then(|s| s.subscriber.get().cloned()) {
+        subscriber.unsubscribe(Room::Workspace(request.workspace_id)).await;
     }
-    reply(ack, &Unsubscribed { ok: true });
+    ack.reply(&Unsubscribed { ok: true });
 }
 
-async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<SubscribeJob>(data, ack) else {
-        return;
-    };
-    let Some(session) = session(&socket) else {
-        return;
-    };
+async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, State(app): State<AppState>) {
+    let Some((request, ack)) = parse::<SubscribeJob>(data, ack) else { return };
+    let Some(session) = session(&socket) else { return };
+    if !session.claims.scopes.contains(&jobstream_rooms::Scope::Subscribe) {
+        return ack.refuse(ErrorCode::Forbidden, "the token lacks the `subscribe` scope");
+    }
     let claims = session.claims.clone();
     // A job the token cannot read gets the same answer as a job that does not exist.
     let check = |job: &jobstream_protocol::JobSnapshot| {
@@ -211,31 +242,27 @@ async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ac
     let room = Room::Job(request.job_id).to_string();
     let mut slot = Some(ack);
     let result = session
-        .subscriber
+        .subscriber(&socket, &app)
         .subscribe_job(request.job_id, request.since, check, |job| {
             take_ack(&mut slot, JobSubscribed { ok: true, room, job })
         })
         .await;
-    let (Err(err), Some(ack)) = (result, slot) else {
-        return;
-    };
+    let (Err(err), Some(ack)) = (result, slot) else { return };
     match err {
         SubscribeError::NotFound | SubscribeError::Refused(()) => {
-            refuse(ack, ErrorCode::NotFound, format!("job {} not found", request.job_id));
+            ack.refuse(ErrorCode::NotFound, format!("job {} not found", request.job_id));
         }
         SubscribeError::InvalidCursor { since, last_seq } => {
-            refuse(ack, ErrorCode::InvalidCursor, format!("since {since} is beyond the job's last seq {last_seq}"));
+            ack.refuse(ErrorCode::InvalidCursor, format!("since {since} is beyond the job's last seq {last_seq}"));
         }
         SubscribeError::Read(err) => internal(ack, &err),
     }
 }
 
-async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else {
-        return;
-    };
-    if let Some(session) = session(&socket) {
-        session.subscriber.unsubscribe(Room::Job(request.job_id)).await;
+async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack) {
+    let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else { return };
+    if let Some(subscriber) = session(&socket).and_then(|s| s.subscriber.get().cloned()) {
+        subscriber.unsubscribe(Room::Job(request.job_id)).await;
     }
-    reply(ack, &Unsubscribed { ok: true });
+    ack.reply(&Unsubscribed { ok: true });
 }

@@ -95,7 +95,9 @@ async fn create_job(State(app): State<AppState>, auth: Auth, JsonBody(body): Jso
     auth.require_scope(Action::Write)?;
     let request = CreateJob::parse(body)?;
     auth.require(Action::Write, &request.workspace_id)?;
+    let started = std::time::Instant::now();
     let (job, created) = app.writer.create_job(request).await?;
+    app.metrics.db_write.since(started);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(job)).into_response())
 }
@@ -126,14 +128,19 @@ async fn list_jobs(
         None if auth.0.all_workspaces() => None,
         None => Some(auth.0.workspaces.iter().cloned().collect()),
     };
+    let started = std::time::Instant::now();
     let jobs = app.store.jobs(JobQuery { workspaces, status, limit: limit as u64 }).await?;
+    app.metrics.db_read.since(started);
     Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
 }
 
 async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Response, ApiError> {
     auth.require_scope(Action::Read)?;
     let id = job_id(&id)?;
-    match app.store.job(id).await? {
+    let started = std::time::Instant::now();
+    let job = app.store.job(id).await?;
+    app.metrics.db_read.since(started);
+    match job {
         Some(job) if auth.allows(Action::Read, &job.workspace_id) => Ok(Json(job).into_response()),
         _ => Err(ApiError::job_not_found(id)),
     }
@@ -153,7 +160,9 @@ async fn job_events(
         Some(job) if auth.allows(Action::Read, &job.workspace_id) => job.last_seq,
         _ => return Err(ApiError::job_not_found(id)),
     };
+    let started = std::time::Instant::now();
     let events = app.store.events_after(id, since, limit as u64).await?;
+    app.metrics.db_read.since(started);
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Page<'a> {
@@ -194,7 +203,9 @@ async fn write(
     with_step: bool,
 ) -> Result<Response, ApiError> {
     check_chunk(&item, app.limits.max_chunk_bytes)?;
+    let started = std::time::Instant::now();
     let Applied { event, step } = app.writer.write(item, &|ws| auth.allows(Action::Write, ws)).await?;
+    app.metrics.db_write.since(started);
     let step = if with_step { step.as_ref() } else { None };
     Ok((status, Json(WriteAnswer { step, event: &event.json })).into_response())
 }
@@ -290,7 +301,9 @@ async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody
         check_chunk(item, app.limits.max_chunk_bytes)
             .map_err(|e| ApiError::new(e.0.code, format!("events[{i}]: {}", e.0.message)))?;
     }
+    let started = std::time::Instant::now();
     let applied = app.writer.write_batch(batch.events, &|ws| auth.allows(Action::Write, ws)).await?;
+    app.metrics.db_write.since(started);
     #[derive(Serialize)]
     struct Answer<'a> {
         events: Vec<&'a RawValue>,

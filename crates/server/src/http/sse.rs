@@ -64,11 +64,19 @@ impl Outlet for SseOutlet {
 }
 
 /// Turns the channel into an SSE body that owns the subscriber (dropped with the connection).
-fn body(subscriber: Subscriber, rx: mpsc::Receiver<Frame>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn body(
+    subscriber: Subscriber,
+    rx: mpsc::Receiver<Frame>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let subscriber = Arc::new(subscriber);
-    futures::stream::unfold(Some((subscriber, rx)), |state| async move {
-        let (subscriber, mut rx) = state?;
-        let frame = rx.recv().await?;
+    futures::stream::unfold(Some((subscriber, rx, stopping)), |state| async move {
+        let (subscriber, mut rx, mut stopping) = state?;
+        // The stream ends when the server stops; the client resumes with Last-Event-ID.
+        let frame = tokio::select! {
+            frame = rx.recv() => frame?,
+            _ = stopping.wait_for(|stop| *stop) => return None,
+        };
         let (event, last) = match frame {
             Frame::Snapshot(data) => (SseEvent::default().event("snapshot").data(data), false),
             Frame::Event { id, name, data, last } => {
@@ -79,7 +87,7 @@ fn body(subscriber: Subscriber, rx: mpsc::Receiver<Frame>) -> impl Stream<Item =
                 (event, last)
             }
         };
-        let next = if last { None } else { Some((subscriber, rx)) };
+        let next = if last { None } else { Some((subscriber, rx, stopping)) };
         Some((Ok(event), next))
     })
 }
@@ -138,7 +146,7 @@ pub async fn job_stream(
         // Nothing more will come: an empty stream that ends at once.
         return Ok(sse_response(futures::stream::empty()));
     }
-    Ok(sse_response(body(subscriber, rx)))
+    Ok(sse_response(body(subscriber, rx, app.stopping.clone())))
 }
 
 /// `GET /api/v1/workspaces/{workspaceId}/events/stream`.
@@ -152,14 +160,18 @@ pub async fn workspace_stream(
     let snapshot_tx = tx.clone();
     let subscriber = app.hub.subscriber(Arc::new(SseOutlet { tx, job_stream: false }));
     let announce = move |jobs: Vec<JobSnapshot>| -> Announce {
+        let data =
+            serde_json::to_string(&serde_json::json!({ "jobs": jobs })).unwrap_or_else(|_| "{\"jobs\":[]}".into());
         Box::new(move || {
-            let data = serde_json::to_string(&serde_json::json!({ "jobs": jobs })).map_err(|_| OutletError::Closed)?;
-            snapshot_tx.try_send(Frame::Snapshot(data)).map_err(|_| OutletError::Full)
+            snapshot_tx.try_send(Frame::Snapshot(data.clone())).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => OutletError::Full,
+                mpsc::error::TrySendError::Closed(_) => OutletError::Closed,
+            })
         })
     };
     subscriber.subscribe_workspace(&workspace_id, announce).await.map_err(|err| match err {
         SubscribeError::Read(err) => ApiError::from(err),
         _ => ApiError::new(ErrorCode::Internal, "internal error"),
     })?;
-    Ok(sse_response(body(subscriber, rx)))
+    Ok(sse_response(body(subscriber, rx, app.stopping.clone())))
 }

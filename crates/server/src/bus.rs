@@ -1,0 +1,196 @@
+//! The cluster bus: committed events from every node reach every node.
+//!
+//! With `JOBSTREAM_REDIS_URL`, each node publishes the events it commits to one
+//! Redis pub/sub channel and dispatches what other nodes publish to its local
+//! hub. The bus only wakes nodes up; the database is the truth:
+//! - an event that arrives out of order shows a gap, which the subscriber
+//!   fills from the database;
+//! - after the subscription to Redis is (re)established, every local
+//!   subscriber compares its cursors with the database;
+//! - a sweep every few seconds compares the newest seq seen per followed job
+//!   with the database and replays what the bus lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jobstream_job_events::delivery::Hub;
+use jobstream_job_events::{Committed, EventSink};
+use jobstream_protocol::Event;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// The Redis channel all nodes share.
+const CHANNEL: &str = "jobstream:events";
+/// How often the sweep compares followed jobs with the database.
+const SWEEP_EVERY: Duration = Duration::from_secs(3);
+
+/// Why the bus could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
+}
+
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    /// The publishing node, so that it can skip its own messages.
+    n: &'a str,
+    /// When it was published (µs since the epoch), for the bus lag metric.
+    t: u64,
+    e: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    n: &'a str,
+    t: u64,
+    #[serde(borrow)]
+    e: Vec<&'a RawValue>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The sink of a clustered node: the local hub first, then the bus.
+#[derive(Debug)]
+pub struct ClusterSink {
+    hub: Hub,
+    outbox: mpsc::UnboundedSender<Vec<Arc<Committed>>>,
+    seen: Arc<Mutex<HashMap<Uuid, i64>>>,
+}
+
+impl EventSink for ClusterSink {
+    fn publish(&self, events: &[Arc<Committed>]) {
+        self.hub.dispatch(events);
+        note_seen(&self.seen, events);
+        let _ = self.outbox.send(events.to_vec());
+    }
+}
+
+fn note_seen(seen: &Mutex<HashMap<Uuid, i64>>, events: &[Arc<Committed>]) {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    for event in events {
+        let seq = seen.entry(event.event.job_id).or_insert(0);
+        *seq = (*seq).max(event.event.seq);
+    }
+}
+
+/// Starts the bus tasks and returns the sink the writer should use.
+pub fn start(url: &str, hub: Hub, metrics: Metrics) -> Result<ClusterSink, BusError> {
+    let client = redis::Client::open(url).map_err(BusError::Url)?;
+    let node: Arc<str> = Uuid::new_v4().to_string().into();
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let (outbox, inbox) = mpsc::unbounded_channel();
+    tokio::spawn(publisher(client.clone(), node.clone(), inbox, metrics.clone()));
+    tokio::spawn(subscriber(client, node, hub.clone(), seen.clone(), metrics));
+    tokio::spawn(sweeper(hub.clone(), seen.clone()));
+    Ok(ClusterSink { hub, outbox, seen })
+}
+
+async fn publisher(
+    client: redis::Client,
+    node: Arc<str>,
+    mut inbox: mpsc::UnboundedReceiver<Vec<Arc<Committed>>>,
+    metrics: Metrics,
+) {
+    let mut connection = None;
+    while let Some(events) = inbox.recv().await {
+        let message = Outgoing { n: &node, t: now_us(), e: events.iter().map(|c| &*c.json).collect() };
+        let Ok(payload) = serde_json::to_string(&message) else { continue };
+        if connection.is_none() {
+            connection = client.get_connection_manager().await.ok();
+        }
+        let Some(conn) = connection.as_mut() else {
+            metrics.bus_errors.inc();
+            continue;
+        };
+        if let Err(err) = conn.publish::<_, _, ()>(CHANNEL, payload).await {
+            // Other nodes repair from the database; nothing is lost.
+            metrics.bus_errors.inc();
+            tracing::warn!(%err, "bus publish failed");
+        }
+    }
+}
+
+async fn subscriber(
+    client: redis::Client,
+    node: Arc<str>,
+    hub: Hub,
+    seen: Arc<Mutex<HashMap<Uuid, i64>>>,
+    metrics: Metrics,
+) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if let Err(err) = pubsub.subscribe(CHANNEL).await {
+                    tracing::warn!(%err, "bus subscribe failed");
+                } else {
+                    tracing::info!("cluster bus connected");
+                    // Anything committed elsewhere while we were not listening is in the database.
+                    hub.resync_all();
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        receive(&payload, &node, &hub, &seen, &metrics);
+                    }
+                    tracing::warn!("cluster bus connection lost; reconnecting");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot reach the cluster bus; retrying"),
+        }
+        metrics.bus_errors.inc();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn receive(payload: &str, node: &str, hub: &Hub, seen: &Mutex<HashMap<Uuid, i64>>, metrics: &Metrics) {
+    let Ok(message) = serde_json::from_str::<Incoming<'_>>(payload) else {
+        tracing::warn!("ignoring a malformed bus message");
+        return;
+    };
+    if message.n == node {
+        return;
+    }
+    metrics.bus_lag.observe(now_us().saturating_sub(message.t) as f64 / 1e6);
+    let events: Vec<Arc<Committed>> = message
+        .e
+        .into_iter()
+        .filter_map(|raw| {
+            let event: Event = serde_json::from_str(raw.get()).ok()?;
+            Some(Arc::new(Committed { event, json: raw.to_owned() }))
+        })
+        .collect();
+    note_seen(seen, &events);
+    hub.dispatch(&events);
+}
+
+/// Replays, from the database, events of followed jobs that no bus message announced.
+async fn sweeper(hub: Hub, seen: Arc<Mutex<HashMap<Uuid, i64>>>) {
+    let mut ticker = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        ticker.tick().await;
+        let (jobs, workspaces) = hub.rooms();
+        let store = hub.store().clone();
+        let recent = chrono::Utc::now() - chrono::Duration::seconds(60);
+        let mut heads = store.last_seqs(jobs).await.unwrap_or_default();
+        heads.extend(store.recently_updated(workspaces, recent).await.unwrap_or_default());
+        for (job, last_seq) in heads {
+            let known = seen.lock().unwrap_or_else(|e| e.into_inner()).get(&job).copied().unwrap_or(0);
+            if last_seq > known {
+                if let Ok(events) = store.events_after(job, known, 1000).await {
+                    note_seen(&seen, &events);
+                    hub.dispatch(&events);
+                }
+            }
+        }
+    }
+}
