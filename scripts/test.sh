@@ -35,13 +35,14 @@ echo "== Rust tests =="
 cargo nextest run --workspace --locked --no-fail-fast
 
 status=0
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/jobstream"
 echo "== end-to-end tests =="
-JOBSTREAM_BIN="$PWD/target/debug/jobstream" tests/e2e/run.sh || status=1
+JOBSTREAM_BIN="$bin" tests/e2e/run.sh || status=1
 
 echo "== deployment files (static checks: compose, nginx, Dockerfile) =="
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 python3 tests/deploy/check.py || status=1
 
 echo "== browser tests (Debian chromium, playwright-core) =="
-JOBSTREAM_BIN="$PWD/target/debug/jobstream" tests/browser/run.sh || status=1
+JOBSTREAM_BIN="$bin" tests/browser/run.sh || status=1
 exit "$status"

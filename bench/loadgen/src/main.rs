@@ -430,6 +430,11 @@ async fn raw_insert(url: &str, batch: usize, writers: usize, secs: u64) -> anyho
     let db = jobstream_job_events::open(url).await?;
     jobstream_job_events::migrate(&db).await?;
     let backend = db.get_database_backend();
+    // PostgreSQL wants the timestamp text cast; SQLite stores it as text.
+    let stamp = move |n: usize| match backend {
+        sea_orm::DbBackend::Postgres => format!("${n}::timestamptz"),
+        _ => format!("${n}"),
+    };
     let end = Instant::now() + Duration::from_secs(secs);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..writers {
@@ -439,7 +444,7 @@ async fn raw_insert(url: &str, batch: usize, writers: usize, secs: u64) -> anyho
             let now = chrono_now();
             let insert_job = Statement::from_sql_and_values(
                 backend,
-                "INSERT INTO jobs (id, workspace_id, job_type, status, priority, progress, metadata, created_at, updated_at, last_seq) VALUES ($1, 'bench', 'bench', 'running', 0, 0, '{}', $2, $2, 0)",
+                format!("INSERT INTO jobs (id, workspace_id, job_type, status, priority, progress, metadata, created_at, updated_at, last_seq) VALUES ($1, 'bench', 'bench', 'running', 0, 0, '{{}}', {}, {}, 0)", stamp(2), stamp(2)),
                 [V::from(job), V::from(now.clone())],
             );
             db.execute(insert_job).await?;
@@ -454,7 +459,7 @@ async fn raw_insert(url: &str, batch: usize, writers: usize, secs: u64) -> anyho
                     if i > 0 {
                         sql.push(',');
                     }
-                    sql.push_str(&format!("(${}, ${}, ${}, 'step.output', 'bench', NULL, ${}, '{{\"chunk\":\"t=0\",\"stream\":\"stdout\"}}')", n + 1, n + 2, n + 3, n + 4));
+                    sql.push_str(&format!("(${}, ${}, ${}, 'step.output', 'bench', NULL, {}, '{{\"chunk\":\"t=0\",\"stream\":\"stdout\"}}')", n + 1, n + 2, n + 3, stamp(n + 4)));
                     values.extend([V::from(uuid::Uuid::now_v7()), V::from(job), V::from(seq), V::from(now.clone())]);
                 }
                 let tx = db.begin().await?;

@@ -58,20 +58,32 @@ struct Body<'a> {
     chunk: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// `["name", body]`, or `["name", body, "offset"]` from a socket.io server with
+/// connection state recovery.
 #[derive(Deserialize)]
-struct EventPacket<'a>(#[allow(dead_code)] &'a str, #[serde(borrow)] Body<'a>);
+struct EventPacket<'a>(
+    #[allow(dead_code)] &'a str,
+    #[serde(borrow)] Body<'a>,
+    #[serde(default, borrow)] Option<std::borrow::Cow<'a, str>>,
+);
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
 
-/// Per-client cursors: the last seq seen per job.
+/// Per-client cursors: the last seq seen per job, and the socket.io recovery
+/// session (`pid`, last offset) where the server offers one.
 #[derive(Default)]
 struct Cursors {
     last: HashMap<String, i64>,
+    pid: Option<String>,
+    offset: Option<String>,
 }
 
 impl Cursors {
     fn on_event(&mut self, text: &str, delivery: &Delivery) {
-        let Ok(EventPacket(_, body)) = serde_json::from_str::<EventPacket<'_>>(text) else { return };
+        let Ok(EventPacket(_, body, offset)) = serde_json::from_str::<EventPacket<'_>>(text) else { return };
+        if let Some(offset) = offset {
+            self.offset = Some(offset.into_owned());
+        }
         if let Some(sent) =
             body.chunk.as_deref().and_then(|c| c.strip_prefix("t=")).and_then(|t| t.trim().parse::<u64>().ok())
         {
@@ -114,7 +126,7 @@ impl Cursors {
     }
 }
 
-async fn open(client: &Client) -> anyhow::Result<Ws> {
+async fn open(client: &Client, cursors: &mut Cursors) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(client.source, 0)).context("bind source address")?;
     let stream = socket.connect(client.addr).await.context("connect")?;
@@ -125,12 +137,22 @@ async fn open(client: &Client) -> anyhow::Result<Ws> {
     if !open.starts_with('0') {
         bail!("expected an engine.io open packet, got {open:?}");
     }
-    let auth = serde_json::json!({ "token": &*client.token });
+    let mut auth = serde_json::json!({ "token": &*client.token });
+    if let (Some(pid), Some(offset)) = (&cursors.pid, &cursors.offset) {
+        auth["pid"] = pid.clone().into();
+        auth["offset"] = offset.clone().into();
+    }
     ws.send(Message::text(format!("40{auth}"))).await?;
     loop {
         let packet = next_text(&mut ws).await?;
         match packet.as_bytes() {
-            [b'4', b'0', ..] => return Ok(ws),
+            [b'4', b'0', ..] => {
+                let connect: Value = serde_json::from_str(&packet[2..]).unwrap_or(Value::Null);
+                if let Some(pid) = connect.get("pid").and_then(Value::as_str) {
+                    cursors.pid = Some(pid.to_owned());
+                }
+                return Ok(ws);
+            }
             [b'4', b'4', ..] => bail!("connect refused: {packet}"),
             [b'2'] => ws.send(Message::text("3")).await?,
             _ => {}
@@ -170,7 +192,7 @@ pub async fn run(
             }
             _ => Vec::new(),
         };
-        let mut ws = match open(&client).await {
+        let mut ws = match open(&client, &mut cursors).await {
             Ok(ws) => ws,
             Err(_) => {
                 delivery.errors.fetch_add(1, Ordering::Relaxed);

@@ -481,6 +481,15 @@ fn key(event: &Committed) -> EventKey<'_> {
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         while let Some(msg) = rx.recv().await {
+            // The common case inline: the next event of a followed job, and room in the outlet.
+            let msg = match msg {
+                Msg::Event(event) => match self.try_deliver_now(event) {
+                    Ok(None) => continue,
+                    Ok(Some(event)) => Msg::Event(event),
+                    Err(Stop) => break,
+                },
+                other => other,
+            };
             // Boxed so that the idle task holds only the receiver, not the largest handler state.
             if Box::pin(self.handle(msg)).await.is_err() {
                 break;
@@ -488,6 +497,24 @@ impl Worker {
         }
         self.outlet.close();
         self.hub.forget(self.id);
+    }
+
+    /// Delivers `event` without waiting if it is the next one and the outlet has
+    /// room; otherwise hands it back for [`Worker::handle`].
+    fn try_deliver_now(&mut self, event: Arc<Committed>) -> Result<Option<Arc<Committed>>, Stop> {
+        if self.subs.classify(key(&event)) != Verdict::Deliver {
+            return Ok(Some(event));
+        }
+        match self.outlet.try_send(&event) {
+            Ok(()) => {
+                self.mailbox.queued.fetch_sub(1, Ordering::AcqRel);
+                self.subs.advance(key(&event));
+                self.hub.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(OutletError::Full) => Ok(Some(event)),
+            Err(OutletError::Closed) => Err(Stop),
+        }
     }
 
     async fn handle(&mut self, msg: Msg) -> Result<(), Stop> {

@@ -48,12 +48,21 @@ pub enum WriteError {
     /// Anything else; logged, never shown.
     #[error("internal error")]
     Internal(#[source] DbErr),
+    /// Item `index` of a batch was refused (nothing of the batch was written).
+    #[error("events[{index}]: {source}")]
+    InBatch {
+        /// The item's position in the request.
+        index: usize,
+        /// Why it was refused.
+        source: Box<WriteError>,
+    },
 }
 
 impl WriteError {
     /// The stable code for clients.
     pub fn code(&self) -> ErrorCode {
         match self {
+            Self::InBatch { source, .. } => source.code(),
             Self::Invalid(_) => ErrorCode::InvalidPayload,
             Self::JobNotFound(_) | Self::StepNotFound { .. } => ErrorCode::NotFound,
             Self::InvalidTransition { .. } | Self::JobFinished { .. } => ErrorCode::InvalidTransition,

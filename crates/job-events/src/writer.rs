@@ -156,22 +156,37 @@ impl JobEvents {
         item: BatchItem,
         may_write: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Applied, WriteError> {
-        let mut applied = self.write_batch(vec![item], may_write).await?;
+        let mut applied = self.apply_all(vec![item], may_write, false).await?;
         applied.pop().ok_or_else(|| WriteError::Internal(DbErr::Custom("empty write".into())))
     }
 
-    /// Applies writes in order, all in one transaction: all or nothing.
+    /// Applies writes in order, all in one transaction: all or nothing. A refusal
+    /// names the item ([`WriteError::InBatch`]).
     pub async fn write_batch(
         &self,
         items: Vec<BatchItem>,
         may_write: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Vec<Applied>, WriteError> {
+        self.apply_all(items, may_write, true).await
+    }
+
+    async fn apply_all(
+        &self,
+        items: Vec<BatchItem>,
+        may_write: &(dyn Fn(&str) -> bool + Sync),
+        name_items: bool,
+    ) -> Result<Vec<Applied>, WriteError> {
         let (guard, tx) = self.begin().await?;
         let mut batch = Batch::new(&tx, self.store.backend());
         batch.lock_jobs(items.iter().map(BatchItem::job_id).collect()).await?;
         let mut steps = Vec::with_capacity(items.len());
-        for item in items {
-            steps.push(batch.apply(item, may_write).await?);
+        for (index, item) in items.into_iter().enumerate() {
+            let applied = batch.apply(item, may_write).await.map_err(|err| match err {
+                WriteError::Unavailable(_) | WriteError::Internal(_) => err,
+                err if name_items => WriteError::InBatch { index, source: Box::new(err) },
+                err => err,
+            })?;
+            steps.push(applied);
         }
         let events = batch.flush().await?;
         tx.commit().await?;

@@ -20,11 +20,14 @@ use uuid::Uuid;
 /// What an outlet saw: `None` for the announcement, else (job, seq).
 type Log = Arc<Mutex<Vec<Option<(Uuid, i64)>>>>;
 
-/// An outlet that refuses every `full_every`-th send, like a socket whose buffer is full.
+/// An outlet that refuses every `full_every`-th send, and (with `min_gap`) any
+/// send sooner than `min_gap` after the last one it took: a slow reader.
 struct Collector {
     log: Log,
     full_every: u32,
     calls: AtomicU32,
+    min_gap: Duration,
+    last: Mutex<std::time::Instant>,
 }
 
 impl Outlet for Collector {
@@ -33,6 +36,11 @@ impl Outlet for Collector {
         if self.full_every > 0 && call.is_multiple_of(self.full_every) {
             return Err(OutletError::Full);
         }
+        let mut last = self.last.lock().unwrap();
+        if last.elapsed() < self.min_gap {
+            return Err(OutletError::Full);
+        }
+        *last = std::time::Instant::now();
         self.log.lock().unwrap().push(Some((event.event.job_id, event.event.seq)));
         Ok(())
     }
@@ -49,8 +57,13 @@ fn announce(log: &Log) -> Announce {
 }
 
 fn subscriber(hub: &Hub, full_every: u32) -> (Subscriber, Log) {
+    slow_subscriber(hub, full_every, Duration::ZERO)
+}
+
+fn slow_subscriber(hub: &Hub, full_every: u32, min_gap: Duration) -> (Subscriber, Log) {
     let log: Log = Arc::default();
-    let outlet = Collector { log: log.clone(), full_every, calls: AtomicU32::new(0) };
+    let last = Mutex::new(std::time::Instant::now() - min_gap);
+    let outlet = Collector { log: log.clone(), full_every, calls: AtomicU32::new(0), min_gap, last };
     (hub.subscriber(Arc::new(outlet)), log)
 }
 
@@ -91,7 +104,7 @@ async fn every_subscriber_gets_each_job_in_order_once_under_concurrent_writers_a
     let (both, both_log) = subscriber(&hub, 0);
     both.subscribe_workspace("ws-1", |_| announce(&both_log)).await.unwrap();
     both.subscribe_job(j1, Some(0), ok, |_| Box::new(|| Ok(()))).await.unwrap();
-    let (slow, slow_log) = subscriber(&hub, 3);
+    let (slow, slow_log) = slow_subscriber(&hub, 3, Duration::from_millis(5));
     slow.subscribe_workspace("ws-1", |_| announce(&slow_log)).await.unwrap();
     let (replay, replay_log) = subscriber(&hub, 0);
     replay.subscribe_job(j2, Some(0), ok, |_| announce(&replay_log)).await.unwrap();
