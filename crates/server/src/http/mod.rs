@@ -7,13 +7,13 @@ pub mod sse;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use jobstream_job_events::{Applied, JobQuery};
 use jobstream_protocol::requests::Request as _;
 use jobstream_protocol::{
     BatchItem, BatchRequest, CompleteStep, CreateJob, CustomEventRequest, ErrorCode, JobStatus, ProgressRequest,
-    StartStep, StatusRequest, StepOutputRequest, StepSnapshot,
+    StartStep, StatusRequest, StepOutputRequest, StepSnapshot, ValidationError,
 };
 use jobstream_rooms::Action;
 use serde::Serialize;
@@ -32,13 +32,34 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/api/v1/jobs", post(create_job).get(list_jobs))
         .route("/api/v1/jobs/{job_id}", get(get_job))
-        .route("/api/v1/jobs/{job_id}/status", post(change_status))
-        .route("/api/v1/jobs/{job_id}/progress", post(job_progress))
-        .route("/api/v1/jobs/{job_id}/steps", post(start_step))
-        .route("/api/v1/jobs/{job_id}/steps/{step_id}/progress", post(step_progress))
-        .route("/api/v1/jobs/{job_id}/steps/{step_id}/output", post(step_output))
-        .route("/api/v1/jobs/{job_id}/steps/{step_id}/complete", post(complete_step))
-        .route("/api/v1/jobs/{job_id}/events", post(custom_event).get(job_events))
+        .route(
+            "/api/v1/jobs/{job_id}/status",
+            job_write(|id, b| Ok(BatchItem::Status(id, StatusRequest::parse(b)?)), OK),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/progress",
+            job_write(|id, b| Ok(BatchItem::Progress(id, ProgressRequest::parse(b)?)), OK),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/steps",
+            job_write(|id, b| Ok(BatchItem::Step(id, StartStep::parse(b)?)), CREATED_WITH_STEP),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/steps/{step_id}/progress",
+            step_write(|id, step, b| Ok(BatchItem::StepProgress(id, step, ProgressRequest::parse(b)?)), OK),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/steps/{step_id}/output",
+            step_write(|id, step, b| Ok(BatchItem::Output(id, step, StepOutputRequest::parse(b)?)), OK),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/steps/{step_id}/complete",
+            step_write(|id, step, b| Ok(BatchItem::StepComplete(id, step, CompleteStep::parse(b)?)), OK_WITH_STEP),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/events",
+            job_write(|id, b| Ok(BatchItem::Event(id, CustomEventRequest::parse(b)?)), CREATED).get(job_events),
+        )
         .route("/api/v1/jobs/{job_id}/events/stream", get(sse::job_stream))
         .route("/api/v1/workspaces/{workspace_id}/events/stream", get(sse::workspace_stream))
         .route("/api/v1/events/batch", post(batch))
@@ -194,14 +215,9 @@ fn check_chunk(item: &BatchItem, limit: usize) -> Result<(), ApiError> {
     }
 }
 
-/// Applies one write for the token and answers with `status`.
-async fn write(
-    app: &AppState,
-    auth: &Auth,
-    item: BatchItem,
-    status: StatusCode,
-    with_step: bool,
-) -> Result<Response, ApiError> {
+/// Applies one write for the token and answers as the route says.
+async fn write(app: &AppState, auth: &Auth, item: BatchItem, answer: Answer) -> Result<Response, ApiError> {
+    let Answer { status, with_step } = answer;
     check_chunk(&item, app.limits.max_chunk_bytes)?;
     let started = std::time::Instant::now();
     let Applied { event, step } = app.writer.write(item, &|ws| auth.allows(Action::Write, ws)).await?;
@@ -210,88 +226,45 @@ async fn write(
     Ok((status, Json(WriteAnswer { step, event: &event.json })).into_response())
 }
 
-async fn change_status(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
-    auth.require_scope(Action::Write)?;
-    let id = job_id(&id)?;
-    let item = BatchItem::Status(id, StatusRequest::parse(body)?);
-    write(&app, &auth, item, StatusCode::OK, false).await
+/// How a write route answers: its status, and whether the step is included.
+#[derive(Clone, Copy)]
+struct Answer {
+    status: StatusCode,
+    with_step: bool,
 }
 
-async fn job_progress(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
-    auth.require_scope(Action::Write)?;
-    let id = job_id(&id)?;
-    let item = BatchItem::Progress(id, ProgressRequest::parse(body)?);
-    write(&app, &auth, item, StatusCode::OK, false).await
+const OK: Answer = Answer { status: StatusCode::OK, with_step: false };
+const OK_WITH_STEP: Answer = Answer { status: StatusCode::OK, with_step: true };
+const CREATED: Answer = Answer { status: StatusCode::CREATED, with_step: false };
+const CREATED_WITH_STEP: Answer = Answer { status: StatusCode::CREATED, with_step: true };
+
+/// Builds a job-addressed write from the job id and the body.
+type JobWrite = fn(Uuid, serde_json::Value) -> Result<BatchItem, ValidationError>;
+/// Builds a step-addressed write from the job id, the step id and the body.
+type StepWrite = fn(Uuid, Uuid, serde_json::Value) -> Result<BatchItem, ValidationError>;
+
+/// `POST /api/v1/jobs/{jobId}/…`: scope check, path, body, then the write.
+fn job_write(make: JobWrite, answer: Answer) -> MethodRouter<AppState> {
+    post(move |State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody| async move {
+        auth.require_scope(Action::Write)?;
+        let id = job_id(&id)?;
+        write(&app, &auth, make(id, body)?, answer).await
+    })
 }
 
-async fn start_step(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
-    auth.require_scope(Action::Write)?;
-    let id = job_id(&id)?;
-    let item = BatchItem::Step(id, StartStep::parse(body)?);
-    write(&app, &auth, item, StatusCode::CREATED, true).await
-}
-
-async fn step_progress(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path((id, step)): Path<(String, String)>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
-    auth.require_scope(Action::Write)?;
-    let id = job_id(&id)?;
-    let item = BatchItem::StepProgress(id, step_id(id, &step)?, ProgressRequest::parse(body)?);
-    write(&app, &auth, item, StatusCode::OK, false).await
-}
-
-async fn step_output(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path((id, step)): Path<(String, String)>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
-    auth.require_scope(Action::Write)?;
-    let id = job_id(&id)?;
-    let item = BatchItem::Output(id, step_id(id, &step)?, StepOutputRequest::parse(body)?);
-    write(&app, &auth, item, StatusCode::OK, false).await
-}
-
-async fn complete_step(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path((id, step)): Path<(String, String)>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
-    auth.require_scope(Action::Write)?;
-    let id = job_id(&id)?;
-    let item = BatchItem::StepComplete(id, step_id(id, &step)?, CompleteStep::parse(body)?);
-    write(&app, &auth, item, StatusCode::OK, true).await
-}
-
-async fn custom_event(
-    State(app): State<AppState>,
-    auth: Auth,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Result<Response, ApiError> {
-    auth.require_scope(Action::Write)?;
-    let id = job_id(&id)?;
-    let item = BatchItem::Event(id, CustomEventRequest::parse(body)?);
-    write(&app, &auth, item, StatusCode::CREATED, false).await
+/// `POST /api/v1/jobs/{jobId}/steps/{stepId}/…`.
+fn step_write(make: StepWrite, answer: Answer) -> MethodRouter<AppState> {
+    post(
+        move |State(app): State<AppState>,
+              auth: Auth,
+              Path((id, step)): Path<(String, String)>,
+              JsonBody(body): JsonBody| async move {
+            auth.require_scope(Action::Write)?;
+            let id = job_id(&id)?;
+            let step = step_id(id, &step)?;
+            write(&app, &auth, make(id, step, body)?, answer).await
+        },
+    )
 }
 
 async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
