@@ -43,6 +43,9 @@ struct Common {
     /// How many 127.0.0.x source addresses to spread connections over.
     #[arg(long, default_value_t = 32, global = true)]
     sources: u8,
+    /// Subscribers connect to these base URLs in turn (several nodes); default: `--url`.
+    #[arg(long, value_delimiter = ',', global = true)]
+    subscriber_urls: Vec<String>,
 }
 
 #[derive(Subcommand)]
