@@ -16,9 +16,11 @@
 //! Memory stays bounded: a mailbox holds at most `queue_limit` events; past
 //! that, the hub stops queueing for that subscriber and asks it to
 //! resynchronise from the database once it has caught up. A subscriber whose
-//! outlet stays full for `stall_timeout` is closed; its client reconnects and
-//! resumes with `since`. Subscribing registers the room before the snapshot is
-//! read, and the ack is sent by the worker before anything it announces.
+//! outlet is full waits (backing off) and never skips; a client that stopped
+//! reading for good is closed by its transport (the engine.io heartbeat), and
+//! resumes with `since` when it reconnects. Subscribing registers the room
+//! before the snapshot is read, and the announcement (ack) is sent by the worker
+//! before anything it announces, retried while the outlet is full.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

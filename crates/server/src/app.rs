@@ -222,18 +222,24 @@ impl Application {
             tracing::info!("shutting down: closing sockets and finishing requests");
             io.close().await;
         };
+        let db = self.state.store.connection().clone();
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(graceful);
         let deadline = async move {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;
             tokio::time::sleep(Duration::from_secs(10)).await;
         };
-        tokio::select! {
+        let result = tokio::select! {
             result = serve.into_future() => result,
             () = deadline => {
                 tracing::warn!("connections still open after 10 s; stopping anyway");
                 Ok(())
             }
+        };
+        // Lets SQLite checkpoint its write-ahead log; PostgreSQL connections end cleanly.
+        if let Err(err) = db.close().await {
+            tracing::warn!(%err, "closing the database");
         }
+        result
     }
 }
 
