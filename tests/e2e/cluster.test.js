@@ -1,5 +1,5 @@
 // Cluster mode: several jobstream nodes on one PostgreSQL database with a
-// Redis bus between them. Sockets on every node get a job written through
+// Redis bus between them (or PostgreSQL LISTEN/NOTIFY, JOBSTREAM_BUS=postgres). Sockets on every node get a job written through
 // another node, in order, once each — also when a node is killed with SIGKILL
 // mid-stream (its clients resume through another node with `since`) and when
 // Redis restarts mid-stream (the gap is repaired from the database). On SQLite
@@ -81,15 +81,18 @@ describe('a cluster of jobstream nodes', { skip: !haveRedis && 'redis-server is 
     await database.drop();
   });
 
-  describe('on PostgreSQL and Redis', { skip: !postgres && 'PostgreSQL only' }, () => {
+  for (const bus of ['redis', 'postgres']) describe(`on PostgreSQL with the ${bus === 'redis' ? 'Redis' : 'LISTEN/NOTIFY'} bus`, { skip: !postgres && 'PostgreSQL only' }, () => {
     const ctx = {};
     before(async () => {
       ctx.database = createDatabase();
-      ctx.redisPort = await freePort();
-      ctx.redis = await startRedis(ctx.redisPort);
       ctx.secret = crypto.randomBytes(16).toString('hex');
       ctx.log = [];
-      const env = { JOBSTREAM_REDIS_URL: `redis://127.0.0.1:${ctx.redisPort}` };
+      let env = { JOBSTREAM_BUS: 'postgres' };
+      if (bus === 'redis') {
+        ctx.redisPort = await freePort();
+        ctx.redis = await startRedis(ctx.redisPort);
+        env = { JOBSTREAM_REDIS_URL: `redis://127.0.0.1:${ctx.redisPort}` };
+      }
       ctx.nodes = [];
       for (let i = 0; i < 3; i += 1) {
         ctx.nodes.push(await startProcess({ databaseUrl: ctx.database.url, secret: ctx.secret, log: ctx.log, env }));
@@ -101,7 +104,7 @@ describe('a cluster of jobstream nodes', { skip: !haveRedis && 'redis-server is 
       if (ctx.database) await ctx.database.drop();
     }, { timeout: 30_000 });
 
-    it('delivers a job written through one node to sockets on every node, through a node kill and a Redis restart', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    it('delivers a job written through one node to sockets on every node, through a node kill and a bus restart', { timeout: TEST_TIMEOUT_MS }, async (t) => {
       // Arrange: a running job, written through node B; two followers on each node.
       const [a, b, c] = ctx.nodes;
       const token = mintToken(ctx.secret, { workspaces: ['cluster'] });
@@ -132,7 +135,7 @@ describe('a cluster of jobstream nodes', { skip: !haveRedis && 'redis-server is 
             await f.attach(c.url);
           }
         }
-        if (i === 60) {
+        if (i === 60 && ctx.redis) {
           await killRedis(ctx.redis);
           await sleep(300);
           ctx.redis = await startRedis(ctx.redisPort);
@@ -151,7 +154,7 @@ describe('a cluster of jobstream nodes', { skip: !haveRedis && 'redis-server is 
         for (let s = f.first + 1; s <= lastSeq; s += 1) expected.push(s);
         assert.deepEqual(f.seqs, expected, `${f.name}${f.moved ? ' (moved to another node)' : ''}`);
       }
-      t.diagnostic(`6 followers on 3 nodes, ${lastSeq} events; node killed at write 30, Redis restarted at write 60`);
+      t.diagnostic(`${bus} bus: 6 followers on 3 nodes, ${lastSeq} events; node killed at write 30${ctx.redis ? ', Redis restarted at write 60' : ''}`);
       for (const f of followers) f.socket.close();
     });
   });

@@ -123,11 +123,10 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
 impl Application {
     /// Opens and migrates the database, wires the services and binds the listener.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
-        if config.redis_url.is_some()
-            && jobstream_job_events::backend_of(&config.database_url) != Some(sea_orm_backend_postgres())
-        {
+        let clustered = config.redis_url.is_some() || config.bus.is_some();
+        if clustered && jobstream_job_events::backend_of(&config.database_url) != Some(sea_orm_backend_postgres()) {
             return Err(BuildError::Config(
-                "a cluster bus (JOBSTREAM_REDIS_URL) needs a shared PostgreSQL database: several nodes cannot share a SQLite file. Use DATABASE_URL=postgres://… or unset JOBSTREAM_REDIS_URL".into(),
+                "a cluster bus (JOBSTREAM_REDIS_URL or JOBSTREAM_BUS) needs a shared PostgreSQL database: several nodes cannot share a SQLite file. Use DATABASE_URL=postgres://… or unset the bus".into(),
             ));
         }
         let db = jobstream_job_events::open(&config.database_url).await?;
@@ -139,6 +138,10 @@ impl Application {
             Some(url) => {
                 let bus = crate::bus::start(url, hub.clone(), metrics.clone())
                     .map_err(|e| BuildError::Config(e.to_string()))?;
+                Arc::new(CountingSink { inner: bus, metrics: metrics.clone() })
+            }
+            None if config.bus.as_deref() == Some("postgres") => {
+                let bus = crate::bus::start_postgres(&config.database_url, hub.clone(), metrics.clone());
                 Arc::new(CountingSink { inner: bus, metrics: metrics.clone() })
             }
             None => Arc::new(CountingSink { inner: hub.clone(), metrics: metrics.clone() }),

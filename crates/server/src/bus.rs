@@ -2,7 +2,10 @@
 //!
 //! With `JOBSTREAM_REDIS_URL`, each node publishes the events it commits to one
 //! Redis pub/sub channel and dispatches what other nodes publish to its local
-//! hub. The bus only wakes nodes up; the database is the truth:
+//! hub. With `JOBSTREAM_BUS=postgres` (no Redis), each node sends a PostgreSQL
+//! NOTIFY naming the jobs and their newest seq (payloads are limited to 8000
+//! bytes, so events are not carried), and the others read those events from
+//! the database. Either way the bus only wakes nodes up; the database is the truth:
 //! - an event that arrives out of order shows a gap, which the subscriber
 //!   fills from the database;
 //! - after the subscription to Redis is (re)established, every local
@@ -81,6 +84,108 @@ fn note_seen(seen: &Mutex<HashMap<Uuid, i64>>, events: &[Arc<Committed>]) {
     for event in events {
         let seq = seen.entry(event.event.job_id).or_insert(0);
         *seq = (*seq).max(event.event.seq);
+    }
+}
+
+/// The PostgreSQL channel for `LISTEN` / `NOTIFY`.
+const PG_CHANNEL: &str = "jobstream_events";
+
+#[derive(Serialize, Deserialize)]
+struct Wake {
+    /// The publishing node.
+    n: String,
+    /// When it was published (µs since the epoch).
+    t: u64,
+    /// Per job: (job, newest seq).
+    j: Vec<(Uuid, i64)>,
+}
+
+/// Starts the PostgreSQL LISTEN/NOTIFY bus and returns the sink the writer should use.
+pub fn start_postgres(database_url: &str, hub: Hub, metrics: Metrics) -> ClusterSink {
+    let node: Arc<str> = Uuid::new_v4().to_string().into();
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let (outbox, inbox) = mpsc::unbounded_channel();
+    tokio::spawn(pg_publisher(hub.clone(), node.clone(), inbox, metrics.clone()));
+    tokio::spawn(pg_listener(database_url.to_owned(), node, hub.clone(), seen.clone(), metrics));
+    tokio::spawn(sweeper(hub.clone(), seen.clone()));
+    ClusterSink { hub, outbox, seen }
+}
+
+async fn pg_publisher(
+    hub: Hub,
+    node: Arc<str>,
+    mut inbox: mpsc::UnboundedReceiver<Vec<Arc<Committed>>>,
+    metrics: Metrics,
+) {
+    use sea_orm::{ConnectionTrait, Statement};
+    while let Some(events) = inbox.recv().await {
+        let mut newest: HashMap<Uuid, i64> = HashMap::new();
+        for event in &events {
+            let seq = newest.entry(event.event.job_id).or_insert(0);
+            *seq = (*seq).max(event.event.seq);
+        }
+        let jobs: Vec<(Uuid, i64)> = newest.into_iter().collect();
+        // About 50 bytes a job: 100 jobs a notification stays far below the 8000-byte limit.
+        for chunk in jobs.chunks(100) {
+            let wake = Wake { n: node.to_string(), t: now_us(), j: chunk.to_vec() };
+            let Ok(payload) = serde_json::to_string(&wake) else { continue };
+            let db = hub.store().connection();
+            let statement = Statement::from_sql_and_values(
+                db.get_database_backend(),
+                "SELECT pg_notify($1, $2)",
+                [PG_CHANNEL.into(), payload.into()],
+            );
+            if let Err(err) = db.execute(statement).await {
+                metrics.bus_errors.inc();
+                tracing::warn!(%err, "bus notify failed");
+            }
+        }
+    }
+}
+
+async fn pg_listener(url: String, node: Arc<str>, hub: Hub, seen: Arc<Mutex<HashMap<Uuid, i64>>>, metrics: Metrics) {
+    use sea_orm::sqlx::postgres::PgListener;
+    loop {
+        match PgListener::connect(&url).await {
+            Ok(mut listener) => {
+                if let Err(err) = listener.listen(PG_CHANNEL).await {
+                    tracing::warn!(%err, "bus LISTEN failed");
+                } else {
+                    tracing::info!("cluster bus (PostgreSQL LISTEN/NOTIFY) connected");
+                    hub.resync_all();
+                    while let Ok(notification) = listener.recv().await {
+                        let Ok(wake) = serde_json::from_str::<Wake>(notification.payload()) else { continue };
+                        if wake.n == *node {
+                            continue;
+                        }
+                        metrics.bus_lag.observe(now_us().saturating_sub(wake.t) as f64 / 1e6);
+                        for (job, newest) in wake.j {
+                            catch_up_job(&hub, &seen, job, newest).await;
+                        }
+                    }
+                    tracing::warn!("cluster bus connection lost; reconnecting");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot reach the database for the bus; retrying"),
+        }
+        metrics.bus_errors.inc();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads a job's events after the newest seen here, up to `newest`, and dispatches them.
+async fn catch_up_job(hub: &Hub, seen: &Mutex<HashMap<Uuid, i64>>, job: Uuid, newest: i64) {
+    loop {
+        let known = seen.lock().unwrap_or_else(|e| e.into_inner()).get(&job).copied().unwrap_or(0);
+        if known >= newest {
+            return;
+        }
+        let Ok(events) = hub.store().events_after(job, known, 1000).await else { return };
+        if events.is_empty() {
+            return;
+        }
+        note_seen(seen, &events);
+        hub.dispatch(&events);
     }
 }
 
@@ -184,13 +289,7 @@ async fn sweeper(hub: Hub, seen: Arc<Mutex<HashMap<Uuid, i64>>>) {
         let mut heads = store.last_seqs(jobs).await.unwrap_or_default();
         heads.extend(store.recently_updated(workspaces, recent).await.unwrap_or_default());
         for (job, last_seq) in heads {
-            let known = seen.lock().unwrap_or_else(|e| e.into_inner()).get(&job).copied().unwrap_or(0);
-            if last_seq > known {
-                if let Ok(events) = store.events_after(job, known, 1000).await {
-                    note_seen(&seen, &events);
-                    hub.dispatch(&events);
-                }
-            }
+            catch_up_job(&hub, &seen, job, last_seq).await;
         }
     }
 }

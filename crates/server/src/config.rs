@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Redis URL of the cluster bus (several nodes on one PostgreSQL database).
     #[arg(long = "redis-url", env = "JOBSTREAM_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Cluster bus without Redis: `postgres` uses LISTEN/NOTIFY on the (shared PostgreSQL) database.
+    #[arg(long, env = "JOBSTREAM_BUS", value_parser = ["postgres"])]
+    pub bus: Option<String>,
     /// Run a built-in producer of realistic jobs in the `demo` workspace.
     #[arg(long)]
     pub demo: bool,
@@ -101,6 +104,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// The cluster bus.
     pub redis_url: Option<String>,
+    /// `postgres`: LISTEN/NOTIFY as the cluster bus.
+    pub bus: Option<String>,
     /// Run the demo producer.
     pub demo: bool,
     /// Body limit.
@@ -125,6 +130,7 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect(),
             redis_url: args.redis_url.filter(|u| !u.is_empty()),
+            bus: args.bus.filter(|b| !b.is_empty()),
             demo: args.demo,
             max_body_bytes: args.max_body_bytes,
             max_chunk_bytes: args.max_chunk_bytes,
@@ -140,6 +146,7 @@ impl Config {
             jwt_secret: Some(secret.into()),
             cors_origins: Vec::new(),
             redis_url: None,
+            bus: None,
             demo: false,
             max_body_bytes: 1024 * 1024,
             max_chunk_bytes: 64 * 1024,
