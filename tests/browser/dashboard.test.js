@@ -5,9 +5,9 @@
 'use strict';
 
 const assert = require('node:assert/strict');
-const { describe, test, before, after, afterEach } = require('node:test');
+const { describe, test, before } = require('node:test');
 const {
-  dashboardOrigin, launchBrowser, mintToken, producer, screenshot, sleep, startServer,
+  dashboardOrigin, launchBrowser, mintToken, producer, reportAndCleanUp, screenshot, sleep, startServer,
 } = require('./support');
 
 const WS = 'acme';
@@ -61,15 +61,7 @@ describe('dashboard', () => {
     viewToken = mintToken(server.secret, { sub: 'viewer', workspaces: [WS, 'staging'] });
     browser = await launchBrowser();
   });
-  afterEach((t) => {
-    if (t.passed === false) {
-      process.stderr.write(`--- browser console ---\n${browser.console.join('\n')}\n--- server ---\n${server.output()}\n`);
-    }
-  });
-  after(async () => {
-    if (browser) await browser.close();
-    if (server) await server.close();
-  });
+  reportAndCleanUp(() => ({ browser, server }));
 
   // Opens the dashboard at a hash address, signing in first if this tab has no token yet.
   const openAt = async (page, hash) => {
@@ -326,15 +318,7 @@ describe('dashboard in demo mode', () => {
     origin = await dashboardOrigin(server);
     browser = await launchBrowser();
   });
-  afterEach((t) => {
-    if (t.passed === false) {
-      process.stderr.write(`--- browser console ---\n${browser.console.join('\n')}\n--- server ---\n${server.output()}\n`);
-    }
-  });
-  after(async () => {
-    if (browser) await browser.close();
-    if (server) await server.close();
-  });
+  reportAndCleanUp(() => ({ browser, server }));
 
   test('opens on the demo workspace with its token, no prompt', async () => {
     const { page } = browser;

@@ -7,8 +7,8 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
-const { describe, test, before, after, afterEach } = require('node:test');
-const { launchBrowser, mintToken, producer, screenshot, startServer } = require('./support');
+const { describe, test, before, after } = require('node:test');
+const { launchBrowser, mintToken, producer, reportAndCleanUp, screenshot, startServer } = require('./support');
 
 const BUNDLE = path.join(__dirname, 'node_modules', 'socket.io-client', 'dist', 'socket.io.min.js');
 const WS = 'cross-origin';
@@ -108,14 +108,8 @@ describe('socket.io-client browser bundle across origins', () => {
     server = await startServer({ extraArgs: ['--cors-origins', siteUrl] });
     browser = await launchBrowser({ viewport: { width: 1000, height: 640 } });
   });
-  afterEach((t) => {
-    if (t.passed === false) {
-      process.stderr.write(`--- browser console ---\n${browser.console.join('\n')}\n--- server ---\n${server.output()}\n`);
-    }
-  });
+  reportAndCleanUp(() => ({ browser, server }));
   after(async () => {
-    if (browser) await browser.close();
-    if (server) await server.close();
     if (site) await new Promise((resolve) => site.close(resolve));
   });
 

@@ -195,4 +195,22 @@ async function screenshot(page, name) {
   return file;
 }
 
-module.exports = { dashboardOrigin, sleep, startServer, mintToken, producer, launchBrowser, screenshot, ARTIFACTS };
+// Registers the hooks every suite needs: after a failed test, print the
+// browser console and the server output; at the end, close the browser and the
+// server. `get` returns { browser, server } as the suite's `before` set them.
+function reportAndCleanUp(get) {
+  const { afterEach, after } = require('node:test');
+  afterEach((t) => {
+    const { browser, server } = get();
+    if (t.passed === false && browser && server) {
+      process.stderr.write(`--- browser console ---\n${browser.console.join('\n')}\n--- server ---\n${server.output()}\n`);
+    }
+  });
+  after(async () => {
+    const { browser, server } = get();
+    if (browser) await browser.close();
+    if (server) await server.close();
+  });
+}
+
+module.exports = { reportAndCleanUp, dashboardOrigin, sleep, startServer, mintToken, producer, launchBrowser, screenshot, ARTIFACTS };
