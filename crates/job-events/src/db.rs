@@ -3,9 +3,13 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use jobstream_migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::pool::PoolConnectionMetadata;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::sqlx::{ConnectOptions as _, Connection};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +41,13 @@ pub fn backend_of(url: &str) -> Option<DbBackend> {
 
 /// Opens a pool. SQLite runs in WAL mode with full fsync on commit, so that an
 /// accepted write survives a crash, and waits for locks instead of failing.
+///
+/// Every connection is checked when it goes back to the pool: one still inside
+/// a transaction (a failed commit or rollback after a storage error, a write
+/// cut short) is closed, never reused. Reused, it would run the next writes
+/// inside the failed transaction, where they are never durably committed.
 pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
+    let connect = |e| OpenError::Connect(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)));
     match backend_of(url) {
         Some(DbBackend::Sqlite) => {
             let options = SqliteConnectOptions::from_str(url)
@@ -45,26 +55,52 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                .disable_statement_logging();
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
+                .after_release(|conn, meta| released_clean(conn, meta))
                 .connect_with(options)
                 .await
-                .map_err(|e| OpenError::Connect(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
+                .map_err(connect)?;
             Ok(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
         }
         Some(_) => {
-            let mut options = ConnectOptions::new(url);
-            options
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| OpenError::InvalidUrl(redact(&e.to_string())))?
+                .disable_statement_logging();
+            let pool = PgPoolOptions::new()
                 .max_connections(32)
                 .min_connections(1)
-                .connect_timeout(Duration::from_secs(5))
                 .acquire_timeout(Duration::from_secs(5))
-                .sqlx_logging(false);
-            Database::connect(options).await.map_err(OpenError::Connect)
+                .after_release(|conn, meta| released_clean(conn, meta))
+                .connect_with(options)
+                .await
+                .map_err(connect)?;
+            Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
         }
         None => Err(OpenError::UnsupportedScheme(redact(url))),
     }
+}
+
+/// The pool's release check: whether a connection may be reused. A rollback
+/// started when a transaction was dropped may still be queued, so a connection
+/// that looks inside a transaction is pinged (which waits for it) and checked again.
+fn released_clean<C: Connection>(
+    conn: &mut C,
+    _: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sea_orm::sqlx::Error>> {
+    Box::pin(async move {
+        if !conn.is_in_transaction() {
+            return Ok(true);
+        }
+        conn.ping().await?;
+        if conn.is_in_transaction() {
+            tracing::warn!("a database connection is still inside a failed transaction; it is closed, not reused");
+            return Ok(false);
+        }
+        Ok(true)
+    })
 }
 
 /// Applies pending migrations.

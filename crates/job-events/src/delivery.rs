@@ -305,6 +305,14 @@ impl EventSink for Hub {
     fn publish(&self, events: &[Arc<Committed>]) {
         self.dispatch(events);
     }
+
+    /// Rare (a commit whose outcome is unknown): every subscriber compares its
+    /// cursors with the database, which covers workspace followers too.
+    fn uncertain(&self, jobs: &[Uuid]) {
+        if !jobs.is_empty() {
+            self.resync_all();
+        }
+    }
 }
 
 /// Why a subscription was refused. Nothing stays registered.

@@ -20,7 +20,7 @@ fn any_workspace(_: &str) -> bool {
 
 impl JobEvents {
     async fn emit(&self, item: BatchItem) -> Result<Arc<Committed>, WriteError> {
-        Ok(self.write(item, &any_workspace).await?.event)
+        Ok(self.write(item, any_workspace).await?.event)
     }
 
     /// `job:created`: creates a job (seq 1). Returns the job and whether it is new.
@@ -59,7 +59,7 @@ impl JobEvents {
         request: StartStep,
     ) -> Result<(StepSnapshot, Arc<Committed>), WriteError> {
         jobstream_protocol::requests::Request::validate(&request)?;
-        let applied = self.write(BatchItem::Step(job_id, request), &any_workspace).await?;
+        let applied = self.write(BatchItem::Step(job_id, request), any_workspace).await?;
         let step = applied.step.ok_or_else(|| WriteError::Conflict("step was not created".into()))?;
         Ok((step, applied.event))
     }
@@ -96,7 +96,7 @@ impl JobEvents {
         request: CompleteStep,
     ) -> Result<(StepSnapshot, Arc<Committed>), WriteError> {
         jobstream_protocol::requests::Request::validate(&request)?;
-        let applied = self.write(BatchItem::StepComplete(job_id, step_id, request), &any_workspace).await?;
+        let applied = self.write(BatchItem::StepComplete(job_id, step_id, request), any_workspace).await?;
         let step = applied.step.ok_or_else(|| WriteError::Conflict("step was not completed".into()))?;
         Ok((step, applied.event))
     }

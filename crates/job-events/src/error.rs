@@ -114,14 +114,57 @@ impl From<DbErr> for ReadError {
     }
 }
 
-/// A connection that could not be made or acquired, as opposed to a failing statement.
+/// An error of the storage rather than of the request: the database cannot be
+/// reached, or cannot take writes for now (disk full, I/O error, lock timeout,
+/// shutting down, a serialization failure). Nothing was written; the client may
+/// try again, so these are answered 503 `unavailable`.
 fn is_unavailable(err: &DbErr) -> bool {
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => matches!(
-            e,
-            sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::PoolClosed
-        ),
+    use sea_orm::sqlx::Error as Sqlx;
+    let sqlx = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx {
+        Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+        Sqlx::Database(db) => {
+            let sqlite = db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some();
+            db.code().is_some_and(|code| storage_code(sqlite, &code))
+        }
         _ => false,
+    }
+}
+
+/// SQLite result codes (primary code in the low byte of the extended one) and
+/// PostgreSQL SQLSTATEs that mean "the storage cannot do it now".
+fn storage_code(sqlite: bool, code: &str) -> bool {
+    if sqlite {
+        // SQLITE_BUSY 5, SQLITE_LOCKED 6, SQLITE_NOMEM 7, SQLITE_READONLY 8,
+        // SQLITE_IOERR 10, SQLITE_FULL 13, SQLITE_CANTOPEN 14, SQLITE_PROTOCOL 15.
+        return code.parse::<u32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15));
+    }
+    // 08 connection exception, 53 insufficient resources (disk full, out of
+    // memory, too many connections), 57 operator intervention (shutdown,
+    // statement timeout), 58 system error (I/O), 40001/40P01 serialization
+    // failure and deadlock, 55P03 lock not available.
+    ["08", "53", "57", "58"].iter().any(|class| code.starts_with(class)) || matches!(code, "40001" | "40P01" | "55P03")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storage_code;
+
+    #[test]
+    fn storage_failures_are_told_apart_from_bad_requests() {
+        assert!(storage_code(true, "13")); // SQLITE_FULL
+        assert!(storage_code(true, "266")); // SQLITE_IOERR_READ
+        assert!(storage_code(true, "5")); // SQLITE_BUSY
+        assert!(!storage_code(true, "19")); // SQLITE_CONSTRAINT
+        assert!(!storage_code(true, "2067")); // SQLITE_CONSTRAINT_UNIQUE
+        assert!(storage_code(false, "53100")); // disk_full
+        assert!(storage_code(false, "57P01")); // admin_shutdown
+        assert!(storage_code(false, "40001")); // serialization_failure
+        assert!(!storage_code(false, "23505")); // unique_violation
+        assert!(!storage_code(false, "22021")); // character_not_in_repertoire
     }
 }

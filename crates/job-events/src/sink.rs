@@ -30,6 +30,13 @@ impl Committed {
 pub trait EventSink: Send + Sync + 'static {
     /// Takes the events of one committed transaction.
     fn publish(&self, events: &[Arc<Committed>]);
+
+    /// Writes to these jobs may or may not have committed (the database stopped
+    /// answering during the commit). Delivery compares what it has sent with
+    /// the database once it answers again. By default nothing is done.
+    fn uncertain(&self, jobs: &[uuid::Uuid]) {
+        let _ = jobs;
+    }
 }
 
 /// A sink that drops everything (for tools that only write).

@@ -77,13 +77,27 @@ impl JobEvents {
 
     /// Creates a job and its `job.created` event (seq 1). With a client id that
     /// exists in the same workspace, returns that job and `false` (nothing written).
+    ///
+    /// Runs to its end even if the caller stops waiting (see [`JobEvents::write`]).
     pub async fn create_job(&self, request: CreateJob) -> Result<(JobSnapshot, bool), WriteError> {
         use jobstream_protocol::requests::Request as _;
         request.validate()?;
+        let this = self.clone();
+        detached(async move { this.create_job_now(request).await }).await
+    }
+
+    async fn create_job_now(&self, request: CreateJob) -> Result<(JobSnapshot, bool), WriteError> {
         let id = request.id.unwrap_or_else(Uuid::now_v7);
         let (guard, tx) = self.begin().await?;
-        if let Some(existing) = self.existing_job(&tx, id, &request.workspace_id).await? {
-            return Ok((existing, false));
+        let existing = match self.existing_job(&tx, id, &request.workspace_id).await {
+            Ok(existing) => existing,
+            Err(err) => return Err(rollback(tx, err).await),
+        };
+        if let Some(existing) = existing {
+            return match tx.commit().await {
+                Ok(()) => Ok((existing, false)),
+                Err(err) => Err(err.into()),
+            };
         }
         let now = Timestamp::now();
         let row = jobs::Model {
@@ -102,7 +116,10 @@ impl JobEvents {
             completed_at: None,
             last_seq: 1,
         };
-        let snapshot = job_snapshot(row.clone(), None).map_err(|_| WriteError::Conflict("invalid job".into()))?;
+        let snapshot = match job_snapshot(row.clone(), None) {
+            Ok(snapshot) => snapshot,
+            Err(_) => return Err(rollback(tx, WriteError::Conflict("invalid job".into())).await),
+        };
         let event = Event {
             event_id: Uuid::now_v7(),
             seq: 1,
@@ -116,21 +133,52 @@ impl JobEvents {
         let inserted = async {
             jobs::Entity::insert(row.into_active_model()).exec_without_returning(&tx).await?;
             job_events::Entity::insert(event_row(&event)?.into_active_model()).exec_without_returning(&tx).await?;
-            tx.commit().await
+            Ok::<_, DbErr>(())
         }
         .await;
+        let outcome = match inserted {
+            Ok(()) => self.commit(tx, &[&event]).await,
+            Err(err) => Err(rollback(tx, err).await),
+        };
         drop(guard);
-        match inserted {
+        match outcome {
             Ok(()) => {}
             // Another writer created the same id first: answer as for a repeat.
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            Err(WriteError::Internal(err)) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 let existing = self.existing_job(&self.store.db, id, &request.workspace_id).await?;
                 return existing.map(|job| (job, false)).ok_or(WriteError::Internal(err));
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         }
         self.publish(vec![event]);
         Ok((snapshot, true))
+    }
+
+    /// Commits `tx`. A commit that reports an error may still have committed
+    /// (the connection dropped after the server committed): the outcome is then
+    /// read back by the first event's id, so that a committed write is answered
+    /// as such and one that is not is never announced.
+    async fn commit(&self, tx: DatabaseTransaction, events: &[&Event]) -> Result<(), WriteError> {
+        let err = match tx.commit().await {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        let Some(first) = events.first() else { return Err(err.into()) };
+        for attempt in 0..3u64 {
+            match job_events::Entity::find_by_id(first.event_id).one(&self.store.db).await {
+                Ok(Some(_)) => {
+                    tracing::warn!(error = %err, "the commit reported an error but had committed");
+                    return Ok(());
+                }
+                Ok(None) => return Err(err.into()),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1))).await,
+            }
+        }
+        // Unknown outcome: answer unavailable (the client retries) and let
+        // delivery compare these jobs with the database once it answers.
+        let jobs: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
+        self.sink.uncertain(&jobs);
+        Err(WriteError::Unavailable(err))
     }
 
     async fn existing_job(
@@ -151,10 +199,15 @@ impl JobEvents {
 
     /// Applies one write. `may_write` is asked about the job's workspace once
     /// the job is locked; a job it refuses is reported as not found.
+    ///
+    /// The write runs in its own task: a caller that stops waiting (an HTTP
+    /// client that hangs up) does not cancel it half-way, and a committed event
+    /// is always handed to the sink. On any failure the transaction is rolled
+    /// back before the error is returned.
     pub async fn write(
         &self,
         item: BatchItem,
-        may_write: &(dyn Fn(&str) -> bool + Sync),
+        may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Result<Applied, WriteError> {
         let mut applied = self.apply_all(vec![item], may_write, false).await?;
         applied.pop().ok_or_else(|| WriteError::Internal(DbErr::Custom("empty write".into())))
@@ -165,7 +218,7 @@ impl JobEvents {
     pub async fn write_batch(
         &self,
         items: Vec<BatchItem>,
-        may_write: &(dyn Fn(&str) -> bool + Sync),
+        may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Result<Vec<Applied>, WriteError> {
         self.apply_all(items, may_write, true).await
     }
@@ -173,24 +226,42 @@ impl JobEvents {
     async fn apply_all(
         &self,
         items: Vec<BatchItem>,
+        may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
+        name_items: bool,
+    ) -> Result<Vec<Applied>, WriteError> {
+        let this = self.clone();
+        detached(async move { this.apply_all_now(items, &may_write, name_items).await }).await
+    }
+
+    async fn apply_all_now(
+        &self,
+        items: Vec<BatchItem>,
         may_write: &(dyn Fn(&str) -> bool + Sync),
         name_items: bool,
     ) -> Result<Vec<Applied>, WriteError> {
         let (guard, tx) = self.begin().await?;
-        let mut batch = Batch::new(&tx, self.store.backend());
-        batch.lock_jobs(items.iter().map(BatchItem::job_id).collect()).await?;
-        let mut steps = Vec::with_capacity(items.len());
-        for (index, item) in items.into_iter().enumerate() {
-            let applied = batch.apply(item, may_write).await.map_err(|err| match err {
-                WriteError::Unavailable(_) | WriteError::Internal(_) => err,
-                err if name_items => WriteError::InBatch { index, source: Box::new(err) },
-                err => err,
-            })?;
-            steps.push(applied);
+        let applied = async {
+            let mut batch = Batch::new(&tx, self.store.backend());
+            batch.lock_jobs(items.iter().map(BatchItem::job_id).collect()).await?;
+            let mut steps = Vec::with_capacity(items.len());
+            for (index, item) in items.into_iter().enumerate() {
+                let applied = batch.apply(item, may_write).await.map_err(|err| match err {
+                    WriteError::Unavailable(_) | WriteError::Internal(_) => err,
+                    err if name_items => WriteError::InBatch { index, source: Box::new(err) },
+                    err => err,
+                })?;
+                steps.push(applied);
+            }
+            Ok::<_, WriteError>((batch.flush().await?, steps))
         }
-        let events = batch.flush().await?;
-        tx.commit().await?;
+        .await;
+        let (events, steps) = match applied {
+            Ok(applied) => applied,
+            Err(err) => return Err(rollback(tx, err).await),
+        };
+        let outcome = self.commit(tx, &events.iter().collect::<Vec<_>>()).await;
         drop(guard);
+        outcome?;
         let committed = self.publish(events);
         Ok(committed.into_iter().zip(steps).map(|(event, step)| Applied { event, step }).collect())
     }
@@ -210,6 +281,31 @@ impl JobEvents {
         self.sink.publish(&committed);
         committed
     }
+}
+
+/// Runs a write in its own task and waits for it. The task is not cancelled
+/// when the waiter goes away; a panic inside it rolls the transaction back
+/// (the connection is dropped) and is answered as an internal error.
+async fn detached<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, WriteError>> + Send + 'static,
+) -> Result<T, WriteError> {
+    match tokio::spawn(write).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            tracing::error!(error = %err, "a write task failed; its transaction was rolled back");
+            Err(WriteError::Internal(DbErr::Custom("write task failed".into())))
+        }
+    }
+}
+
+/// Rolls `tx` back after `err` and returns the error. A rollback that fails
+/// leaves the connection to the pool's release check, which closes it.
+async fn rollback(tx: DatabaseTransaction, err: impl Into<WriteError>) -> WriteError {
+    let err = err.into();
+    if let Err(rollback) = tx.rollback().await {
+        tracing::warn!(error = %rollback, "rollback after a failed write failed; the connection is discarded");
+    }
+    err
 }
 
 fn event_row(event: &Event) -> Result<job_events::Model, DbErr> {

@@ -122,11 +122,11 @@ async fn every_subscriber_gets_each_job_in_order_once_under_concurrent_writers_a
                     };
                     if i % 5 == 0 {
                         writer
-                            .write_batch(vec![progress(i), progress(i + 1), progress(i + 2)], &|_| true)
+                            .write_batch(vec![progress(i), progress(i + 1), progress(i + 2)], |_| true)
                             .await
                             .unwrap();
                     } else {
-                        writer.write(progress(i), &|_| true).await.unwrap();
+                        writer.write(progress(i), |_| true).await.unwrap();
                     }
                 }
             })
@@ -183,7 +183,7 @@ async fn a_replay_of_many_events_streams_in_order_through_a_small_mailbox(db: &T
     let batch: Vec<BatchItem> =
         (0..1000).map(|i| BatchItem::Progress(job.id, ProgressRequest { progress: i % 100, message: None })).collect();
     for chunk in batch.chunks(500) {
-        writer.write_batch(chunk.to_vec(), &|_| true).await.unwrap();
+        writer.write_batch(chunk.to_vec(), |_| true).await.unwrap();
     }
     let (replay, log) = subscriber(&hub, 7);
     replay.subscribe_job(job.id, Some(0), |_| Ok::<(), ()>(()), |_| announce(&log)).await.unwrap();

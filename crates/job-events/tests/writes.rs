@@ -87,7 +87,7 @@ async fn eight_concurrent_writers_produce_seq_one_to_n_without_gap_or_duplicate(
                         job,
                         ProgressRequest { progress: i64::from(i), message: Some(format!("w{w}")) },
                     );
-                    writer.write(item, &|_| true).await.unwrap();
+                    writer.write(item, |_| true).await.unwrap();
                 }
             })
         })
@@ -110,7 +110,7 @@ async fn a_refused_write_changes_nothing(db: &TestDb) {
     let missing_step = writer.emit_step_output(job.id, Uuid::now_v7(), "x", OutputStream::Stdout).await;
     assert!(matches!(missing_step, Err(WriteError::StepNotFound { .. })));
     let other_workspace = writer
-        .write(BatchItem::Progress(job.id, ProgressRequest { progress: 5, message: None }), &|ws| ws == "ws-2")
+        .write(BatchItem::Progress(job.id, ProgressRequest { progress: 5, message: None }), |ws: &str| ws == "ws-2")
         .await;
     assert!(matches!(other_workspace, Err(WriteError::JobNotFound(_))));
     assert_eq!(stored_seqs(&writer, job.id).await, vec![1]);
@@ -130,7 +130,7 @@ async fn a_batch_with_one_bad_item_writes_nothing(db: &TestDb) {
         BatchItem::Progress(job, ProgressRequest { progress: 10, message: None }),
         BatchItem::Status(job, StatusRequest { status: JobStatus::Queued, result: None, error: None }),
     ];
-    assert!(writer.write_batch(items, &|_| true).await.is_err());
+    assert!(writer.write_batch(items, |_| true).await.is_err());
     assert_eq!(stored_seqs(&writer, job).await, vec![1, 2, 3]);
     assert!(writer.store().job(job).await.unwrap().unwrap().steps.unwrap().is_empty());
 }
@@ -157,7 +157,7 @@ async fn a_batch_applies_in_request_order_across_jobs(db: &TestDb) {
             StatusRequest { status: JobStatus::Completed, result: Some(serde_json::json!({"ok": true})), error: None },
         ),
     ];
-    let applied = writer.write_batch(items, &|_| true).await.unwrap();
+    let applied = writer.write_batch(items, |_| true).await.unwrap();
     let seqs: Vec<(Uuid, i64)> = applied.iter().map(|a| (a.event.event.job_id, a.event.event.seq)).collect();
     assert_eq!(seqs, vec![(first, 4), (second, 4), (first, 5), (first, 6), (second, 5)]);
     let done = writer.store().job(second).await.unwrap().unwrap();

@@ -29,7 +29,13 @@ impl IntoResponse for ApiError {
         struct Envelope {
             error: ErrorBody,
         }
-        (status, Json(Envelope { error: self.0 })).into_response()
+        let unavailable = self.0.code == ErrorCode::Unavailable;
+        let mut response = (status, Json(Envelope { error: self.0 })).into_response();
+        if unavailable {
+            // RFC 9110 §10.2.3: when to try again, in seconds.
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

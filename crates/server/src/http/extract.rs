@@ -99,6 +99,12 @@ impl Auth {
     pub fn allows(&self, action: Action, workspace: &str) -> bool {
         authorize(&self.0, action, workspace).is_allowed()
     }
+
+    /// [`Auth::allows`] for `action`, as an owned check a write task can keep.
+    pub fn may(&self, action: Action) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let claims = self.0.clone();
+        move |workspace| authorize(&claims, action, workspace).is_allowed()
+    }
 }
 
 /// A JSON request body: 400 if it is not JSON, 413 over the size limit.
