@@ -75,10 +75,15 @@ impl WriteError {
 
 impl From<DbErr> for WriteError {
     fn from(err: DbErr) -> Self {
-        if is_unavailable(&err) {
-            Self::Unavailable(err)
-        } else {
-            Self::Internal(err)
+        match classify(&err) {
+            Some(Class::Storage) => Self::Unavailable(err),
+            Some(Class::Data) => {
+                // The request's own data (checked at the front doors; this is the
+                // last line for in-process producers): a 422, never a 500.
+                tracing::warn!(error = %err, "a write was refused by the database for its data");
+                Self::Invalid(ValidationError::new("body", "a value in the request cannot be stored"))
+            }
+            None => Self::Internal(err),
         }
     }
 }
@@ -89,6 +94,9 @@ pub enum ReadError {
     /// The database could not be reached.
     #[error("the database is unavailable")]
     Unavailable(#[source] DbErr),
+    /// A value of the request that the database refuses (a 422, never a 500).
+    #[error("a value in the request cannot be used")]
+    Invalid(#[source] DbErr),
     /// Anything else; logged, never shown.
     #[error("internal error")]
     Internal(#[source] DbErr),
@@ -99,6 +107,7 @@ impl ReadError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Invalid(_) => ErrorCode::InvalidPayload,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -106,32 +115,58 @@ impl ReadError {
 
 impl From<DbErr> for ReadError {
     fn from(err: DbErr) -> Self {
-        if is_unavailable(&err) {
-            Self::Unavailable(err)
-        } else {
-            Self::Internal(err)
+        match classify(&err) {
+            Some(Class::Storage) => Self::Unavailable(err),
+            Some(Class::Data) => Self::Invalid(err),
+            None => Self::Internal(err),
         }
     }
 }
 
-/// An error of the storage rather than of the request: the database cannot be
-/// reached, or cannot take writes for now (disk full, I/O error, lock timeout,
-/// shutting down, a serialization failure). Nothing was written; the client may
-/// try again, so these are answered 503 `unavailable`.
-fn is_unavailable(err: &DbErr) -> bool {
+/// What kind of database error, where it is not a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// The storage, rather than the request: the database cannot be reached,
+    /// or cannot take writes for now (disk full, I/O error, lock timeout,
+    /// shutting down, a serialization failure). Nothing was written; the client
+    /// may try again, so these are answered 503 `unavailable`.
+    Storage,
+    /// The request's data cannot be stored (PostgreSQL data exceptions and
+    /// program limits, SQLite's too big / mismatch / range): 422.
+    Data,
+}
+
+fn classify(err: &DbErr) -> Option<Class> {
     use sea_orm::sqlx::Error as Sqlx;
     let sqlx = match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return Some(Class::Storage),
         DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) => e,
-        _ => return false,
+        _ => return None,
     };
     match sqlx {
-        Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+        Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => Some(Class::Storage),
         Sqlx::Database(db) => {
             let sqlite = db.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>().is_some();
-            db.code().is_some_and(|code| storage_code(sqlite, &code))
+            let code = db.code()?;
+            if storage_code(sqlite, &code) {
+                Some(Class::Storage)
+            } else if data_code(sqlite, &code) {
+                Some(Class::Data)
+            } else {
+                None
+            }
         }
-        _ => false,
+        _ => None,
+    }
+}
+
+/// SQLITE_TOOBIG 18, SQLITE_MISMATCH 20, SQLITE_RANGE 25; PostgreSQL class 22
+/// (data exception) and 54 (program limit exceeded).
+fn data_code(sqlite: bool, code: &str) -> bool {
+    if sqlite {
+        code.parse::<u32>().is_ok_and(|code| matches!(code & 0xff, 18 | 20 | 25))
+    } else {
+        code.starts_with("22") || code.starts_with("54")
     }
 }
 
@@ -152,7 +187,7 @@ fn storage_code(sqlite: bool, code: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::storage_code;
+    use super::{data_code, storage_code};
 
     #[test]
     fn storage_failures_are_told_apart_from_bad_requests() {
@@ -166,5 +201,8 @@ mod tests {
         assert!(storage_code(false, "40001")); // serialization_failure
         assert!(!storage_code(false, "23505")); // unique_violation
         assert!(!storage_code(false, "22021")); // character_not_in_repertoire
+        assert!(data_code(false, "22021"));
+        assert!(data_code(false, "22P05")); // untranslatable_character
+        assert!(!data_code(false, "23505"));
     }
 }

@@ -132,7 +132,7 @@ impl JobEvents {
         };
         let inserted = async {
             jobs::Entity::insert(row.into_active_model()).exec_without_returning(&tx).await?;
-            job_events::Entity::insert(event_row(&event)?.into_active_model()).exec_without_returning(&tx).await?;
+            insert_events(&tx, self.store.backend(), std::slice::from_ref(&event)).await?;
             Ok::<_, DbErr>(())
         }
         .await;
@@ -308,18 +308,38 @@ async fn rollback(tx: DatabaseTransaction, err: impl Into<WriteError>) -> WriteE
     err
 }
 
-fn event_row(event: &Event) -> Result<job_events::Model, DbErr> {
-    let data = serde_json::to_value(&event.body).map_err(|e| DbErr::Custom(format!("event body: {e}")))?;
-    Ok(job_events::Model {
-        id: event.event_id,
-        job_id: event.job_id,
-        seq: event.seq,
-        event_type: event.event_type.as_str().to_owned(),
-        workspace_id: event.workspace_id.clone(),
-        step_id: event.step_id,
-        created_at: event.timestamp.as_datetime(),
-        data,
-    })
+/// Inserts events. Their data goes in as JSON text: on PostgreSQL it is cast to
+/// `json`, which keeps the text as sent (a `\u0000` in an output chunk
+/// included), where a bound JSON value would pass through `jsonb`, which cannot
+/// hold U+0000.
+async fn insert_events(tx: &DatabaseTransaction, backend: DbBackend, events: &[Event]) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Alias, Expr, Query, SimpleExpr};
+    use sea_orm::Iterable as _;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut insert = Query::insert();
+    insert.into_table(job_events::Entity).columns(job_events::Column::iter());
+    for event in events {
+        let data = serde_json::to_string(&event.body).map_err(|e| DbErr::Custom(format!("event body: {e}")))?;
+        let data: SimpleExpr = match backend {
+            DbBackend::Postgres => Expr::val(data).cast_as(Alias::new("json")),
+            _ => Expr::val(data).into(),
+        };
+        let row: [SimpleExpr; 8] = [
+            Expr::val(event.event_id).into(),
+            Expr::val(event.job_id).into(),
+            Expr::val(event.seq).into(),
+            Expr::val(event.event_type.as_str()).into(),
+            Expr::val(event.workspace_id.as_str()).into(),
+            Expr::val(event.step_id).into(),
+            Expr::val(event.timestamp.as_datetime()).into(),
+            data,
+        ];
+        insert.values(row).map_err(|e| DbErr::Custom(format!("event insert: {e}")))?;
+    }
+    tx.execute(backend.build(&insert)).await?;
+    Ok(())
 }
 
 /// A step row in the batch and whether it must be inserted or updated at flush.
@@ -544,11 +564,7 @@ impl<'a> Batch<'a> {
             job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).exec(self.tx).await?;
         }
         for chunk in self.events.chunks(INSERT_CHUNK) {
-            let rows = chunk
-                .iter()
-                .map(|e| event_row(e).map(IntoActiveModel::into_active_model))
-                .collect::<Result<Vec<_>, _>>()?;
-            job_events::Entity::insert_many(rows).exec_without_returning(self.tx).await?;
+            insert_events(self.tx, self.backend, chunk).await?;
         }
         for (id, (job, dirty)) in self.jobs {
             if dirty {

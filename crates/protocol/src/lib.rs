@@ -10,6 +10,7 @@ pub mod ack;
 pub mod enums;
 pub mod error;
 pub mod event;
+pub mod json;
 pub mod requests;
 pub mod room;
 pub mod snapshot;

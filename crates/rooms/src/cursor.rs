@@ -6,8 +6,18 @@
 //! Every committed event is then classified against that cursor, so an event
 //! reaching it twice (through both rooms, through the live path and a replay)
 //! is given once, and an event arriving early shows the gap to fill first.
+//!
+//! Cursors only move forward, whatever the calls (CONTRACT §7, "exactly once
+//! per socket"): a repeated subscribe with an older `since` keeps the cursor,
+//! and a job the subscriber stopped following keeps its last `seq` (up to
+//! [`RETIRED_LIMIT`] such jobs), so subscribing again never sends an event
+//! twice or out of order.
 
-use std::collections::HashMap;
+/// Jobs no longer followed whose last delivered `seq` a subscriber remembers;
+/// past this, the longest unfollowed is forgotten. About 40 bytes each.
+pub const RETIRED_LIMIT: usize = 10_000;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -60,6 +70,11 @@ pub struct Subscriptions {
     /// Per job: the last `seq` given. A job of a followed workspace without a
     /// cursor was created after the workspace subscription, so it starts at 0.
     cursors: HashMap<Uuid, Cursor>,
+    /// The last `seq` given for jobs no longer followed, so that following
+    /// them again never goes back; oldest first in `retired_order`.
+    retired: HashMap<Uuid, (i64, u64)>,
+    retired_order: VecDeque<(Uuid, u64)>,
+    retired_stamp: u64,
 }
 
 impl Subscriptions {
@@ -89,17 +104,23 @@ impl Subscriptions {
         }
     }
 
-    /// Activates a job subscription. `since` (the client's replay cursor) sets the
-    /// cursor; without it, an existing cursor is kept, else it starts at `last_seq`.
-    /// Returns the cursor: the subscriber needs every event after it.
+    /// Activates a job subscription and returns the cursor: the subscriber
+    /// needs every event after it. A new cursor starts at `since` (the
+    /// client's replay point) or else at `last_seq`; an existing one is kept,
+    /// or moved forward to `since`. Never below what was already given.
     pub fn activate_job(&mut self, job_id: Uuid, workspace_id: &str, last_seq: i64, since: Option<i64>) -> i64 {
         self.jobs.insert(job_id, State::Active);
-        let workspace_id = self.workspace_key(workspace_id);
-        let cursor = self.cursors.entry(job_id).or_insert(Cursor { workspace_id, seq: last_seq });
-        if let Some(since) = since {
-            cursor.seq = since;
+        if let Some(cursor) = self.cursors.get_mut(&job_id) {
+            if let Some(since) = since {
+                cursor.seq = cursor.seq.max(since);
+            }
+            return cursor.seq;
         }
-        cursor.seq
+        let given = self.unretire(job_id);
+        let seq = since.unwrap_or(last_seq).max(given);
+        let workspace_id = self.workspace_key(workspace_id);
+        self.cursors.insert(job_id, Cursor { workspace_id, seq });
+        seq
     }
 
     /// Activates a workspace subscription with the workspace's jobs and their
@@ -108,8 +129,36 @@ impl Subscriptions {
         let key = self.workspace_key(workspace_id);
         self.workspaces.insert(key.clone(), State::Active);
         for (job_id, last_seq) in baseline {
-            self.cursors.entry(job_id).or_insert_with(|| Cursor { workspace_id: key.clone(), seq: last_seq });
+            if !self.cursors.contains_key(&job_id) {
+                let seq = last_seq.max(self.unretire(job_id));
+                self.cursors.insert(job_id, Cursor { workspace_id: key.clone(), seq });
+            }
         }
+    }
+
+    /// Remembers the last `seq` given for a job no longer followed.
+    /// Each entry carries a stamp; a queue entry whose stamp no longer matches
+    /// (the job was followed and left again since) is skipped.
+    fn retire(&mut self, job_id: Uuid, seq: i64) {
+        self.retired_stamp += 1;
+        self.retired.insert(job_id, (seq, self.retired_stamp));
+        self.retired_order.push_back((job_id, self.retired_stamp));
+        while self.retired.len() > RETIRED_LIMIT {
+            let Some((oldest, stamp)) = self.retired_order.pop_front() else { break };
+            if self.retired.get(&oldest).is_some_and(|(_, s)| *s == stamp) {
+                self.retired.remove(&oldest);
+            }
+        }
+        // Stale entries (jobs followed again) are dropped once they outnumber the live ones.
+        if self.retired_order.len() > 2 * self.retired.len().max(64) {
+            let retired = &self.retired;
+            self.retired_order.retain(|(job, stamp)| retired.get(job).is_some_and(|(_, s)| s == stamp));
+        }
+    }
+
+    /// Takes a retired job's last given `seq` back (0 if none).
+    fn unretire(&mut self, job_id: Uuid) -> i64 {
+        self.retired.remove(&job_id).map_or(0, |(seq, _)| seq)
     }
 
     /// Ends a job subscription; returns whether there was one. The cursor stays
@@ -118,7 +167,9 @@ impl Subscriptions {
         let existed = self.jobs.remove(&job_id).is_some();
         let keep = self.cursors.get(&job_id).is_some_and(|c| self.workspace_active(&c.workspace_id));
         if !keep {
-            self.cursors.remove(&job_id);
+            if let Some(cursor) = self.cursors.remove(&job_id) {
+                self.retire(job_id, cursor.seq);
+            }
         }
         existed
     }
@@ -127,7 +178,17 @@ impl Subscriptions {
     pub fn unsubscribe_workspace(&mut self, workspace_id: &str) -> bool {
         let existed = self.workspaces.remove(workspace_id).is_some();
         let jobs = &self.jobs;
-        self.cursors.retain(|job, c| &*c.workspace_id != workspace_id || jobs.get(job) == Some(&State::Active));
+        let mut left = Vec::new();
+        self.cursors.retain(|job, c| {
+            let keep = &*c.workspace_id != workspace_id || jobs.get(job) == Some(&State::Active);
+            if !keep {
+                left.push((*job, c.seq));
+            }
+            keep
+        });
+        for (job, seq) in left {
+            self.retire(job, seq);
+        }
         existed
     }
 
@@ -138,7 +199,10 @@ impl Subscriptions {
         if job != Some(&State::Active) && workspace != Some(&State::Active) {
             return if job.is_some() || workspace.is_some() { Verdict::Pending } else { Verdict::Ignore };
         }
-        let cursor = self.cursors.get(&event.job_id).map_or(0, |c| c.seq);
+        let cursor = match self.cursors.get(&event.job_id) {
+            Some(c) => c.seq,
+            None => self.retired.get(&event.job_id).map_or(0, |(seq, _)| *seq),
+        };
         match event.seq - cursor {
             d if d <= 0 => Verdict::Duplicate,
             1 => Verdict::Deliver,
@@ -151,6 +215,7 @@ impl Subscriptions {
         match self.cursors.get_mut(&event.job_id) {
             Some(cursor) => cursor.seq = cursor.seq.max(event.seq),
             None => {
+                self.unretire(event.job_id);
                 let workspace_id = self.workspace_key(event.workspace_id);
                 self.cursors.insert(event.job_id, Cursor { workspace_id, seq: event.seq });
             }
@@ -243,10 +308,52 @@ mod tests {
     }
 
     #[test]
-    fn since_replaces_the_cursor() {
+    fn since_sets_a_new_cursor() {
         let mut subs = Subscriptions::default();
         assert_eq!(subs.activate_job(job(1), WS, 10, Some(2)), 2);
         assert_eq!(subs.classify(key(job(1), 3)), Verdict::Deliver);
+    }
+
+    #[test]
+    fn a_repeated_subscribe_never_moves_the_cursor_back() {
+        let mut subs = Subscriptions::default();
+        assert_eq!(subs.activate_job(job(1), WS, 7, Some(2)), 2);
+        for seq in 3..=7 {
+            subs.advance(key(job(1), seq));
+        }
+        assert_eq!(subs.activate_job(job(1), WS, 7, Some(2)), 7, "same since again");
+        assert_eq!(subs.activate_job(job(1), WS, 7, Some(0)), 7, "an older since");
+        assert_eq!(subs.activate_job(job(1), WS, 7, None), 7, "no since");
+        assert_eq!(subs.classify(key(job(1), 5)), Verdict::Duplicate);
+        assert_eq!(subs.activate_job(job(1), WS, 9, Some(8)), 8, "a later since moves it forward");
+    }
+
+    #[test]
+    fn following_a_job_again_resumes_after_what_was_given() {
+        let mut subs = Subscriptions::default();
+        subs.activate_job(job(1), WS, 0, Some(0));
+        for seq in 1..=5 {
+            subs.advance(key(job(1), seq));
+        }
+        assert!(subs.unsubscribe_job(job(1)));
+        assert_eq!(subs.classify(key(job(1), 6)), Verdict::Ignore);
+        assert_eq!(subs.activate_job(job(1), WS, 9, Some(0)), 5, "since 0 again: from 6 on");
+        assert!(subs.unsubscribe_job(job(1)));
+        assert_eq!(subs.activate_job(job(1), WS, 9, None), 9, "no since: from the snapshot on");
+        subs.unsubscribe_job(job(1));
+        subs.activate_workspace(WS, [(job(1), 4)]);
+        assert_eq!(subs.cursor(job(1)), Some(9), "a workspace snapshot does not go back either");
+    }
+
+    #[test]
+    fn the_memory_of_unfollowed_jobs_is_bounded() {
+        let mut subs = Subscriptions::default();
+        for n in 0..(RETIRED_LIMIT as u128 + 10) {
+            subs.activate_job(job(n), WS, 1, None);
+            subs.unsubscribe_job(job(n));
+        }
+        assert_eq!(subs.retired.len(), RETIRED_LIMIT);
+        assert!(!subs.retired.contains_key(&job(0)));
     }
 
     #[test]
@@ -280,6 +387,7 @@ mod tests {
         assert_eq!(subs.classify(key(job(2), 1)), Verdict::Ignore);
         assert!(subs.unsubscribe_job(job(1)));
         assert_eq!(subs.cursor(job(1)), None);
+        assert_eq!(subs.classify(key(job(1), 5)), Verdict::Ignore);
         assert!(subs.is_empty());
     }
 

@@ -69,6 +69,10 @@ impl From<ReadError> for ApiError {
                 tracing::warn!(error = %source, "read failed: database unavailable");
                 Self::new(err.code(), "the database is unavailable; try again")
             }
+            ReadError::Invalid(source) => {
+                tracing::warn!(error = %source, "read refused by the database for the request's data");
+                Self::new(err.code(), "a value in the request cannot be used")
+            }
             ReadError::Internal(source) => {
                 tracing::error!(error = %source, "read failed");
                 Self::new(err.code(), "internal error")

@@ -134,7 +134,15 @@ impl FromRequest<AppState> for JsonBody {
         let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
             ApiError::new(ErrorCode::PayloadTooLarge, format!("the request body is over the limit of {limit} bytes"))
         })?;
-        serde_json::from_slice(&bytes)
+        let parsed = serde_json::from_slice(&bytes);
+        // What could be written but not read back as sent is refused, naming
+        // the field (numbers, nesting, NUL: see `jobstream_protocol::json`).
+        // A body too deep for the parser gets the same 422 as one too deep to store.
+        let deep = matches!(&parsed, Err(err) if err.to_string().starts_with("recursion limit exceeded"));
+        if parsed.is_ok() || deep {
+            jobstream_protocol::json::check_body(&bytes)?;
+        }
+        parsed
             .map(JsonBody)
             .map_err(|err| ApiError::new(ErrorCode::BadRequest, format!("the body is not valid JSON: {err}")))
     }

@@ -143,6 +143,7 @@ async fn list_jobs(
     };
     let workspaces = match params.get("workspaceId").filter(|s| !s.is_empty()) {
         Some(workspace) => {
+            jobstream_protocol::requests::check_workspace_id("workspaceId", workspace)?;
             auth.require(Action::Read, workspace)?;
             Some(vec![workspace.clone()])
         }
