@@ -270,6 +270,24 @@ describe('the HTTP API', { skip: skipReason(), timeout: 180_000 }, () => {
     assert.equal((await ok(producer.events(id))).events.length, 1);
   });
 
+  it('answers a job id taken in another workspace exactly as one taken here with another body', async () => {
+    const otherWorkspace = randomUUID();
+    const other = api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [otherWorkspace] }));
+    const takenElsewhere = randomUUID();
+    await ok(other.createJob({ id: takenElsewhere, workspaceId: otherWorkspace, type: 'e2e.oracle' }), 201);
+    const takenHere = randomUUID();
+    await ok(producer.createJob({ id: takenHere, workspaceId, type: 'e2e.oracle' }), 201);
+
+    const elsewhere = await producer.createJob({ id: takenElsewhere, workspaceId, type: 'e2e.oracle' });
+    const here = await producer.createJob({ id: takenHere, workspaceId, type: 'e2e.oracle', metadata: { x: 1 } });
+    assertHttpError(elsewhere, 409, 'conflict');
+    assertHttpError(here, 409, 'conflict');
+    const generic = (r, id) => r.body.error.message.replace(id, '<id>');
+    assert.equal(generic(elsewhere, takenElsewhere), generic(here, takenHere));
+    assert.doesNotMatch(elsewhere.body.error.message, /workspace/i);
+    assert.equal((await other.getJob(takenElsewhere)).body.lastSeq, 1, 'the other job is untouched');
+  });
+
   it('lists the jobs of a workspace, filtered by status and limited', async () => {
     const listWorkspace = randomUUID();
     const lister = api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [listWorkspace] }));

@@ -89,7 +89,7 @@ impl JobEvents {
     async fn create_job_now(&self, request: CreateJob) -> Result<(JobSnapshot, bool), WriteError> {
         let id = request.id.unwrap_or_else(Uuid::now_v7);
         let (guard, tx) = self.begin().await?;
-        let existing = match self.existing_job(&tx, id, &request.workspace_id).await {
+        let existing = match self.existing_job(&tx, id, &request).await {
             Ok(existing) => existing,
             Err(err) => return Err(rollback(tx, err).await),
         };
@@ -103,11 +103,11 @@ impl JobEvents {
         let row = jobs::Model {
             id,
             workspace_id: request.workspace_id.clone(),
-            job_type: request.job_type,
+            job_type: request.job_type.clone(),
             status: JobStatus::Pending.as_str().to_owned(),
             priority: request.priority.unwrap_or(0),
             progress: 0,
-            metadata: Value::Object(request.metadata.unwrap_or_default()),
+            metadata: Value::Object(request.metadata.clone().unwrap_or_default()),
             result: None,
             error: None,
             created_at: now.as_datetime(),
@@ -145,7 +145,7 @@ impl JobEvents {
             Ok(()) => {}
             // Another writer created the same id first: answer as for a repeat.
             Err(WriteError::Internal(err)) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                let existing = self.existing_job(&self.store.db, id, &request.workspace_id).await?;
+                let existing = self.existing_job(&self.store.db, id, &request).await?;
                 return existing.map(|job| (job, false)).ok_or(WriteError::Internal(err));
             }
             Err(err) => return Err(err),
@@ -181,17 +181,31 @@ impl JobEvents {
         Err(WriteError::Unavailable(err))
     }
 
+    /// The job with `id` if it was created by the same request (same workspace,
+    /// type, priority and metadata): a repeat, answered with the existing job.
+    /// An id taken otherwise, in this workspace or another, is one generic
+    /// conflict that names no workspace, so ids do not reveal what exists elsewhere.
     async fn existing_job(
         &self,
         db: &impl sea_orm::ConnectionTrait,
         id: Uuid,
-        workspace_id: &str,
+        request: &CreateJob,
     ) -> Result<Option<JobSnapshot>, WriteError> {
         let Some(row) = jobs::Entity::find_by_id(id).one(db).await? else {
             return Ok(None);
         };
-        if row.workspace_id != workspace_id {
-            return Err(WriteError::Conflict(format!("job id {id} is already used in another workspace")));
+        let same = row.workspace_id == request.workspace_id
+            && row.job_type == request.job_type
+            && row.priority == request.priority.unwrap_or(0)
+            && match (&row.metadata, &request.metadata) {
+                (Value::Object(stored), Some(sent)) => stored == sent,
+                (Value::Object(stored), None) => stored.is_empty(),
+                _ => false,
+            };
+        if !same {
+            return Err(WriteError::Conflict(format!(
+                "job id {id} is already used; choose another id, or repeat the original request exactly"
+            )));
         }
         let job = job_snapshot(row, None).map_err(|_| WriteError::Conflict(format!("job {id} is unreadable")))?;
         Ok(Some(job))

@@ -172,11 +172,17 @@ fn field(stack: &[Frame]) -> String {
     let mut path = String::new();
     for segment in segments(stack) {
         match segment {
-            Segment::Key(key) => {
+            Segment::Key(key) if is_identifier(&key) => {
                 if !path.is_empty() {
                     path.push('.');
                 }
                 path.push_str(&key);
+            }
+            // Any other key, quoted: `metadata[""]`, `payload["a.b"]`.
+            Segment::Key(key) => {
+                path.push('[');
+                path.push_str(&serde_json::to_string(&key).unwrap_or_default());
+                path.push(']');
             }
             Segment::Index(index) => path.push_str(&format!("[{index}]")),
         }
@@ -186,6 +192,12 @@ fn field(stack: &[Frame]) -> String {
     } else {
         path
     }
+}
+
+fn is_identifier(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
 /// Whether serde_json reads `number` (a JSON number literal) into a value that
@@ -271,6 +283,7 @@ mod tests {
         assert_eq!(field_of(r#"{"metadata":{"x":["ok","\u0000"]}}"#), Some("metadata.x[1]".into()));
         assert_eq!(field_of(r#"{"metadata":{"k\u0000":1}}"#), Some("metadata".into()));
         assert_eq!(field_of(r#"{"payload":{"chunk":"\u0000"}}"#), Some("payload.chunk".into()));
+        assert_eq!(field_of(r#"{"payload":{"a.b":{"":"\u0000"}}}"#), Some(r#"payload["a.b"][""]"#.into()));
         // An escaped backslash followed by u0000 is text, not NUL.
         assert_eq!(field_of(r#"{"name":"a\\u0000"}"#), None);
     }

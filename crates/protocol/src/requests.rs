@@ -12,7 +12,7 @@ use crate::MAX_BATCH_EVENTS;
 
 /// A request that does not fit its schema: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", if field == "body" { message.clone() } else { format!("{field}: {message}") })]
+#[error("{field}: {message}")]
 pub struct ValidationError {
     /// The JSON path of the field (`progress`, `events[3].status`), or `body`.
     pub field: String,
@@ -47,8 +47,14 @@ pub trait Request: DeserializeOwned {
         }
         let parsed: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." || path.is_empty() { "body".to_owned() } else { path };
-            ValidationError::new(field, e.into_inner().to_string())
+            let parent = if path == "." || path.is_empty() { None } else { Some(path) };
+            let message = e.into_inner().to_string();
+            // A missing field is named by its own path: `type: is required`.
+            if let Some(name) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                let field = parent.map_or_else(|| name.to_owned(), |p| format!("{p}.{name}"));
+                return ValidationError::new(field, "is required");
+            }
+            ValidationError::new(parent.unwrap_or_else(|| "body".to_owned()), message)
         })?;
         parsed.validate()?;
         Ok(parsed)
@@ -413,7 +419,7 @@ mod tests {
     #[test]
     fn a_missing_field_is_named() {
         let err = SubscribeJob::parse(json!({})).err();
-        assert_eq!(err.map(|e| e.message.contains("jobId")), Some(true));
+        assert_eq!(err.map(|e| e.to_string()), Some("jobId: is required".to_owned()));
     }
 
     #[test]
