@@ -1,88 +1,115 @@
-//! Prometheus metrics at `/metrics`, in the text exposition format, kept with
-//! atomics (no registry crate): connections, subscriptions by room kind, events
-//! appended and delivered, catch-ups, bus lag, database latency, HTTP requests.
+//! Prometheus metrics at `/metrics`, in the Prometheus text exposition format
+//! (version 0.0.4), kept with `prometheus-client`: connections, subscriptions by
+//! room kind, events appended and delivered, catch-ups, bus lag, database
+//! latency, HTTP requests.
+//!
+//! Every label takes its value from a bounded set, never from what a client
+//! sends: the route is the matched route template (or `unmatched`), the method
+//! one of the standard methods (or `other`), the status the numeric code.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter as RawCounter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge as RawGauge};
+use prometheus_client::metrics::histogram::Histogram as RawHistogram;
+use prometheus_client::registry::Registry;
 
 use crate::app::AppState;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
+/// The `route` label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+/// The `method` label of requests whose method is not a standard one.
+const OTHER_METHOD: &str = "other";
+
 /// A monotonically increasing count.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+#[derive(Debug, Default, Clone)]
+pub struct Counter(RawCounter);
 
 impl Counter {
     /// Adds one.
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
     }
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+}
+
+/// A value that goes up and down. Dereferences to its atomic, so it is moved
+/// with `fetch_add` and `fetch_sub`.
+#[derive(Debug, Default, Clone)]
+pub struct Gauge(RawGauge);
+
+impl std::ops::Deref for Gauge {
+    type Target = AtomicI64;
+    fn deref(&self) -> &AtomicI64 {
+        self.0.inner()
     }
 }
 
 /// A latency histogram in seconds.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+#[derive(Debug, Clone)]
+pub struct Histogram(RawHistogram);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self(new_histogram())
+    }
 }
 
 impl Histogram {
     /// Records one observation, in seconds.
     pub fn observe(&self, seconds: f64) {
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.0.observe(seconds);
     }
 
     /// Records the time since `start`.
     pub fn since(&self, start: Instant) {
         self.observe(start.elapsed().as_secs_f64());
     }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
 }
+
+fn new_histogram() -> RawHistogram {
+    RawHistogram::new(BUCKETS)
+}
+
+/// The labels of `jobstream_http_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HttpLabels {
+    /// The matched route template, or `unmatched`.
+    route: String,
+    /// A standard method, or `other`.
+    method: &'static str,
+    /// The response's status code.
+    status: u16,
+}
+
+/// A label set of one label with a fixed value.
+type FixedLabel = [(&'static str, &'static str); 1];
 
 /// The process's metrics. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics(Arc<Inner>);
 
-/// The metrics themselves.
-#[derive(Debug, Default)]
+/// The metrics themselves, and the registry that exposes them.
+#[derive(Debug)]
 pub struct Inner {
     /// Socket.IO connections open now.
-    pub connections: AtomicI64,
+    pub connections: Gauge,
     /// Events committed through this node.
     pub appended: Counter,
     /// Database write transactions (one per write request or batch).
@@ -94,9 +121,48 @@ pub struct Inner {
     /// Bus publish or connection failures.
     pub bus_errors: Counter,
     /// HTTP requests by (route, method, status).
-    http: Mutex<HashMap<(String, String, u16), u64>>,
+    http: Family<HttpLabels, RawCounter>,
     /// HTTP request latency.
     pub http_latency: Histogram,
+    /// Everything above, by exposed name.
+    registry: Registry,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        let connections = Gauge::default();
+        let appended = Counter::default();
+        let db: Family<FixedLabel, RawHistogram> = Family::new_with_constructor(new_histogram);
+        let db_write = Histogram(db.get_or_create_owned(&[("op", "write")]));
+        let db_read = Histogram(db.get_or_create_owned(&[("op", "read")]));
+        let bus_lag = Histogram::default();
+        let bus_errors = Counter::default();
+        let http = Family::<HttpLabels, RawCounter>::default();
+        let http_latency = Histogram::default();
+
+        // Help texts are given without their final period: the registry adds it.
+        let mut registry = Registry::default();
+        registry.register("jobstream_connections", "Socket.IO connections open now", connections.0.clone());
+        registry.register("jobstream_events_appended", "Events committed through this node", appended.0.clone());
+        registry.register(
+            "jobstream_bus_lag_seconds",
+            "Time from publication on the cluster bus to receipt on this node",
+            bus_lag.0.clone(),
+        );
+        registry.register(
+            "jobstream_bus_errors",
+            "Cluster bus publish or connection failures (delivery is repaired from the database)",
+            bus_errors.0.clone(),
+        );
+        registry.register("jobstream_db_seconds", "Database latency of request handlers, by operation", db);
+        registry.register("jobstream_http_requests", "HTTP requests by route, method and status", http.clone());
+        registry.register(
+            "jobstream_http_request_seconds",
+            "HTTP request latency (to the response head for streams)",
+            http_latency.0.clone(),
+        );
+        Self { connections, appended, db_write, db_read, bus_lag, bus_errors, http, http_latency, registry }
+    }
 }
 
 impl std::ops::Deref for Metrics {
@@ -107,17 +173,30 @@ impl std::ops::Deref for Metrics {
 }
 
 impl Metrics {
-    fn count_request(&self, route: String, method: String, status: u16) {
-        let mut http = self.0.http.lock().unwrap_or_else(|e| e.into_inner());
-        *http.entry((route, method, status)).or_insert(0) += 1;
+    fn count_request(&self, route: String, method: &'static str, status: u16) {
+        self.0.http.get_or_create(&HttpLabels { route, method, status }).inc();
     }
 }
 
-/// Middleware: counts requests by matched route, method and status.
+/// The `method` label of a request: the method if it is a standard one, else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => OTHER_METHOD,
+    }
+}
+
+/// Middleware: counts requests by matched route template, method and status.
 pub async fn track_http(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+        request.extensions().get::<MatchedPath>().map_or_else(|| UNMATCHED.to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(request.method());
     let start = Instant::now();
     let response = next.run(request).await;
     metrics.http_latency.since(start);
@@ -125,91 +204,61 @@ pub async fn track_http(State(metrics): State<Metrics>, request: Request, next: 
     response
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// The values the delivery hub keeps, read at scrape time.
+fn hub_registry(app: &AppState) -> Registry {
+    let stats = app.hub.stats();
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let (subscribers, job_subs, workspace_subs) = app.hub.subscription_counts();
+    let subscriptions = Family::<FixedLabel, RawGauge>::default();
+    subscriptions.get_or_create(&[("room", "job")]).set(saturating_i64(job_subs));
+    subscriptions.get_or_create(&[("room", "workspace")]).set(saturating_i64(workspace_subs));
+
+    let mut registry = Registry::default();
+    registry.register(
+        "jobstream_subscribers",
+        "Subscribers (sockets and SSE streams) with a delivery worker",
+        ConstGauge::new(saturating_i64(subscribers)),
+    );
+    registry.register("jobstream_subscriptions", "Subscriptions by room kind", subscriptions);
+    registry.register(
+        "jobstream_events_delivered",
+        "Events sent to subscribers (each subscriber counts once)",
+        ConstCounter::new(load(&stats.delivered)),
+    );
+    registry.register(
+        "jobstream_catch_ups",
+        "Reads from the database to fill a gap, replay, or resynchronise a subscriber",
+        ConstCounter::new(load(&stats.catch_ups)),
+    );
+    registry.register(
+        "jobstream_mailbox_overflows",
+        "Subscribers switched to catching up from the database because they fell behind",
+        ConstCounter::new(load(&stats.overflows)),
+    );
+    registry.register(
+        "jobstream_stalled_subscribers",
+        "Subscribers closed because they stopped reading",
+        ConstCounter::new(load(&stats.stalls)),
+    );
+    registry
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// `GET /metrics`.
-pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
-    let m = &app.metrics;
-    let stats = app.hub.stats();
-    let (subscribers, job_subs, workspace_subs) = app.hub.subscription_counts();
-    let mut out = String::with_capacity(4096);
-    family(&mut out, "jobstream_connections", "gauge", "Socket.IO connections open now.");
-    let _ = writeln!(out, "jobstream_connections {}", m.connections.load(Ordering::Relaxed));
-    family(&mut out, "jobstream_subscribers", "gauge", "Subscribers (sockets and SSE streams) with a delivery worker.");
-    let _ = writeln!(out, "jobstream_subscribers {subscribers}");
-    family(&mut out, "jobstream_subscriptions", "gauge", "Subscriptions by room kind.");
-    let _ = writeln!(out, "jobstream_subscriptions{{room=\"job\"}} {job_subs}");
-    let _ = writeln!(out, "jobstream_subscriptions{{room=\"workspace\"}} {workspace_subs}");
-    family(&mut out, "jobstream_events_appended_total", "counter", "Events committed through this node.");
-    let _ = writeln!(out, "jobstream_events_appended_total {}", m.appended.get());
-    family(
-        &mut out,
-        "jobstream_events_delivered_total",
-        "counter",
-        "Events sent to subscribers (each subscriber counts once).",
-    );
-    let _ = writeln!(out, "jobstream_events_delivered_total {}", stats.delivered.load(Ordering::Relaxed));
-    family(
-        &mut out,
-        "jobstream_catch_ups_total",
-        "counter",
-        "Reads from the database to fill a gap, replay, or resynchronise a subscriber.",
-    );
-    let _ = writeln!(out, "jobstream_catch_ups_total {}", stats.catch_ups.load(Ordering::Relaxed));
-    family(
-        &mut out,
-        "jobstream_mailbox_overflows_total",
-        "counter",
-        "Subscribers switched to catching up from the database because they fell behind.",
-    );
-    let _ = writeln!(out, "jobstream_mailbox_overflows_total {}", stats.overflows.load(Ordering::Relaxed));
-    family(
-        &mut out,
-        "jobstream_stalled_subscribers_total",
-        "counter",
-        "Subscribers closed because they stopped reading.",
-    );
-    let _ = writeln!(out, "jobstream_stalled_subscribers_total {}", stats.stalls.load(Ordering::Relaxed));
-    family(
-        &mut out,
-        "jobstream_bus_lag_seconds",
-        "histogram",
-        "Time from publication on the cluster bus to receipt on this node.",
-    );
-    m.bus_lag.render(&mut out, "jobstream_bus_lag_seconds", "");
-    family(
-        &mut out,
-        "jobstream_bus_errors_total",
-        "counter",
-        "Cluster bus publish or connection failures (delivery is repaired from the database).",
-    );
-    let _ = writeln!(out, "jobstream_bus_errors_total {}", m.bus_errors.get());
-    family(&mut out, "jobstream_db_seconds", "histogram", "Database latency of request handlers, by operation.");
-    m.db_write.render(&mut out, "jobstream_db_seconds", "op=\"write\"");
-    m.db_read.render(&mut out, "jobstream_db_seconds", "op=\"read\"");
-    family(&mut out, "jobstream_http_requests_total", "counter", "HTTP requests by route, method and status.");
-    {
-        let http = m.0.http.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<_> = http.iter().collect();
-        rows.sort();
-        for ((route, method, status), count) in rows {
-            let _ = writeln!(
-                out,
-                "jobstream_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
-            );
+pub async fn render(State(app): State<AppState>) -> Response {
+    let mut out = String::with_capacity(8192);
+    let encoded = prometheus_text::encode(&mut out, &app.metrics.registry)
+        .and_then(|()| prometheus_text::encode(&mut out, &hub_registry(&app)));
+    match encoded {
+        Ok(()) => ([(CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], out).into_response(),
+        Err(err) => {
+            tracing::error!(%err, "encoding metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
-    family(
-        &mut out,
-        "jobstream_http_request_seconds",
-        "histogram",
-        "HTTP request latency (to the response head for streams).",
-    );
-    m.http_latency.render(&mut out, "jobstream_http_request_seconds", "");
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 
 /// Counts committed events on their way to the real sink.
@@ -225,5 +274,52 @@ impl<S: jobstream_job_events::EventSink + std::fmt::Debug> jobstream_job_events:
     fn publish(&self, events: &[Arc<jobstream_job_events::Committed>]) {
         self.metrics.appended.add(events.len() as u64);
         self.inner.publish(events);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_methods_keep_their_name_and_any_other_is_counted_as_other() {
+        for name in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), name);
+        }
+        for name in ["get", "CONNECT", "TRACE", "PROPFIND", "XYZZY", "G3T"] {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), OTHER_METHOD);
+        }
+    }
+
+    #[test]
+    fn the_registry_exposes_every_request_side_family_with_its_buckets() {
+        let metrics = Metrics::default();
+        metrics.connections.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        metrics.appended.add(3);
+        metrics.db_write.observe(0.003);
+        metrics.count_request("/healthz".to_owned(), "GET", 200);
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &metrics.registry).unwrap();
+        for line in [
+            "# TYPE jobstream_connections gauge",
+            "jobstream_connections 2",
+            "# HELP jobstream_events_appended_total Events committed through this node.",
+            "# TYPE jobstream_events_appended_total counter",
+            "jobstream_events_appended_total 3",
+            "# TYPE jobstream_db_seconds histogram",
+            "jobstream_db_seconds_bucket{op=\"write\",le=\"0.0025\"} 0",
+            "jobstream_db_seconds_bucket{op=\"write\",le=\"0.005\"} 1",
+            "jobstream_db_seconds_bucket{op=\"write\",le=\"+Inf\"} 1",
+            "jobstream_db_seconds_count{op=\"read\"} 0",
+            "# TYPE jobstream_http_requests_total counter",
+            "jobstream_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1",
+            "# TYPE jobstream_http_request_seconds histogram",
+            "jobstream_http_request_seconds_bucket{le=\"1\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+        }
     }
 }
