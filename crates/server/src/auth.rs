@@ -139,8 +139,61 @@ mod erased {
     }
 }
 
+/// When a token stops being valid: its `exp`, in seconds since the epoch. A
+/// token is valid while the clock is before `exp` (no leeway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Expiry(u64);
+
+impl Expiry {
+    /// The `exp` claim.
+    pub fn from_secs(exp: u64) -> Self {
+        Self(exp)
+    }
+
+    /// The `exp` claim, in seconds since the epoch.
+    pub fn secs(self) -> u64 {
+        self.0
+    }
+
+    /// Whether the token has expired: the rule [`verify`] applies.
+    pub fn has_passed(self) -> bool {
+        self.0 <= now_secs()
+    }
+
+    /// Time left before `exp` (zero once it has passed), at most [`Expiry::FAR`].
+    pub fn remaining(self) -> Duration {
+        match UNIX_EPOCH.checked_add(Duration::from_secs(self.0)) {
+            Some(at) => at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO).min(Self::FAR),
+            None => Self::FAR,
+        }
+    }
+
+    /// The moment of `exp` on the runtime's clock.
+    pub fn deadline(self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now.checked_add(self.remaining()).unwrap_or(now + Duration::from_secs(86_400))
+    }
+
+    /// The longest wait computed for an `exp` (a token may claim any year).
+    pub const FAR: Duration = Duration::from_secs(100 * 365 * 86_400);
+}
+
+/// A verified token: what it allows, and until when.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// What the token allows.
+    pub claims: Claims,
+    /// When it expires.
+    pub expires: Expiry,
+}
+
 /// Verifies a token's algorithm, signature and expiry, and returns its claims.
 pub fn verify(secret: &Secret, token: &str) -> Result<Claims, TokenError> {
+    verify_token(secret, token).map(|verified| verified.claims)
+}
+
+/// [`verify`], keeping the expiry: long-lived connections end at `exp`.
+pub fn verify_token(secret: &Secret, token: &str) -> Result<Verified, TokenError> {
     let token = token.trim();
     let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
     let (header, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
@@ -153,10 +206,11 @@ pub fn verify(secret: &Secret, token: &str) -> Result<Claims, TokenError> {
     mac.update(signing_input.as_bytes());
     mac.verify_slice(&decode(signature)?).map_err(|_| TokenError::Signature)?;
     let claims: TokenClaims = serde_json::from_slice(&decode(payload)?).map_err(|_| TokenError::Malformed)?;
-    if claims.exp <= now_secs() {
+    let expires = Expiry(claims.exp);
+    if expires.has_passed() {
         return Err(TokenError::Expired);
     }
-    Ok(claims.into_claims())
+    Ok(Verified { claims: claims.into_claims(), expires })
 }
 
 /// Parses a duration like `90`, `90s`, `30m`, `24h` or `7d`.
@@ -231,6 +285,23 @@ mod tests {
             URL_SAFE_NO_PAD.encode(br#"{"sub":"u","exp":9999999999}"#)
         );
         assert_eq!(verify(&secret, &none).err(), Some(TokenError::Algorithm));
+    }
+
+    #[test]
+    fn the_expiry_is_kept_and_passes_at_exp() {
+        let secret = Secret::new("s");
+        let token = mint(&secret, "svc", &[], &scopes("subscribe"), Duration::from_secs(60));
+        let verified = verify_token(&secret, &token).ok();
+        let expires = verified.map(|v| v.expires);
+        assert_eq!(expires.map(|e| e.secs().saturating_sub(now_secs())), Some(60));
+        assert_eq!(expires.map(Expiry::has_passed), Some(false));
+        assert!(expires.is_some_and(|e| e.remaining() > Duration::from_secs(58)));
+        let past = Expiry::from_secs(now_secs());
+        assert!(past.has_passed());
+        assert_eq!(past.remaining(), Duration::ZERO);
+        // Any `exp` a token can carry gives a deadline, without overflow.
+        assert_eq!(Expiry::from_secs(u64::MAX).remaining(), Expiry::FAR);
+        assert!(Expiry::from_secs(u64::MAX).deadline() > tokio::time::Instant::now());
     }
 
     #[test]

@@ -12,9 +12,14 @@ use super::error::ApiError;
 use crate::app::AppState;
 use crate::auth;
 
-/// The verified claims of the request's bearer token.
+/// The verified claims of the request's bearer token, and its expiry.
 #[derive(Debug, Clone)]
-pub struct Auth(pub Claims);
+pub struct Auth {
+    /// What the token allows.
+    pub claims: Claims,
+    /// When it expires (streams end then).
+    pub expires: auth::Expiry,
+}
 
 /// The token of a request: `Authorization: Bearer …`, else `?token=` (for `EventSource`).
 pub fn request_token(parts: &Parts) -> Option<String> {
@@ -67,8 +72,8 @@ impl FromRequestParts<AppState> for Auth {
         let Some(token) = token else {
             return Err(ApiError::new(ErrorCode::Unauthorized, "missing token: send `Authorization: Bearer <token>`"));
         };
-        auth::verify(&state.secret, &token)
-            .map(Auth)
+        auth::verify_token(&state.secret, &token)
+            .map(|verified| Auth { claims: verified.claims, expires: verified.expires })
             .map_err(|err| ApiError::new(ErrorCode::Unauthorized, format!("unauthorized: {err}")))
     }
 }
@@ -76,7 +81,7 @@ impl FromRequestParts<AppState> for Auth {
 impl Auth {
     /// Checks an action on a workspace: 403 with the rule's reason when denied.
     pub fn require(&self, action: Action, workspace: &str) -> Result<(), ApiError> {
-        match authorize(&self.0, action, workspace) {
+        match authorize(&self.claims, action, workspace) {
             Decision::Allowed(_) => Ok(()),
             Decision::Denied(denial) => Err(ApiError::new(ErrorCode::Forbidden, denial.reason)),
         }
@@ -88,7 +93,7 @@ impl Auth {
             Action::Read => jobstream_rooms::Scope::Subscribe,
             Action::Write => jobstream_rooms::Scope::Publish,
         };
-        if self.0.scopes.contains(&scope) {
+        if self.claims.scopes.contains(&scope) {
             Ok(())
         } else {
             Err(ApiError::new(ErrorCode::Forbidden, format!("the token lacks the `{}` scope", scope.as_str())))
@@ -97,12 +102,12 @@ impl Auth {
 
     /// Whether the token may do `action` on `workspace`.
     pub fn allows(&self, action: Action, workspace: &str) -> bool {
-        authorize(&self.0, action, workspace).is_allowed()
+        authorize(&self.claims, action, workspace).is_allowed()
     }
 
     /// [`Auth::allows`] for `action`, as an owned check a write task can keep.
     pub fn may(&self, action: Action) -> impl Fn(&str) -> bool + Send + Sync + 'static {
-        let claims = self.0.clone();
+        let claims = self.claims.clone();
         move |workspace| authorize(&claims, action, workspace).is_allowed()
     }
 }

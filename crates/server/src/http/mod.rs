@@ -147,8 +147,8 @@ async fn list_jobs(
             auth.require(Action::Read, workspace)?;
             Some(vec![workspace.clone()])
         }
-        None if auth.0.all_workspaces() => None,
-        None => Some(auth.0.workspaces.iter().cloned().collect()),
+        None if auth.claims.all_workspaces() => None,
+        None => Some(auth.claims.workspaces.iter().cloned().collect()),
     };
     let started = std::time::Instant::now();
     let jobs = app.store.jobs(JobQuery { workspaces, status, limit: limit as u64 }).await?;

@@ -1,25 +1,38 @@
 //! Server-Sent Events: a job's stream and a workspace's stream, through the
 //! same delivery hub as Socket.IO, so they share its guarantee.
+//!
+//! A job stream ends after the job's terminal status event (`job.completed`,
+//! `job.failed` or `job.cancelled`): that event is the end of the stream, and
+//! `job:event`s written after it are not part of it. A stream that would
+//! start at or after that end answers `204 No Content`, which tells an
+//! `EventSource` to stop reconnecting. Every stream also ends when its token
+//! expires; the client reconnects with a fresh token.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use jobstream_job_events::delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
-use jobstream_job_events::Committed;
+use jobstream_job_events::entity::job_events;
+use jobstream_job_events::{Committed, EventStore, ReadError};
 use jobstream_protocol::{ErrorCode, EventType, JobSnapshot};
 use jobstream_rooms::Action;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use std::collections::HashMap;
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::Auth;
 use crate::app::AppState;
+use crate::auth::Expiry;
 
 /// Frames buffered per stream before the hub treats the reader as slow.
 const STREAM_BUFFER: usize = 256;
@@ -34,6 +47,9 @@ enum Frame {
     Snapshot(String),
 }
 
+/// The stored types of a job's terminal status event.
+const TERMINAL_TYPES: [EventType; 3] = [EventType::JobCompleted, EventType::JobFailed, EventType::JobCancelled];
+
 /// The stream's side of the hub: frames go into a bounded channel.
 struct SseOutlet {
     tx: mpsc::Sender<Frame>,
@@ -44,8 +60,7 @@ struct SseOutlet {
 impl Outlet for SseOutlet {
     fn try_send(&self, committed: &Committed) -> Result<(), OutletError> {
         let event = &committed.event;
-        let last = self.job_stream
-            && matches!(event.event_type, EventType::JobCompleted | EventType::JobFailed | EventType::JobCancelled);
+        let last = self.job_stream && TERMINAL_TYPES.contains(&event.event_type);
         let frame = Frame::Event {
             id: self.job_stream.then_some(event.seq),
             name: event.socket_event().as_str(),
@@ -63,19 +78,38 @@ impl Outlet for SseOutlet {
     }
 }
 
-/// Turns the channel into an SSE body that owns the subscriber (dropped with the connection).
+/// What a stream body holds: the subscriber (dropped with the connection),
+/// its frames, and what ends it early.
+struct BodyState {
+    /// Held for the life of the body: dropping it ends the subscription.
+    _subscriber: Subscriber,
+    rx: mpsc::Receiver<Frame>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// The token's expiry: the stream ends then.
+    expired: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Turns the channel into an SSE body that owns the subscriber.
 fn body(
     subscriber: Subscriber,
     rx: mpsc::Receiver<Frame>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    expires: Expiry,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let subscriber = Arc::new(subscriber);
-    futures::stream::unfold(Some((subscriber, rx, stopping)), |state| async move {
-        let (subscriber, mut rx, mut stopping) = state?;
-        // The stream ends when the server stops; the client resumes with Last-Event-ID.
+    let state = BodyState {
+        _subscriber: subscriber,
+        rx,
+        stopping,
+        expired: Box::pin(tokio::time::sleep_until(expires.deadline())),
+    };
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        // The stream ends when the server stops or the token expires; the
+        // client resumes with Last-Event-ID (with a fresh token after an expiry).
         let frame = tokio::select! {
-            frame = rx.recv() => frame?,
-            _ = stopping.wait_for(|stop| *stop) => return None,
+            frame = state.rx.recv() => frame?,
+            _ = state.stopping.wait_for(|stop| *stop) => return None,
+            () = &mut state.expired => return None,
         };
         let (event, last) = match frame {
             Frame::Snapshot(data) => (SseEvent::default().event("snapshot").data(data), false),
@@ -87,13 +121,43 @@ fn body(
                 (event, last)
             }
         };
-        let next = if last { None } else { Some((subscriber, rx, stopping)) };
+        let next = if last { None } else { Some(state) };
         Some((Ok(event), next))
     })
 }
 
+/// A stream response. Its headers keep proxies from caching, transforming
+/// (compressing) or buffering it: `no-transform` for caches and compressing
+/// proxies, `X-Accel-Buffering: no` for nginx and the proxies that follow it.
 fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    headers.insert(header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    response
+}
+
+/// The answer to a job stream that has nothing more to send, ever: `204 No
+/// Content`, on which `EventSource` stops reconnecting (the HTML standard's
+/// way of ending a stream for good).
+fn finished_stream() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The seq of a job's terminal status event (the end of its stream), if it has one.
+async fn terminal_seq(store: &EventStore, job_id: Uuid) -> Result<Option<i64>, ReadError> {
+    // Reads the job's events newest first through the (job_id, seq) index; the
+    // terminal event is the last one but for `job:event`s written after it.
+    Ok(job_events::Entity::find()
+        .select_only()
+        .column(job_events::Column::Seq)
+        .filter(job_events::Column::JobId.eq(job_id))
+        .filter(job_events::Column::EventType.is_in(TERMINAL_TYPES.map(EventType::as_str)))
+        .order_by_desc(job_events::Column::Seq)
+        .limit(1)
+        .into_tuple::<i64>()
+        .one(store.connection())
+        .await?)
 }
 
 /// The resume point: `Last-Event-ID`, else `?since=`, else 0 (the whole history).
@@ -121,9 +185,10 @@ pub async fn job_stream(
     let since = resume_point(&parts, &params)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let subscriber = app.hub.subscriber(Arc::new(SseOutlet { tx, job_stream: true }));
-    let mut finished = false;
+    // The job as the subscription saw it: finished or not, and its newest seq.
+    let mut seen: Option<(bool, i64)> = None;
     let check = |job: &JobSnapshot| {
-        finished = job.status.is_terminal() && since >= job.last_seq;
+        seen = Some((job.status.is_terminal(), job.last_seq));
         if auth.allows(Action::Read, &job.workspace_id) {
             Ok(())
         } else {
@@ -131,9 +196,13 @@ pub async fn job_stream(
         }
     };
     let announce = |_: JobSnapshot| -> Announce { Box::new(|| Ok(())) };
-    match subscriber.subscribe_job(job_id, Some(since), check, announce).await {
+    let result = subscriber.subscribe_job(job_id, Some(since), check, announce).await;
+    let finished = matches!(seen, Some((true, _)));
+    match result {
         Ok(()) => {}
         Err(SubscribeError::NotFound | SubscribeError::Refused(())) => return Err(ApiError::job_not_found(job_id)),
+        // Beyond the newest event of a finished job is beyond its end.
+        Err(SubscribeError::InvalidCursor { .. }) if finished => return Ok(finished_stream()),
         Err(SubscribeError::InvalidCursor { since, last_seq }) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidCursor,
@@ -142,11 +211,22 @@ pub async fn job_stream(
         }
         Err(SubscribeError::Read(err)) => return Err(err.into()),
     }
-    if finished {
-        // Nothing more will come: an empty stream that ends at once.
-        return Ok(sse_response(futures::stream::empty()));
+    if let Some((true, last_seq)) = seen {
+        // A finished job: the stream ends with its terminal event. Resuming at
+        // or after it leaves nothing to send, now or later.
+        let end = if since >= last_seq {
+            last_seq
+        } else {
+            let started = std::time::Instant::now();
+            let end = terminal_seq(&app.store, job_id).await?;
+            app.metrics.db_read.since(started);
+            end.unwrap_or(last_seq)
+        };
+        if since >= end {
+            return Ok(finished_stream());
+        }
     }
-    Ok(sse_response(body(subscriber, rx, app.stopping.clone())))
+    Ok(sse_response(body(subscriber, rx, app.stopping.clone(), auth.expires)))
 }
 
 /// `GET /api/v1/workspaces/{workspaceId}/events/stream`.
@@ -173,5 +253,5 @@ pub async fn workspace_stream(
         SubscribeError::Read(err) => ApiError::from(err),
         _ => ApiError::new(ErrorCode::Internal, "internal error"),
     })?;
-    Ok(sse_response(body(subscriber, rx, app.stopping.clone())))
+    Ok(sse_response(body(subscriber, rx, app.stopping.clone(), auth.expires)))
 }
