@@ -13,6 +13,11 @@
 //!   from the database — every event below a committed `seq` is committed —
 //!   in pages, sends them in order, then goes on.
 //!
+//! A workspace subscription holds cursors only for the workspace's unfinished
+//! jobs and for jobs active while it is subscribed; every other job's events
+//! are placed with the snapshot's commit horizon (`docs/delivery-design.md`
+//! has the design and the argument that nothing is lost or sent twice).
+//!
 //! Memory stays bounded: a mailbox holds at most `queue_limit` events; past
 //! that, the hub stops queueing for that subscriber and asks it to
 //! resynchronise from the database once it has caught up. A subscriber whose
@@ -90,6 +95,9 @@ pub struct DeliveryStats {
     pub overflows: AtomicU64,
     /// Times a subscriber's outlet stayed full for longer than `stall_timeout`.
     pub stalls: AtomicU64,
+    /// Per-job positions held by all subscribers (cursors): grows with the jobs
+    /// they follow and the jobs active while they follow, not with history.
+    pub cursors: AtomicU64,
 }
 
 /// The per-node delivery hub. Cheap to clone. It is the [`EventSink`] of the writer.
@@ -190,6 +198,7 @@ struct ActivateJob {
 struct ActivateWorkspace {
     workspace_id: String,
     cursors: Vec<(Uuid, i64)>,
+    horizon: jobstream_rooms::Horizon,
     announce: Announce,
 }
 
@@ -229,6 +238,7 @@ impl Hub {
             mailbox: mailbox.clone(),
             outlet,
             subs: Subscriptions::default(),
+            counted: 0,
             pending: Vec::new(),
             pending_overflow: false,
         };
@@ -431,11 +441,12 @@ impl Subscriber {
         let room = Room::Workspace(workspace_id.to_owned());
         let fresh = self.begin(&rooms, &room);
         match self.hub.inner.store.workspace_snapshot(workspace_id).await {
-            Ok(WorkspaceSnapshot { jobs, cursors }) => {
+            Ok(WorkspaceSnapshot { jobs, cursors, horizon }) => {
                 rooms.insert(room);
                 let announce = announce(jobs);
                 let workspace_id = workspace_id.to_owned();
-                self.send(Msg::ActivateWorkspace(Box::new(ActivateWorkspace { workspace_id, cursors, announce })));
+                let activation = ActivateWorkspace { workspace_id, cursors, horizon, announce };
+                self.send(Msg::ActivateWorkspace(Box::new(activation)));
                 Ok(())
             }
             Err(err) => {
@@ -478,6 +489,8 @@ struct Worker {
     mailbox: Arc<Mailbox>,
     outlet: Arc<dyn Outlet>,
     subs: Subscriptions,
+    /// The number of cursors last added to [`DeliveryStats::cursors`].
+    counted: usize,
     /// Events for subscriptions being set up, classified again at activation.
     pending: Vec<Arc<Committed>>,
     /// Some pending events were dropped: resynchronise at activation.
@@ -485,7 +498,12 @@ struct Worker {
 }
 
 fn key(event: &Committed) -> EventKey<'_> {
-    EventKey { job_id: event.event.job_id, workspace_id: &event.event.workspace_id, seq: event.event.seq }
+    EventKey {
+        job_id: event.event.job_id,
+        workspace_id: &event.event.workspace_id,
+        seq: event.event.seq,
+        order: event.order,
+    }
 }
 
 impl Worker {
@@ -494,19 +512,39 @@ impl Worker {
             // The common case inline: the next event of a followed job, and room in the outlet.
             let msg = match msg {
                 Msg::Event(event) => match self.try_deliver_now(event) {
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        self.count_cursors();
+                        continue;
+                    }
                     Ok(Some(event)) => Msg::Event(event),
                     Err(Stop) => break,
                 },
                 other => other,
             };
             // Boxed so that the idle task holds only the receiver, not the largest handler state.
-            if Box::pin(self.handle(msg)).await.is_err() {
+            let stop = Box::pin(self.handle(msg)).await.is_err();
+            self.count_cursors();
+            if stop {
                 break;
             }
         }
+        self.subs = Subscriptions::default();
+        self.count_cursors();
         self.outlet.close();
         self.hub.forget(self.id);
+    }
+
+    fn count_cursors(&mut self) {
+        let held = self.subs.held();
+        if held != self.counted {
+            let stats = &self.hub.inner.stats.cursors;
+            if held > self.counted {
+                stats.fetch_add((held - self.counted) as u64, Ordering::Relaxed);
+            } else {
+                stats.fetch_sub((self.counted - held) as u64, Ordering::Relaxed);
+            }
+            self.counted = held;
+        }
     }
 
     /// Delivers `event` without waiting if it is the next one and the outlet has
@@ -563,8 +601,8 @@ impl Worker {
                 Ok(())
             }
             Msg::ActivateWorkspace(activation) => {
-                let ActivateWorkspace { workspace_id, cursors, announce } = *activation;
-                self.subs.activate_workspace(&workspace_id, cursors);
+                let ActivateWorkspace { workspace_id, cursors, horizon, announce } = *activation;
+                self.subs.activate_workspace(&workspace_id, cursors, Some(horizon));
                 self.announce(announce).await?;
                 self.settle_pending().await
             }
@@ -611,6 +649,20 @@ impl Worker {
                 Ok(())
             }
             Verdict::Deliver => self.deliver(&event).await,
+            Verdict::Resolve => {
+                self.resolve(event.event.job_id, &event.event.workspace_id).await?;
+                match self.subs.classify(key(&event)) {
+                    Verdict::Deliver => self.deliver(&event).await,
+                    Verdict::Gap { .. } => {
+                        Box::pin(self.catch_up(event.event.job_id)).await?;
+                        if self.subs.classify(key(&event)) == Verdict::Deliver {
+                            self.deliver(&event).await?;
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            }
             Verdict::Gap { .. } => {
                 Box::pin(self.catch_up(event.event.job_id)).await?;
                 if self.subs.classify(key(&event)) == Verdict::Deliver {
@@ -677,25 +729,52 @@ impl Worker {
         }
     }
 
-    /// After dropped events: compares every followed job with the database and catches up.
+    /// Starts the cursor of a job followed through `workspace_id` at the last
+    /// `seq` the workspace's snapshot saw (see [`Verdict::Resolve`]).
+    async fn resolve(&mut self, job_id: Uuid, workspace_id: &str) -> Result<(), Stop> {
+        let Some(horizon) = self.subs.horizon(workspace_id) else {
+            self.subs.start(job_id, workspace_id, 0);
+            return Ok(());
+        };
+        let seq = self
+            .read(|store| {
+                let horizon = horizon.clone();
+                async move { store.last_seen_seq(job_id, &horizon).await }
+            })
+            .await?;
+        self.subs.start(job_id, workspace_id, seq);
+        Ok(())
+    }
+
+    /// After dropped events: compares every followed job with the database and
+    /// catches up. The jobs compared are those with a cursor and those of a
+    /// followed workspace changed since its snapshot, never its whole history.
     async fn resync(&mut self) -> Result<(), Stop> {
-        let mut behind: HashSet<Uuid> = self.subs.active_jobs().into_iter().collect();
+        let mut candidates: HashSet<Uuid> = self.subs.job_cursors().into_iter().map(|(job, _)| job).collect();
         for workspace in self.subs.active_workspaces() {
-            let cursors = self
+            let Some(horizon) = self.subs.horizon(&workspace) else { continue };
+            let changed = self
                 .read(|store| {
-                    let ws = workspace.clone();
-                    async move { store.workspace_cursors(&ws).await }
+                    let (ws, horizon) = (workspace.clone(), horizon.clone());
+                    async move { store.jobs_changed_since(&ws, &horizon).await }
                 })
                 .await?;
-            behind.extend(
-                cursors
-                    .into_iter()
-                    .filter(|(job, last)| *last > self.subs.cursor(*job).unwrap_or(0))
-                    .map(|(job, _)| job),
-            );
+            for job in changed {
+                if self.subs.cursor(job).is_none() {
+                    self.resolve(job, &workspace).await?;
+                }
+                candidates.insert(job);
+            }
         }
-        for job in behind {
-            self.catch_up(job).await?;
+        let ids: Vec<Uuid> = candidates.into_iter().collect();
+        let last = self.read(|store| {
+            let ids = ids.clone();
+            async move { store.last_seqs(ids).await }
+        });
+        for (job, last_seq) in last.await? {
+            if last_seq > self.subs.cursor(job).unwrap_or(0) {
+                self.catch_up(job).await?;
+            }
         }
         Ok(())
     }

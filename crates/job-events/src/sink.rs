@@ -12,13 +12,16 @@ pub struct Committed {
     pub event: Event,
     /// `event` as JSON: what Socket.IO payloads, HTTP answers and SSE frames carry.
     pub json: Box<RawValue>,
+    /// The commit order of the transaction that wrote it (see
+    /// `jobstream_rooms::Horizon`); `None` for events stored before it was kept.
+    pub order: Option<i64>,
 }
 
 impl Committed {
-    /// Encodes an event.
-    pub fn new(event: Event) -> Result<Self, serde_json::Error> {
+    /// Encodes an event written with commit order `order`.
+    pub fn new(event: Event, order: Option<i64>) -> Result<Self, serde_json::Error> {
         let json = RawValue::from_string(serde_json::to_string(&event)?)?;
-        Ok(Self { event, json })
+        Ok(Self { event, json, order })
     }
 }
 

@@ -12,6 +12,11 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use jobstream_rooms::Horizon;
+
+/// The statuses after which only `job:event` types are appended.
+const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
+
 use crate::entity::{job_events, job_steps, jobs};
 use crate::error::ReadError;
 use crate::sink::Committed;
@@ -34,12 +39,16 @@ pub struct JobQuery {
 }
 
 /// What a `subscribe:workspace:jobs` needs, read in one consistent transaction.
+/// Its size depends on the unfinished jobs, not on the workspace's history.
 #[derive(Debug, Clone)]
 pub struct WorkspaceSnapshot {
     /// The most recently updated jobs, newest first (without steps).
     pub jobs: Vec<JobSnapshot>,
-    /// Every job of the workspace with its `lastSeq`: the subscriber needs what comes after.
+    /// The unfinished jobs with their `lastSeq`: the subscriber needs what
+    /// comes after. (Finished jobs, listed or not, are placed by the horizon.)
     pub cursors: Vec<(Uuid, i64)>,
+    /// What the snapshot saw: places the later events of every other job.
+    pub horizon: Horizon,
 }
 
 impl EventStore {
@@ -95,15 +104,20 @@ impl EventStore {
         rows.into_iter().map(|j| job_snapshot(j, None)).collect()
     }
 
-    /// The snapshot of a workspace and the cursor of each of its jobs, consistent
-    /// with each other: a subscriber that gets events after these cursors misses nothing.
+    /// The snapshot of a workspace, the cursors of its unfinished jobs, and the horizon of the snapshot, consistent with each other: a
+    /// subscriber that gets the events after these cursors, and the events of
+    /// other jobs that the horizon did not see, misses nothing and gets nothing twice.
     pub async fn workspace_snapshot(&self, workspace_id: &str) -> Result<WorkspaceSnapshot, ReadError> {
-        let tx = match self.backend() {
+        let backend = self.backend();
+        let tx = match backend {
             DbBackend::Postgres => {
                 self.db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
             }
             _ => self.db.begin().await?,
         };
+        // First statement: on PostgreSQL this fixes the transaction's snapshot,
+        // which every read below uses; on SQLite it starts the read transaction.
+        let horizon = Self::horizon_in(&tx, backend).await?;
         let recent = jobs::Entity::find()
             .filter(jobs::Column::WorkspaceId.eq(workspace_id))
             .order_by_desc(jobs::Column::UpdatedAt)
@@ -111,26 +125,83 @@ impl EventStore {
             .limit(WORKSPACE_SNAPSHOT_LIMIT)
             .all(&tx)
             .await?;
-        let cursors = Self::cursors_in(&tx, workspace_id).await?;
-        tx.commit().await?;
-        let jobs = recent.into_iter().map(|j| job_snapshot(j, None)).collect::<Result<_, _>>()?;
-        Ok(WorkspaceSnapshot { jobs, cursors })
-    }
-
-    /// Every job of a workspace with its `lastSeq`.
-    pub async fn workspace_cursors(&self, workspace_id: &str) -> Result<Vec<(Uuid, i64)>, ReadError> {
-        Ok(Self::cursors_in(&self.db, workspace_id).await?)
-    }
-
-    async fn cursors_in(db: &impl ConnectionTrait, workspace_id: &str) -> Result<Vec<(Uuid, i64)>, DbErr> {
-        jobs::Entity::find()
+        let cursors: Vec<(Uuid, i64)> = jobs::Entity::find()
             .select_only()
             .column(jobs::Column::Id)
             .column(jobs::Column::LastSeq)
             .filter(jobs::Column::WorkspaceId.eq(workspace_id))
+            .filter(jobs::Column::Status.is_not_in(TERMINAL))
             .into_tuple::<(Uuid, i64)>()
-            .all(db)
-            .await
+            .all(&tx)
+            .await?;
+        tx.commit().await?;
+        let jobs = recent.into_iter().map(|j| job_snapshot(j, None)).collect::<Result<_, _>>()?;
+        Ok(WorkspaceSnapshot { jobs, cursors, horizon })
+    }
+
+    async fn horizon_in(db: &impl ConnectionTrait, backend: DbBackend) -> Result<Horizon, ReadError> {
+        let sql = match backend {
+            DbBackend::Postgres => "SELECT pg_current_snapshot()::text AS v",
+            _ => "SELECT CAST(value AS TEXT) AS v FROM commit_counter WHERE id = 1",
+        };
+        let row = db
+            .query_one(sea_orm::Statement::from_string(backend, sql))
+            .await?
+            .ok_or_else(|| corrupt("no commit horizon".into()))?;
+        let text: String = row.try_get("", "v")?;
+        let horizon = match backend {
+            DbBackend::Postgres => Horizon::parse_pg_snapshot(&text),
+            _ => text.parse().ok().map(Horizon::Counter),
+        };
+        horizon.ok_or_else(|| corrupt(format!("unreadable commit horizon {text:?}")))
+    }
+
+    /// The last `seq` of a job that `horizon` saw (0 if none): where a
+    /// workspace subscriber's cursor for it starts. Reads backwards from the
+    /// newest event; only events after the snapshot are skipped, so this
+    /// reads a few rows, not the job's history.
+    pub async fn last_seen_seq(&self, job_id: Uuid, horizon: &Horizon) -> Result<i64, ReadError> {
+        const PAGE: u64 = 64;
+        let mut below = i64::MAX;
+        loop {
+            let rows: Vec<(i64, Option<i64>)> = job_events::Entity::find()
+                .select_only()
+                .column(job_events::Column::Seq)
+                .column(job_events::Column::CommitOrder)
+                .filter(job_events::Column::JobId.eq(job_id))
+                .filter(job_events::Column::Seq.lt(below))
+                .order_by_desc(job_events::Column::Seq)
+                .limit(PAGE)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            for (seq, order) in &rows {
+                // Rows from before commit orders were kept are older than any snapshot.
+                if order.is_none_or(|o| horizon.saw(o)) {
+                    return Ok(*seq);
+                }
+            }
+            match rows.last() {
+                Some((seq, _)) if rows.len() as u64 == PAGE => below = *seq,
+                _ => return Ok(0),
+            }
+        }
+    }
+
+    /// The jobs of a workspace with an event that `horizon` may not have seen:
+    /// those a workspace subscriber compares with its cursors after it lost
+    /// track (a mailbox overflow, a bus outage). Grows with the events since
+    /// the snapshot, not with the workspace's history.
+    pub async fn jobs_changed_since(&self, workspace_id: &str, horizon: &Horizon) -> Result<Vec<Uuid>, ReadError> {
+        Ok(job_events::Entity::find()
+            .select_only()
+            .column(job_events::Column::JobId)
+            .distinct()
+            .filter(job_events::Column::WorkspaceId.eq(workspace_id))
+            .filter(job_events::Column::CommitOrder.gte(horizon.lower_bound()))
+            .into_tuple::<Uuid>()
+            .all(&self.db)
+            .await?)
     }
 
     /// Up to `limit` events of a job with `seq > since`, ascending.
@@ -144,8 +215,9 @@ impl EventStore {
             .await?;
         rows.into_iter()
             .map(|row| {
+                let order = row.commit_order;
                 let event = stored_event(row)?;
-                Committed::new(event).map(Arc::new).map_err(|e| corrupt(format!("event cannot be encoded: {e}")))
+                Committed::new(event, order).map(Arc::new).map_err(|e| corrupt(format!("event cannot be encoded: {e}")))
             })
             .collect()
     }

@@ -131,14 +131,15 @@ impl JobEvents {
             body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
         };
         let inserted = async {
+            let order = commit_order(&tx, self.store.backend()).await?;
             jobs::Entity::insert(row.into_active_model()).exec_without_returning(&tx).await?;
-            insert_events(&tx, self.store.backend(), std::slice::from_ref(&event)).await?;
-            Ok::<_, DbErr>(())
+            insert_events(&tx, self.store.backend(), std::slice::from_ref(&event), order).await?;
+            Ok::<_, DbErr>(order)
         }
         .await;
-        let outcome = match inserted {
-            Ok(()) => self.commit(tx, &[&event]).await,
-            Err(err) => Err(rollback(tx, err).await),
+        let (outcome, order) = match inserted {
+            Ok(order) => (self.commit(tx, &[&event]).await, order),
+            Err(err) => (Err(rollback(tx, err).await), 0),
         };
         drop(guard);
         match outcome {
@@ -150,7 +151,7 @@ impl JobEvents {
             }
             Err(err) => return Err(err),
         }
-        self.publish(vec![event]);
+        self.publish(vec![event], order);
         Ok((snapshot, true))
     }
 
@@ -266,25 +267,26 @@ impl JobEvents {
                 })?;
                 steps.push(applied);
             }
-            Ok::<_, WriteError>((batch.flush().await?, steps))
+            let order = commit_order(&tx, self.store.backend()).await?;
+            Ok::<_, WriteError>((batch.flush(order).await?, steps, order))
         }
         .await;
-        let (events, steps) = match applied {
+        let (events, steps, order) = match applied {
             Ok(applied) => applied,
             Err(err) => return Err(rollback(tx, err).await),
         };
         let outcome = self.commit(tx, &events.iter().collect::<Vec<_>>()).await;
         drop(guard);
         outcome?;
-        let committed = self.publish(events);
+        let committed = self.publish(events, order);
         Ok(committed.into_iter().zip(steps).map(|(event, step)| Applied { event, step }).collect())
     }
 
     /// Encodes committed events and hands them to the sink.
-    fn publish(&self, events: Vec<Event>) -> Vec<Arc<Committed>> {
+    fn publish(&self, events: Vec<Event>, order: i64) -> Vec<Arc<Committed>> {
         let committed: Vec<Arc<Committed>> = events
             .into_iter()
-            .filter_map(|event| match Committed::new(event) {
+            .filter_map(|event| match Committed::new(event, Some(order)) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(err) => {
                     tracing::error!(%err, "a committed event could not be encoded");
@@ -322,11 +324,31 @@ async fn rollback(tx: DatabaseTransaction, err: impl Into<WriteError>) -> WriteE
     err
 }
 
+/// The commit order of the current write transaction (see the `commit_order`
+/// migration): the PostgreSQL transaction id, or the next value of SQLite's
+/// commit counter, which only the one writer takes.
+async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i64, DbErr> {
+    let sql = match backend {
+        DbBackend::Postgres => "SELECT pg_current_xact_id()::text::bigint AS v",
+        _ => "UPDATE commit_counter SET value = value + 1 WHERE id = 1 RETURNING value AS v",
+    };
+    let row = tx
+        .query_one(sea_orm::Statement::from_string(backend, sql))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no commit order".into()))?;
+    row.try_get::<i64>("", "v")
+}
+
 /// Inserts events. Their data goes in as JSON text: on PostgreSQL it is cast to
 /// `json`, which keeps the text as sent (a `\u0000` in an output chunk
 /// included), where a bound JSON value would pass through `jsonb`, which cannot
 /// hold U+0000.
-async fn insert_events(tx: &DatabaseTransaction, backend: DbBackend, events: &[Event]) -> Result<(), DbErr> {
+async fn insert_events(
+    tx: &DatabaseTransaction,
+    backend: DbBackend,
+    events: &[Event],
+    order: i64,
+) -> Result<(), DbErr> {
     use sea_orm::sea_query::{Alias, Expr, Query, SimpleExpr};
     use sea_orm::Iterable as _;
     if events.is_empty() {
@@ -340,7 +362,7 @@ async fn insert_events(tx: &DatabaseTransaction, backend: DbBackend, events: &[E
             DbBackend::Postgres => Expr::val(data).cast_as(Alias::new("json")),
             _ => Expr::val(data).into(),
         };
-        let row: [SimpleExpr; 8] = [
+        let row: [SimpleExpr; 9] = [
             Expr::val(event.event_id).into(),
             Expr::val(event.job_id).into(),
             Expr::val(event.seq).into(),
@@ -349,6 +371,7 @@ async fn insert_events(tx: &DatabaseTransaction, backend: DbBackend, events: &[E
             Expr::val(event.step_id).into(),
             Expr::val(event.timestamp.as_datetime()).into(),
             data,
+            Expr::val(order).into(),
         ];
         insert.values(row).map_err(|e| DbErr::Custom(format!("event insert: {e}")))?;
     }
@@ -565,7 +588,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Writes what the batch recorded: new and changed steps, the events, the jobs.
-    async fn flush(self) -> Result<Vec<Event>, WriteError> {
+    async fn flush(self, order: i64) -> Result<Vec<Event>, WriteError> {
         let (new_steps, changed_steps): (Vec<_>, Vec<_>) =
             self.steps.into_values().filter(|s| s.dirty).partition(|s| s.new);
         for chunk in new_steps.chunks(INSERT_CHUNK) {
@@ -578,7 +601,7 @@ impl<'a> Batch<'a> {
             job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).exec(self.tx).await?;
         }
         for chunk in self.events.chunks(INSERT_CHUNK) {
-            insert_events(self.tx, self.backend, chunk).await?;
+            insert_events(self.tx, self.backend, chunk, order).await?;
         }
         for (id, (job, dirty)) in self.jobs {
             if dirty {

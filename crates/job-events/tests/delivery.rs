@@ -197,7 +197,102 @@ async fn a_replay_of_many_events_streams_in_order_through_a_small_mailbox(db: &T
     assert_eq!(received(&log).get(&job.id), Some(&want));
 }
 
+/// Adds `n` finished jobs to a workspace directly (their history is not what
+/// this test is about; only their number is).
+async fn seed_finished_jobs(db: &TestDb, workspace: &str, n: usize) {
+    use jobstream_job_events::entity::jobs;
+    use sea_orm::{EntityTrait, IntoActiveModel};
+    let now = chrono::Utc::now();
+    let rows: Vec<jobs::Model> = (0..n)
+        .map(|_| jobs::Model {
+            id: Uuid::now_v7(),
+            workspace_id: workspace.to_owned(),
+            job_type: "old".into(),
+            status: "completed".into(),
+            priority: 0,
+            progress: 100,
+            metadata: serde_json::json!({}),
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now - chrono::Duration::hours(1),
+            started_at: Some(now),
+            completed_at: Some(now),
+            last_seq: 4,
+        })
+        .collect();
+    for chunk in rows.chunks(500) {
+        jobs::Entity::insert_many(chunk.iter().cloned().map(IntoActiveModel::into_active_model))
+            .exec_without_returning(&db.db)
+            .await
+            .unwrap();
+    }
+}
+
+async fn a_workspace_subscription_holds_no_cursor_for_finished_jobs_and_still_gets_their_later_events_once(
+    db: &TestDb,
+) {
+    let hub = Hub::new(EventStore::new(db.db.clone()), DeliveryConfig::default());
+    let writer = JobEvents::new(db.db.clone(), Arc::new(hub.clone()));
+    let workspace = "ws-history";
+    let request = || CreateJob { workspace_id: workspace.into(), ..job_request() };
+    // A finished job with a real history, and 10,000 finished jobs besides.
+    let (finished, _) = writer.create_job(request()).await.unwrap();
+    writer.emit_job_status_changed(finished.id, JobStatus::Queued, None, None).await.unwrap();
+    writer.emit_job_status_changed(finished.id, JobStatus::Cancelled, None, None).await.unwrap();
+    seed_finished_jobs(db, workspace, 10_000).await;
+
+    // A job created while the subscription is being set up, and one after.
+    let (sub, log) = subscriber(&hub, 0);
+    let racing = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            let (job, _) = writer.create_job(request()).await.unwrap();
+            writer.emit_job_status_changed(job.id, JobStatus::Queued, None, None).await.unwrap();
+            job.id
+        })
+    };
+    sub.subscribe_workspace(workspace, |_| announce(&log)).await.unwrap();
+    let racing = racing.await.unwrap();
+    let (late, _) = writer.create_job(request()).await.unwrap();
+
+    // A job:event appended to the finished job after the subscription.
+    let custom = |job| {
+        BatchItem::Event(
+            job,
+            jobstream_protocol::CustomEventRequest {
+                event_type: jobstream_protocol::EventType::GatePassed,
+                step_id: None,
+                payload: None,
+            },
+        )
+    };
+    let appended = writer.write(custom(finished.id), |_| true).await.unwrap().event.event.seq;
+    let sentinel = writer.write(custom(late.id), |_| true).await.unwrap().event.event.seq;
+
+    let mut got = HashMap::new();
+    for _ in 0..200 {
+        got = received(&log);
+        if got.get(&late.id).is_some_and(|s| s.contains(&sentinel)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(got.get(&finished.id), Some(&vec![appended]), "the finished job's later event, once");
+    assert_eq!(got.get(&late.id), Some(&vec![1, 2]), "a job created after the snapshot, from its start");
+    let racing_seqs = got.get(&racing).cloned().unwrap_or_default();
+    assert!(
+        racing_seqs == vec![1, 2] || racing_seqs == vec![2] || racing_seqs.is_empty(),
+        "a job created during set-up: from where the snapshot left it, each once: {racing_seqs:?}"
+    );
+    assert_eq!(got.len(), 2 + usize::from(!racing_seqs.is_empty()), "nothing of the 10,000: {got:?}");
+    // What the subscription holds does not depend on the 10,000 finished jobs.
+    let held = hub.stats().cursors.load(Ordering::Relaxed);
+    assert!(held <= 8, "cursors held: {held}");
+}
+
 on_both_engines!(
     every_subscriber_gets_each_job_in_order_once_under_concurrent_writers_and_slow_outlets,
     a_replay_of_many_events_streams_in_order_through_a_small_mailbox,
+    a_workspace_subscription_holds_no_cursor_for_finished_jobs_and_still_gets_their_later_events_once,
 );

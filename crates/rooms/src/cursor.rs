@@ -21,6 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use uuid::Uuid;
 
+use crate::horizon::Horizon;
+
 /// The part of an event that delivery decisions look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventKey<'a> {
@@ -30,6 +32,8 @@ pub struct EventKey<'a> {
     pub workspace_id: &'a str,
     /// The event's position in the job.
     pub seq: i64,
+    /// The commit order of its transaction, where known (see [`Horizon`]).
+    pub order: Option<i64>,
 }
 
 /// What to do with an event for this subscriber.
@@ -48,6 +52,11 @@ pub enum Verdict {
         /// The cursor: the last `seq` given.
         after: i64,
     },
+    /// A job of a followed workspace with no cursor yet, and an event its
+    /// snapshot did not see: read from the store the job's last `seq` the
+    /// snapshot saw ([`Subscriptions::horizon`]), start the cursor there with
+    /// [`Subscriptions::start`], then classify again.
+    Resolve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +68,11 @@ enum State {
 #[derive(Debug, Clone)]
 struct Cursor {
     workspace_id: Arc<str>,
+    /// The position: events after it are wanted.
     seq: i64,
+    /// The highest `seq` actually given (0 if none): never sent again. The
+    /// position may be above it when a snapshot skipped older events.
+    delivered: i64,
 }
 
 /// The subscriptions and cursors of one subscriber.
@@ -73,6 +86,9 @@ pub struct Subscriptions {
     /// The last `seq` given for jobs no longer followed, so that following
     /// them again never goes back; oldest first in `retired_order`.
     retired: HashMap<Uuid, (i64, u64)>,
+    /// Per followed workspace: what its snapshot saw. Jobs that were finished
+    /// at the snapshot get no cursor; their later events are placed with it.
+    horizons: HashMap<Arc<str>, Arc<Horizon>>,
     retired_order: VecDeque<(Uuid, u64)>,
     retired_stamp: u64,
 }
@@ -106,37 +122,53 @@ impl Subscriptions {
 
     /// Activates a job subscription and returns the cursor: the subscriber
     /// needs every event after it. A new cursor starts at `since` (the
-    /// client's replay point) or else at `last_seq`; an existing one is kept,
-    /// or moved forward to `since`. Never below what was already given.
+    /// client's replay point) or else at `last_seq`; an existing one is kept
+    /// without `since`, and moved to `since` with it. Never below what was
+    /// already given: nothing is sent twice, nothing goes back in order.
     pub fn activate_job(&mut self, job_id: Uuid, workspace_id: &str, last_seq: i64, since: Option<i64>) -> i64 {
         self.jobs.insert(job_id, State::Active);
         if let Some(cursor) = self.cursors.get_mut(&job_id) {
+            // Back to `since` if nothing after it was given yet, else just after what was.
             if let Some(since) = since {
-                cursor.seq = cursor.seq.max(since);
+                cursor.seq = since.max(cursor.delivered);
             }
             return cursor.seq;
         }
         let given = self.unretire(job_id);
         let seq = since.unwrap_or(last_seq).max(given);
         let workspace_id = self.workspace_key(workspace_id);
-        self.cursors.insert(job_id, Cursor { workspace_id, seq });
+        self.cursors.insert(job_id, Cursor { workspace_id, seq, delivered: given });
         seq
     }
 
-    /// Activates a workspace subscription with the workspace's jobs and their
-    /// `lastSeq` as of the snapshot; jobs with a cursor already keep it.
-    pub fn activate_workspace(&mut self, workspace_id: &str, baseline: impl IntoIterator<Item = (Uuid, i64)>) {
+    /// Activates a workspace subscription with `baseline`, the `lastSeq` of
+    /// the jobs its snapshot needs cursors for (the unfinished ones and those
+    /// listed in the ack), and `horizon`, what the snapshot saw, which places
+    /// the events of every other job. Jobs with a cursor already keep it.
+    /// Without a horizon, a job without a cursor starts at 0.
+    pub fn activate_workspace(
+        &mut self,
+        workspace_id: &str,
+        baseline: impl IntoIterator<Item = (Uuid, i64)>,
+        horizon: Option<Horizon>,
+    ) {
         let key = self.workspace_key(workspace_id);
         self.workspaces.insert(key.clone(), State::Active);
+        match horizon {
+            Some(horizon) => self.horizons.insert(key.clone(), Arc::new(horizon)),
+            None => self.horizons.remove(&key),
+        };
         for (job_id, last_seq) in baseline {
             if !self.cursors.contains_key(&job_id) {
-                let seq = last_seq.max(self.unretire(job_id));
-                self.cursors.insert(job_id, Cursor { workspace_id: key.clone(), seq });
+                let seq = last_seq;
+                let delivered = self.unretire(job_id);
+                let seq = seq.max(delivered);
+                self.cursors.insert(job_id, Cursor { workspace_id: key.clone(), seq, delivered });
             }
         }
     }
 
-    /// Remembers the last `seq` given for a job no longer followed.
+    /// Remembers the highest `seq` given for a job no longer followed.
     /// Each entry carries a stamp; a queue entry whose stamp no longer matches
     /// (the job was followed and left again since) is skipped.
     fn retire(&mut self, job_id: Uuid, seq: i64) {
@@ -168,7 +200,7 @@ impl Subscriptions {
         let keep = self.cursors.get(&job_id).is_some_and(|c| self.workspace_active(&c.workspace_id));
         if !keep {
             if let Some(cursor) = self.cursors.remove(&job_id) {
-                self.retire(job_id, cursor.seq);
+                self.retire(job_id, cursor.delivered);
             }
         }
         existed
@@ -177,12 +209,13 @@ impl Subscriptions {
     /// Ends a workspace subscription; returns whether there was one.
     pub fn unsubscribe_workspace(&mut self, workspace_id: &str) -> bool {
         let existed = self.workspaces.remove(workspace_id).is_some();
+        self.horizons.remove(workspace_id);
         let jobs = &self.jobs;
         let mut left = Vec::new();
         self.cursors.retain(|job, c| {
             let keep = &*c.workspace_id != workspace_id || jobs.get(job) == Some(&State::Active);
             if !keep {
-                left.push((*job, c.seq));
+                left.push((*job, c.delivered));
             }
             keep
         });
@@ -201,7 +234,14 @@ impl Subscriptions {
         }
         let cursor = match self.cursors.get(&event.job_id) {
             Some(c) => c.seq,
-            None => self.retired.get(&event.job_id).map_or(0, |(seq, _)| *seq),
+            None => match self.horizons.get(event.workspace_id) {
+                // Committed before the snapshot: not for this subscriber.
+                Some(horizon) if event.order.is_some_and(|o| horizon.saw(o)) => return Verdict::Duplicate,
+                // The job's first event, after the snapshot: a new job.
+                Some(_) if event.seq == 1 && event.order.is_some() && !self.retired.contains_key(&event.job_id) => 0,
+                Some(_) => return Verdict::Resolve,
+                None => self.retired.get(&event.job_id).map_or(0, |(delivered, _)| *delivered),
+            },
         };
         match event.seq - cursor {
             d if d <= 0 => Verdict::Duplicate,
@@ -210,14 +250,34 @@ impl Subscriptions {
         }
     }
 
+    /// Starts the cursor of a job followed through its workspace at `seq`, the
+    /// last one its workspace's snapshot saw (after [`Verdict::Resolve`]).
+    /// An existing cursor is kept.
+    pub fn start(&mut self, job_id: Uuid, workspace_id: &str, seq: i64) {
+        if !self.cursors.contains_key(&job_id) {
+            let delivered = self.unretire(job_id);
+            let seq = seq.max(delivered);
+            let workspace_id = self.workspace_key(workspace_id);
+            self.cursors.insert(job_id, Cursor { workspace_id, seq, delivered });
+        }
+    }
+
+    /// What the snapshot of a followed workspace saw.
+    pub fn horizon(&self, workspace_id: &str) -> Option<Arc<Horizon>> {
+        self.horizons.get(workspace_id).cloned()
+    }
+
     /// Records that `event` was given: its `seq` becomes the job's cursor.
     pub fn advance(&mut self, event: EventKey<'_>) {
         match self.cursors.get_mut(&event.job_id) {
-            Some(cursor) => cursor.seq = cursor.seq.max(event.seq),
+            Some(cursor) => {
+                cursor.seq = cursor.seq.max(event.seq);
+                cursor.delivered = cursor.delivered.max(event.seq);
+            }
             None => {
                 self.unretire(event.job_id);
                 let workspace_id = self.workspace_key(event.workspace_id);
-                self.cursors.insert(event.job_id, Cursor { workspace_id, seq: event.seq });
+                self.cursors.insert(event.job_id, Cursor { workspace_id, seq: event.seq, delivered: event.seq });
             }
         }
     }
@@ -252,6 +312,12 @@ impl Subscriptions {
         self.jobs.is_empty() && self.workspaces.is_empty()
     }
 
+    /// How many per-job positions are held (cursors, and jobs no longer
+    /// followed): the subscriber's memory that grows with jobs.
+    pub fn held(&self) -> usize {
+        self.cursors.len() + self.retired.len()
+    }
+
     /// How many job and workspace subscriptions there are.
     pub fn counts(&self) -> (usize, usize) {
         (self.jobs.len(), self.workspaces.len())
@@ -274,7 +340,7 @@ mod tests {
     const WS: &str = "ws-1";
 
     fn key(job: Uuid, seq: i64) -> EventKey<'static> {
-        EventKey { job_id: job, workspace_id: WS, seq }
+        EventKey { job_id: job, workspace_id: WS, seq, order: None }
     }
 
     fn job(n: u128) -> Uuid {
@@ -341,8 +407,37 @@ mod tests {
         assert!(subs.unsubscribe_job(job(1)));
         assert_eq!(subs.activate_job(job(1), WS, 9, None), 9, "no since: from the snapshot on");
         subs.unsubscribe_job(job(1));
-        subs.activate_workspace(WS, [(job(1), 4)]);
-        assert_eq!(subs.cursor(job(1)), Some(9), "a workspace snapshot does not go back either");
+        subs.activate_workspace(WS, [(job(1), 9)], None);
+        assert_eq!(subs.cursor(job(1)), Some(9), "a workspace snapshot starts at its own position");
+        assert_eq!(subs.activate_job(job(1), WS, 9, Some(0)), 5, "since goes back only to what was given");
+    }
+
+    #[test]
+    fn since_may_go_back_over_what_a_snapshot_skipped_but_was_never_given() {
+        let mut subs = Subscriptions::default();
+        subs.activate_workspace(WS, [(job(1), 5)], None);
+        assert_eq!(subs.activate_job(job(1), WS, 5, Some(0)), 0, "nothing of job 1 was given yet");
+    }
+
+    fn ordered(job: Uuid, seq: i64, order: i64) -> EventKey<'static> {
+        EventKey { job_id: job, workspace_id: WS, seq, order: Some(order) }
+    }
+
+    #[test]
+    fn a_workspace_horizon_places_events_of_jobs_without_a_cursor() {
+        let mut subs = Subscriptions::default();
+        subs.begin_workspace(WS);
+        // Job 1 was live at the snapshot (counter 100); job 2 was finished.
+        subs.activate_workspace(WS, [(job(1), 4)], Some(Horizon::Counter(100)));
+        assert_eq!(subs.classify(ordered(job(1), 5, 90)), Verdict::Deliver, "live jobs use their cursor");
+        assert_eq!(subs.classify(ordered(job(2), 9, 99)), Verdict::Duplicate, "seen by the snapshot");
+        assert_eq!(subs.classify(ordered(job(2), 10, 101)), Verdict::Resolve, "after it: where did job 2 stand?");
+        subs.start(job(2), WS, 9);
+        assert_eq!(subs.classify(ordered(job(2), 10, 101)), Verdict::Deliver);
+        assert_eq!(subs.classify(ordered(job(3), 1, 102)), Verdict::Deliver, "a new job starts at 0");
+        assert_eq!(subs.classify(ordered(job(3), 2, 102)), Verdict::Resolve, "a new job seen out of order");
+        assert_eq!(subs.classify(key(job(4), 3)), Verdict::Resolve, "an event without an order");
+        assert_eq!(subs.cursor(job(3)), None, "no cursor is made for what was not given");
     }
 
     #[test]
@@ -360,7 +455,7 @@ mod tests {
     fn a_workspace_subscription_starts_known_jobs_at_their_snapshot_and_new_jobs_at_zero() {
         let mut subs = Subscriptions::default();
         subs.begin_workspace(WS);
-        subs.activate_workspace(WS, [(job(1), 5)]);
+        subs.activate_workspace(WS, [(job(1), 5)], None);
         assert_eq!(subs.classify(key(job(1), 5)), Verdict::Duplicate);
         assert_eq!(subs.classify(key(job(1), 6)), Verdict::Deliver);
         assert_eq!(subs.classify(key(job(2), 1)), Verdict::Deliver);
@@ -370,7 +465,7 @@ mod tests {
     #[test]
     fn a_subscriber_in_both_rooms_gets_each_event_once() {
         let mut subs = Subscriptions::default();
-        subs.activate_workspace(WS, [(job(1), 1)]);
+        subs.activate_workspace(WS, [(job(1), 1)], None);
         subs.activate_job(job(1), WS, 1, None);
         assert_eq!(subs.classify(key(job(1), 2)), Verdict::Deliver);
         subs.advance(key(job(1), 2));
@@ -380,7 +475,7 @@ mod tests {
     #[test]
     fn leaving_one_room_keeps_the_other_and_its_cursor() {
         let mut subs = Subscriptions::default();
-        subs.activate_workspace(WS, [(job(1), 4)]);
+        subs.activate_workspace(WS, [(job(1), 4)], None);
         subs.activate_job(job(1), WS, 4, None);
         assert!(subs.unsubscribe_workspace(WS));
         assert_eq!(subs.cursor(job(1)), Some(4));
@@ -394,7 +489,7 @@ mod tests {
     #[test]
     fn leaving_the_job_room_keeps_the_cursor_while_the_workspace_is_followed() {
         let mut subs = Subscriptions::default();
-        subs.activate_workspace(WS, []);
+        subs.activate_workspace(WS, [], None);
         subs.activate_job(job(1), WS, 7, None);
         subs.unsubscribe_job(job(1));
         assert_eq!(subs.classify(key(job(1), 8)), Verdict::Deliver);

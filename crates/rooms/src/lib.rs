@@ -9,6 +9,8 @@
 
 pub mod cursor;
 pub mod grant;
+pub mod horizon;
 
 pub use cursor::{EventKey, Subscriptions, Verdict};
 pub use grant::{authorize, Action, Claims, Decision, Denial, Scope};
+pub use horizon::Horizon;

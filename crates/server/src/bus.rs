@@ -49,6 +49,8 @@ struct Outgoing<'a> {
     /// When it was published (µs since the epoch), for the bus lag metric.
     t: u64,
     e: Vec<&'a RawValue>,
+    /// The commit order of each event (same positions as `e`).
+    o: Vec<Option<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +59,9 @@ struct Incoming<'a> {
     t: u64,
     #[serde(borrow)]
     e: Vec<&'a RawValue>,
+    /// Absent from nodes that do not send it: the events are then placed through the database.
+    #[serde(default)]
+    o: Vec<Option<i64>>,
 }
 
 fn now_us() -> u64 {
@@ -209,7 +214,12 @@ async fn publisher(
 ) {
     let mut connection = None;
     while let Some(events) = inbox.recv().await {
-        let message = Outgoing { n: &node, t: now_us(), e: events.iter().map(|c| &*c.json).collect() };
+        let message = Outgoing {
+            n: &node,
+            t: now_us(),
+            e: events.iter().map(|c| &*c.json).collect(),
+            o: events.iter().map(|c| c.order).collect(),
+        };
         let Ok(payload) = serde_json::to_string(&message) else { continue };
         if connection.is_none() {
             connection = client.get_connection_manager().await.ok();
@@ -266,12 +276,15 @@ fn receive(payload: &str, node: &str, hub: &Hub, seen: &Mutex<HashMap<Uuid, i64>
         return;
     }
     metrics.bus_lag.observe(now_us().saturating_sub(message.t) as f64 / 1e6);
+    let orders = message.o;
     let events: Vec<Arc<Committed>> = message
         .e
         .into_iter()
-        .filter_map(|raw| {
+        .enumerate()
+        .filter_map(|(i, raw)| {
             let event: Event = serde_json::from_str(raw.get()).ok()?;
-            Some(Arc::new(Committed { event, json: raw.to_owned() }))
+            let order = orders.get(i).copied().flatten();
+            Some(Arc::new(Committed { event, json: raw.to_owned(), order }))
         })
         .collect();
     note_seen(seen, &events);

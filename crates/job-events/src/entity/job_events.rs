@@ -16,6 +16,10 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// The type-specific fields of the event, as they go on the wire.
     pub data: Json,
+    /// When its transaction committed, relative to read snapshots: the
+    /// PostgreSQL transaction id, or SQLite's commit counter. `None` for rows
+    /// written before it was kept.
+    pub commit_order: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
