@@ -91,8 +91,9 @@ pub fn jwt_secret_from_env() -> Option<String> {
     std::env::var("JOBSTREAM_JWT_SECRET").ok().filter(|s| !s.is_empty())
 }
 
-/// Everything the server needs, resolved.
-#[derive(Debug, Clone)]
+/// Everything the server needs, resolved. Its `Debug` leaves the JWT secret
+/// and the database password out.
+#[derive(Clone)]
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
@@ -114,6 +115,23 @@ pub struct Config {
     pub max_chunk_bytes: usize,
     /// Socket.IO per-socket packet buffer.
     pub socket_buffer: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &jobstream_job_events::redact(&self.database_url))
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "(set)"))
+            .field("cors_origins", &self.cors_origins)
+            .field("redis_url", &self.redis_url.as_deref().map(jobstream_job_events::redact))
+            .field("bus", &self.bus)
+            .field("demo", &self.demo)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_chunk_bytes", &self.max_chunk_bytes)
+            .field("socket_buffer", &self.socket_buffer)
+            .finish()
+    }
 }
 
 impl Config {
@@ -152,5 +170,21 @@ impl Config {
             max_chunk_bytes: 64 * 1024,
             socket_buffer: 1024,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_credentials_out() {
+        let mut config = Config::for_tests("postgres://app:db-password@host/db", "jwt-secret-value");
+        config.redis_url = Some("redis://:redis-password@host".into());
+        let text = format!("{config:?}");
+        for secret in ["db-password", "jwt-secret-value", "redis-password"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("jwt_secret: Some(\"(set)\")"), "{text}");
     }
 }
