@@ -115,28 +115,37 @@ impl std::fmt::Debug for Hub {
 struct HubInner {
     store: EventStore,
     config: DeliveryConfig,
-    index: RwLock<Index>,
+    /// Subscribers by room, sharded by the room's hash: dispatch takes two
+    /// shared locks (the job's room, the workspace's room), subscribing one
+    /// exclusive lock of one shard; no lock covers the whole index.
+    shards: Box<[RwLock<Shard>]>,
+    /// Every subscriber, for operations on all of them (resync, counts).
+    mailboxes: RwLock<HashMap<u64, Arc<Mailbox>>>,
     next_id: AtomicU64,
     stats: DeliveryStats,
 }
 
+/// Shards of the room index: a power of two, a few per core.
+const SHARDS: usize = 32;
+
+/// The subscribers of the rooms that hash to one shard.
 #[derive(Default)]
-struct Index {
-    by_job: HashMap<Uuid, HashSet<u64>>,
-    by_workspace: HashMap<String, HashSet<u64>>,
-    mailboxes: HashMap<u64, Arc<Mailbox>>,
+struct Shard {
+    by_job: HashMap<Uuid, HashMap<u64, Arc<Mailbox>>>,
+    by_workspace: HashMap<String, HashMap<u64, Arc<Mailbox>>>,
 }
 
-impl Index {
-    fn add(&mut self, id: u64, room: &Room) {
-        match room {
-            Room::Job(job) => self.by_job.entry(*job).or_default().insert(id),
-            Room::Workspace(ws) => self.by_workspace.entry(ws.clone()).or_default().insert(id),
+impl Shard {
+    fn add(&mut self, mailbox: &Arc<Mailbox>, room: &Room) {
+        let set = match room {
+            Room::Job(job) => self.by_job.entry(*job).or_default(),
+            Room::Workspace(ws) => self.by_workspace.entry(ws.clone()).or_default(),
         };
+        set.insert(mailbox.id, mailbox.clone());
     }
 
     fn remove(&mut self, id: u64, room: &Room) {
-        fn drop_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<u64>>, key: &K, id: u64) {
+        fn drop_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashMap<u64, Arc<Mailbox>>>, key: &K, id: u64) {
             if let Some(set) = map.get_mut(key) {
                 set.remove(&id);
                 if set.is_empty() {
@@ -152,7 +161,10 @@ impl Index {
 }
 
 struct Mailbox {
+    id: u64,
     tx: mpsc::UnboundedSender<Msg>,
+    /// The rooms this subscriber is indexed under: leaving touches only these.
+    rooms: std::sync::Mutex<Vec<Room>>,
     /// Events in the channel: bounded by `queue_limit`, commands are not counted.
     queued: AtomicUsize,
     /// Set when an event was not queued; cleared by the worker when it resynchronises.
@@ -208,7 +220,8 @@ impl Hub {
         let inner = HubInner {
             store,
             config,
-            index: RwLock::default(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            mailboxes: RwLock::default(),
             next_id: AtomicU64::new(1),
             stats: DeliveryStats::default(),
         };
@@ -222,16 +235,27 @@ impl Hub {
 
     /// (subscribers, job rooms, workspace rooms) currently indexed.
     pub fn sizes(&self) -> (usize, usize, usize) {
-        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
-        (index.mailboxes.len(), index.by_job.len(), index.by_workspace.len())
+        let (mut jobs, mut workspaces) = (0, 0);
+        for shard in self.inner.shards.iter() {
+            let shard = read(shard);
+            jobs += shard.by_job.len();
+            workspaces += shard.by_workspace.len();
+        }
+        (read(&self.inner.mailboxes).len(), jobs, workspaces)
     }
 
     /// Registers a subscriber and starts its worker.
     pub fn subscriber(&self, outlet: Arc<dyn Outlet>) -> Subscriber {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let mailbox = Arc::new(Mailbox { tx, queued: AtomicUsize::new(0), overflowed: AtomicBool::new(false) });
-        self.write_index().mailboxes.insert(id, mailbox.clone());
+        let mailbox = Arc::new(Mailbox {
+            id,
+            tx,
+            rooms: std::sync::Mutex::default(),
+            queued: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+        });
+        write(&self.inner.mailboxes).insert(id, mailbox.clone());
         let worker = Worker {
             id,
             hub: self.clone(),
@@ -246,44 +270,86 @@ impl Hub {
         Subscriber { id, hub: self.clone(), mailbox, rooms: tokio::sync::Mutex::new(HashSet::new()) }
     }
 
+    fn shard_of<K: std::hash::Hash + ?Sized>(&self, kind: u8, key: &K) -> &RwLock<Shard> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        kind.hash(&mut hasher);
+        key.hash(&mut hasher);
+        &self.inner.shards[(hasher.finish() as usize) % self.inner.shards.len()]
+    }
+
+    fn job_shard(&self, job: &Uuid) -> &RwLock<Shard> {
+        self.shard_of(0, job)
+    }
+
+    fn workspace_shard(&self, workspace: &str) -> &RwLock<Shard> {
+        self.shard_of(1, workspace)
+    }
+
+    fn shard(&self, room: &Room) -> &RwLock<Shard> {
+        match room {
+            Room::Job(job) => self.job_shard(job),
+            Room::Workspace(ws) => self.workspace_shard(ws),
+        }
+    }
+
     /// Offers committed events to the subscribers whose rooms cover them.
     pub fn dispatch(&self, events: &[Arc<Committed>]) {
-        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
         let limit = self.inner.config.queue_limit;
         for event in events {
-            let by_job = index.by_job.get(&event.event.job_id);
-            let by_ws = index.by_workspace.get(&event.event.workspace_id);
-            let mut offer = |id: &u64| {
-                if let Some(mailbox) = index.mailboxes.get(id) {
+            let (job, workspace) = (&event.event.job_id, event.event.workspace_id.as_str());
+            let (job_shard, ws_shard) = (self.job_shard(job), self.workspace_shard(workspace));
+            // One guard when both rooms share a shard: a second read of the same
+            // lock could wait behind a queued writer.
+            let by_job = read(job_shard);
+            let other = (!std::ptr::eq(job_shard, ws_shard)).then(|| read(ws_shard));
+            let by_ws: &Shard = other.as_deref().unwrap_or(&by_job);
+            let job_set = by_job.by_job.get(job);
+            let ws_set = by_ws.by_workspace.get(workspace);
+            for mailbox in job_set.into_iter().flat_map(HashMap::values) {
+                mailbox.offer(event, limit, &self.inner.stats);
+            }
+            for (id, mailbox) in ws_set.into_iter().flatten() {
+                // Once per subscriber, even when both of its rooms cover the event.
+                if !job_set.is_some_and(|set| set.contains_key(id)) {
                     mailbox.offer(event, limit, &self.inner.stats);
                 }
-            };
-            match (by_job, by_ws) {
-                (Some(a), Some(b)) => a.union(b).for_each(&mut offer),
-                (Some(a), None) | (None, Some(a)) => a.iter().for_each(&mut offer),
-                (None, None) => {}
             }
         }
     }
 
     /// (subscribers, job subscriptions, workspace subscriptions).
     pub fn subscription_counts(&self) -> (usize, usize, usize) {
-        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
-        let count = |sets: &mut dyn Iterator<Item = &HashSet<u64>>| sets.map(HashSet::len).sum::<usize>();
-        (index.mailboxes.len(), count(&mut index.by_job.values()), count(&mut index.by_workspace.values()))
+        let (mut jobs, mut workspaces) = (0, 0);
+        for shard in self.inner.shards.iter() {
+            let shard = read(shard);
+            jobs += shard.by_job.values().map(HashMap::len).sum::<usize>();
+            workspaces += shard.by_workspace.values().map(HashMap::len).sum::<usize>();
+        }
+        (read(&self.inner.mailboxes).len(), jobs, workspaces)
     }
 
     /// The job and workspace rooms with local subscribers.
     pub fn rooms(&self) -> (Vec<Uuid>, Vec<String>) {
-        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
-        (index.by_job.keys().copied().collect(), index.by_workspace.keys().cloned().collect())
+        let (mut jobs, mut workspaces) = (Vec::new(), Vec::new());
+        for shard in self.inner.shards.iter() {
+            let shard = read(shard);
+            jobs.extend(shard.by_job.keys().copied());
+            workspaces.extend(shard.by_workspace.keys().cloned());
+        }
+        (jobs, workspaces)
+    }
+
+    /// Whether any local subscriber follows this job or this workspace.
+    pub fn interested(&self, job_id: Uuid, workspace_id: &str) -> bool {
+        read(self.job_shard(&job_id)).by_job.contains_key(&job_id)
+            || read(self.workspace_shard(workspace_id)).by_workspace.contains_key(workspace_id)
     }
 
     /// Asks every subscriber to compare its cursors with the database and catch
     /// up (after events may have been missed, e.g. while a bus was down).
     pub fn resync_all(&self) {
-        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
-        for mailbox in index.mailboxes.values() {
+        for mailbox in read(&self.inner.mailboxes).values() {
             let _ = mailbox.tx.send(Msg::Resync);
         }
     }
@@ -293,22 +359,36 @@ impl Hub {
         &self.inner.store
     }
 
-    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.inner.index.write().unwrap_or_else(|e| e.into_inner())
+    fn add_room(&self, mailbox: &Arc<Mailbox>, room: &Room) {
+        write(self.shard(room)).add(mailbox, room);
+        lock(&mailbox.rooms).push(room.clone());
     }
 
-    fn forget(&self, id: u64) {
-        let mut index = self.write_index();
-        index.mailboxes.remove(&id);
-        index.by_job.retain(|_, set| {
-            set.remove(&id);
-            !set.is_empty()
-        });
-        index.by_workspace.retain(|_, set| {
-            set.remove(&id);
-            !set.is_empty()
-        });
+    fn remove_room(&self, mailbox: &Mailbox, room: &Room) {
+        write(self.shard(room)).remove(mailbox.id, room);
+        lock(&mailbox.rooms).retain(|r| r != room);
     }
+
+    /// Removes a subscriber from the index: only its own rooms are touched.
+    fn forget(&self, mailbox: &Mailbox) {
+        write(&self.inner.mailboxes).remove(&mailbox.id);
+        let rooms = std::mem::take(&mut *lock(&mailbox.rooms));
+        for room in &rooms {
+            write(self.shard(room)).remove(mailbox.id, room);
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(lock: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl EventSink for Hub {
@@ -372,7 +452,7 @@ impl Subscriber {
     fn begin(&self, rooms: &HashSet<Room>, room: &Room) -> bool {
         let fresh = !rooms.contains(room);
         if fresh {
-            self.hub.write_index().add(self.id, room);
+            self.hub.add_room(&self.mailbox, room);
         }
         self.send(Msg::Begin(room.clone()));
         fresh
@@ -380,7 +460,7 @@ impl Subscriber {
 
     fn abort(&self, fresh: bool, room: Room) {
         if fresh {
-            self.hub.write_index().remove(self.id, &room);
+            self.hub.remove_room(&self.mailbox, &room);
         }
         self.send(Msg::Abort(room));
     }
@@ -461,7 +541,7 @@ impl Subscriber {
         let mut rooms = self.rooms.lock().await;
         let existed = rooms.remove(&room);
         if existed {
-            self.hub.write_index().remove(self.id, &room);
+            self.hub.remove_room(&self.mailbox, &room);
             self.send(Msg::Unsubscribe(room));
         }
         existed
@@ -469,7 +549,7 @@ impl Subscriber {
 
     /// Ends every subscription and stops the worker.
     pub fn close(&self) {
-        self.hub.forget(self.id);
+        self.hub.forget(&self.mailbox);
         self.send(Msg::Close);
     }
 }
@@ -531,7 +611,7 @@ impl Worker {
         self.subs = Subscriptions::default();
         self.count_cursors();
         self.outlet.close();
-        self.hub.forget(self.id);
+        self.hub.forget(&self.mailbox);
     }
 
     fn count_cursors(&mut self) {

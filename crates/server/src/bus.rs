@@ -12,6 +12,10 @@
 //!   subscriber compares its cursors with the database;
 //! - a sweep every few seconds compares the newest seq seen per followed job
 //!   with the database and replays what the bus lost.
+//!
+//! A node reads and tracks only what its own subscribers follow: a job or
+//! workspace with no local subscriber costs it no database read, and the
+//! newest-seq bookkeeping is pruned to the followed jobs at each sweep.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,22 +77,32 @@ fn now_us() -> u64 {
 pub struct ClusterSink {
     hub: Hub,
     outbox: mpsc::UnboundedSender<Vec<Arc<Committed>>>,
-    seen: Arc<Mutex<HashMap<Uuid, i64>>>,
+    seen: Arc<Mutex<Seen>>,
 }
+
+/// Per followed job: the newest seq dispatched here, and its workspace.
+type Seen = HashMap<Uuid, (i64, String)>;
 
 impl EventSink for ClusterSink {
     fn publish(&self, events: &[Arc<Committed>]) {
         self.hub.dispatch(events);
-        note_seen(&self.seen, events);
+        note_seen(&self.hub, &self.seen, events);
         let _ = self.outbox.send(events.to_vec());
     }
 }
 
-fn note_seen(seen: &Mutex<HashMap<Uuid, i64>>, events: &[Arc<Committed>]) {
+/// Records the newest seq of the followed jobs among `events`.
+fn note_seen(hub: &Hub, seen: &Mutex<Seen>, events: &[Arc<Committed>]) {
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     for event in events {
-        let seq = seen.entry(event.event.job_id).or_insert(0);
-        *seq = (*seq).max(event.event.seq);
+        let (job, workspace) = (event.event.job_id, &event.event.workspace_id);
+        match seen.get_mut(&job) {
+            Some((seq, _)) => *seq = (*seq).max(event.event.seq),
+            None if hub.interested(job, workspace) => {
+                seen.insert(job, (event.event.seq, workspace.clone()));
+            }
+            None => {}
+        }
     }
 }
 
@@ -103,6 +117,9 @@ struct Wake {
     t: u64,
     /// Per job: (job, newest seq).
     j: Vec<(Uuid, i64)>,
+    /// The workspace of each job in `j` (absent from older nodes).
+    #[serde(default)]
+    w: Vec<String>,
 }
 
 /// Starts the PostgreSQL LISTEN/NOTIFY bus and returns the sink the writer should use.
@@ -124,15 +141,21 @@ async fn pg_publisher(
 ) {
     use sea_orm::{ConnectionTrait, Statement};
     while let Some(events) = inbox.recv().await {
-        let mut newest: HashMap<Uuid, i64> = HashMap::new();
+        let mut newest: HashMap<Uuid, (i64, &str)> = HashMap::new();
         for event in &events {
-            let seq = newest.entry(event.event.job_id).or_insert(0);
-            *seq = (*seq).max(event.event.seq);
+            let entry = newest.entry(event.event.job_id).or_insert((0, &event.event.workspace_id));
+            entry.0 = entry.0.max(event.event.seq);
         }
-        let jobs: Vec<(Uuid, i64)> = newest.into_iter().collect();
-        // About 50 bytes a job: 100 jobs a notification stays far below the 8000-byte limit.
-        for chunk in jobs.chunks(100) {
-            let wake = Wake { n: node.to_string(), t: now_us(), j: chunk.to_vec() };
+        let jobs: Vec<(Uuid, i64, &str)> = newest.into_iter().map(|(job, (seq, ws))| (job, seq, ws)).collect();
+        // At most about 260 bytes a job (a workspace id is at most 200 bytes):
+        // 25 jobs a notification stays below the 8000-byte limit.
+        for chunk in jobs.chunks(25) {
+            let wake = Wake {
+                n: node.to_string(),
+                t: now_us(),
+                j: chunk.iter().map(|(job, seq, _)| (*job, *seq)).collect(),
+                w: chunk.iter().map(|(_, _, ws)| (*ws).to_owned()).collect(),
+            };
             let Ok(payload) = serde_json::to_string(&wake) else { continue };
             let db = hub.store().connection();
             let statement = Statement::from_sql_and_values(
@@ -148,7 +171,7 @@ async fn pg_publisher(
     }
 }
 
-async fn pg_listener(url: String, node: Arc<str>, hub: Hub, seen: Arc<Mutex<HashMap<Uuid, i64>>>, metrics: Metrics) {
+async fn pg_listener(url: String, node: Arc<str>, hub: Hub, seen: Arc<Mutex<Seen>>, metrics: Metrics) {
     use sea_orm::sqlx::postgres::PgListener;
     loop {
         match PgListener::connect(&url).await {
@@ -164,7 +187,11 @@ async fn pg_listener(url: String, node: Arc<str>, hub: Hub, seen: Arc<Mutex<Hash
                             continue;
                         }
                         metrics.bus_lag.observe(now_us().saturating_sub(wake.t) as f64 / 1e6);
-                        for (job, newest) in wake.j {
+                        for (i, (job, newest)) in wake.j.into_iter().enumerate() {
+                            // Nobody here follows it: nothing to read.
+                            if wake.w.get(i).is_some_and(|ws| !hub.interested(job, ws)) {
+                                continue;
+                            }
                             catch_up_job(&hub, &seen, job, newest).await;
                         }
                     }
@@ -178,10 +205,12 @@ async fn pg_listener(url: String, node: Arc<str>, hub: Hub, seen: Arc<Mutex<Hash
     }
 }
 
-/// Reads a job's events after the newest seen here, up to `newest`, and dispatches them.
-async fn catch_up_job(hub: &Hub, seen: &Mutex<HashMap<Uuid, i64>>, job: Uuid, newest: i64) {
+/// Reads a job's events after the newest seen here, up to `newest`, and
+/// dispatches them. For a job not seen here yet, only the newest event is read:
+/// it wakes the subscribers, who fill any gap before it from the database.
+async fn catch_up_job(hub: &Hub, seen: &Mutex<Seen>, job: Uuid, newest: i64) {
     loop {
-        let known = seen.lock().unwrap_or_else(|e| e.into_inner()).get(&job).copied().unwrap_or(0);
+        let known = seen.lock().unwrap_or_else(|e| e.into_inner()).get(&job).map_or(newest - 1, |(seq, _)| *seq);
         if known >= newest {
             return;
         }
@@ -189,8 +218,11 @@ async fn catch_up_job(hub: &Hub, seen: &Mutex<HashMap<Uuid, i64>>, job: Uuid, ne
         if events.is_empty() {
             return;
         }
-        note_seen(seen, &events);
+        note_seen(hub, seen, &events);
         hub.dispatch(&events);
+        if seen.lock().unwrap_or_else(|e| e.into_inner()).get(&job).is_none() {
+            return;
+        }
     }
 }
 
@@ -236,13 +268,7 @@ async fn publisher(
     }
 }
 
-async fn subscriber(
-    client: redis::Client,
-    node: Arc<str>,
-    hub: Hub,
-    seen: Arc<Mutex<HashMap<Uuid, i64>>>,
-    metrics: Metrics,
-) {
+async fn subscriber(client: redis::Client, node: Arc<str>, hub: Hub, seen: Arc<Mutex<Seen>>, metrics: Metrics) {
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
@@ -267,7 +293,7 @@ async fn subscriber(
     }
 }
 
-fn receive(payload: &str, node: &str, hub: &Hub, seen: &Mutex<HashMap<Uuid, i64>>, metrics: &Metrics) {
+fn receive(payload: &str, node: &str, hub: &Hub, seen: &Mutex<Seen>, metrics: &Metrics) {
     let Ok(message) = serde_json::from_str::<Incoming<'_>>(payload) else {
         tracing::warn!("ignoring a malformed bus message");
         return;
@@ -287,15 +313,16 @@ fn receive(payload: &str, node: &str, hub: &Hub, seen: &Mutex<HashMap<Uuid, i64>
             Some(Arc::new(Committed { event, json: raw.to_owned(), order }))
         })
         .collect();
-    note_seen(seen, &events);
+    note_seen(hub, seen, &events);
     hub.dispatch(&events);
 }
 
 /// Replays, from the database, events of followed jobs that no bus message announced.
-async fn sweeper(hub: Hub, seen: Arc<Mutex<HashMap<Uuid, i64>>>) {
+async fn sweeper(hub: Hub, seen: Arc<Mutex<Seen>>) {
     let mut ticker = tokio::time::interval(SWEEP_EVERY);
     loop {
         ticker.tick().await;
+        seen.lock().unwrap_or_else(|e| e.into_inner()).retain(|job, (_, ws)| hub.interested(*job, ws));
         let (jobs, workspaces) = hub.rooms();
         let store = hub.store().clone();
         let recent = chrono::Utc::now() - chrono::Duration::seconds(60);
