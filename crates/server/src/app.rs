@@ -94,30 +94,34 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// The CORS answer for `--cors-origins`, on every response: the HTTP API, the
+/// SSE streams and Socket.IO's engine.io requests (`/socket.io/` polling and
+/// its preflights), since the layer wraps them all.
+///
+/// Listed origins are echoed back with `Access-Control-Allow-Credentials:
+/// true`, so browsers may send credentials (`withCredentials: true` in
+/// socket.io-client and `EventSource`, `credentials: "include"` in `fetch`).
+/// `*` allows any origin without credentials: the CORS standard forbids
+/// credentials with a wildcard, and a server that echoed every origin with
+/// credentials would let any site act with its visitors' cookies. Every
+/// answer carries `Vary: Origin` so that caches keep one copy per origin.
 fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
     if origins.is_empty() {
         return Ok(None);
     }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| HeaderValue::from_str(o).map_err(|_| BuildError::Config(format!("invalid CORS origin {o:?}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::HeaderName::from_static("last-event-id"),
-            ])
-            .max_age(Duration::from_secs(600)),
-    ))
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("last-event-id")])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        return Ok(Some(layer.allow_origin(AllowOrigin::any())));
+    }
+    let list = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).map_err(|_| BuildError::Config(format!("invalid CORS origin {o:?}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true)))
 }
 
 impl Application {
