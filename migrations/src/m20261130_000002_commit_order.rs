@@ -9,7 +9,8 @@
 //!   each write transaction (`commit_counter`), tested with `<=`. Rows written
 //!   before this migration have none and count as older than any snapshot.
 //! - Indexes for the reads that replace the full scans: live (unfinished) jobs
-//!   of a workspace, and the jobs of a workspace changed after a snapshot.
+//!   of a workspace, the jobs of a workspace changed after a snapshot, and
+//!   finished jobs by completion time (retention).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -29,6 +30,7 @@ enum Jobs {
     Table,
     WorkspaceId,
     Status,
+    CompletedAt,
 }
 
 #[derive(DeriveIden)]
@@ -66,6 +68,11 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        manager
+            .create_index(
+                Index::create().name("idx_jobs_completed_at").table(Jobs::Table).col(Jobs::CompletedAt).to_owned(),
+            )
+            .await?;
         if manager.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
             manager
                 .create_table(
@@ -93,6 +100,7 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
             manager.drop_table(Table::drop().table(CommitCounter::Table).to_owned()).await?;
         }
+        manager.drop_index(Index::drop().name("idx_jobs_completed_at").table(Jobs::Table).to_owned()).await?;
         manager.drop_index(Index::drop().name("idx_jobs_workspace_status").table(Jobs::Table).to_owned()).await?;
         manager
             .drop_index(Index::drop().name("idx_job_events_workspace_commit_order").table(JobEvents::Table).to_owned())

@@ -7,7 +7,9 @@ use futures::future::BoxFuture;
 use jobstream_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::pool::PoolConnectionMetadata;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sea_orm::sqlx::{ConnectOptions as _, Connection};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 
@@ -52,6 +54,9 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
         Some(DbBackend::Sqlite) => {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| OpenError::InvalidUrl(e.to_string()))?
+                // Takes effect in a new file (before its first table): freed
+                // pages can then be given back (`retention`).
+                .auto_vacuum(SqliteAutoVacuum::Incremental)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))

@@ -16,12 +16,14 @@ pub mod delivery;
 mod emit;
 pub mod entity;
 pub mod error;
+pub mod retention;
 pub mod sink;
 pub mod store;
 pub mod writer;
 
 pub use db::{backend_of, migrate, open, redact, OpenError};
 pub use error::{ReadError, WriteError};
+pub use retention::{run_retention, Prune, PruneReport, RetentionStats};
 pub use sea_orm::DbBackend;
 pub use sink::{Committed, EventSink, NullSink};
 pub use store::{EventStore, JobQuery, WorkspaceSnapshot};

@@ -37,6 +37,7 @@ pub struct JobEvents {
     sink: Arc<dyn EventSink>,
     /// SQLite allows one writer at a time; queueing here avoids `database is locked`.
     write_queue: Option<Arc<Mutex<()>>>,
+    retention: Arc<crate::retention::RetentionStats>,
 }
 
 impl std::fmt::Debug for JobEvents {
@@ -58,7 +59,7 @@ impl JobEvents {
     /// A writer over `db` that hands committed events to `sink`.
     pub fn new(db: DatabaseConnection, sink: Arc<dyn EventSink>) -> Self {
         let write_queue = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Self { store: EventStore::new(db), sink, write_queue }
+        Self { store: EventStore::new(db), sink, write_queue, retention: Arc::default() }
     }
 
     /// The read side.
@@ -67,12 +68,29 @@ impl JobEvents {
     }
 
     async fn begin(&self) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, DatabaseTransaction), WriteError> {
-        let guard = match &self.write_queue {
-            Some(queue) => Some(queue.clone().lock_owned().await),
-            None => None,
-        };
+        let guard = self.write_turn().await;
         let tx = self.store.db.begin().await?;
         Ok((guard, tx))
+    }
+
+    /// The one writer's turn on SQLite (`None` on PostgreSQL, where row locks order writers).
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_queue {
+            Some(queue) => Some(queue.clone().lock_owned().await),
+            None => None,
+        }
+    }
+
+    /// A write transaction in the writer's turn, for maintenance (retention).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, DatabaseTransaction), WriteError> {
+        self.begin().await
+    }
+
+    /// Totals of what retention deleted.
+    pub fn retention_stats(&self) -> &crate::retention::RetentionStats {
+        &self.retention
     }
 
     /// Creates a job and its `job.created` event (seq 1). With a client id that

@@ -1,0 +1,247 @@
+//! Retention: deleting finished jobs, with their steps and events, once they
+//! are older than a cut (CONTRACT §7, "Retention").
+//!
+//! - Only jobs in a terminal status whose `completedAt` is before the cut are
+//!   deleted; a running job is never deleted, however old.
+//! - Work is done in small transactions (a few thousand events each, newest
+//!   first, so a reader during the deletion sees a shorter history, never a
+//!   hole), each taking the job's row lock on PostgreSQL or the one writer's
+//!   turn on SQLite only for milliseconds, so writers and readers never wait long.
+//! - Concurrent runs (several nodes) are safe: every delete re-checks its
+//!   condition, and deleting what is already gone deletes nothing.
+//! - A job being deleted may still take a `job:event` (finished jobs do): the
+//!   last step deletes the job row with whatever events remain.
+//! - On SQLite, space is given back with `PRAGMA incremental_vacuum` when the
+//!   file was created with incremental auto-vacuum (every file created by this
+//!   version is); an older file keeps its size and reuses the pages (run
+//!   `VACUUM` once, server stopped, to convert it).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement,
+};
+use uuid::Uuid;
+
+use crate::entity::{job_events, jobs};
+use crate::error::WriteError;
+use crate::writer::JobEvents;
+
+/// Finished jobs considered per round.
+const JOB_BATCH: u64 = 100;
+/// Events deleted per transaction.
+const EVENT_BATCH: u64 = 2_000;
+/// SQLite pages given back per transaction (4 KiB each).
+const VACUUM_PAGES: u32 = 2_000;
+/// The statuses a job can be deleted in.
+const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
+
+/// What to delete.
+#[derive(Debug, Clone)]
+pub struct Prune {
+    /// Jobs that finished before this instant.
+    pub finished_before: DateTime<Utc>,
+    /// Only this workspace's jobs, or every workspace's.
+    pub workspace: Option<String>,
+    /// Count what would be deleted, and delete nothing.
+    pub dry_run: bool,
+}
+
+/// What a prune deleted (or, dry, would delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Jobs (with their steps).
+    pub jobs: u64,
+    /// Events.
+    pub events: u64,
+}
+
+/// Totals since the start, for metrics.
+#[derive(Debug, Default)]
+pub struct RetentionStats {
+    /// Jobs deleted.
+    pub jobs: AtomicU64,
+    /// Events deleted.
+    pub events: AtomicU64,
+}
+
+impl JobEvents {
+    /// Deletes (or counts) the finished jobs of `prune`, their steps and events.
+    pub async fn prune(&self, prune: &Prune) -> Result<PruneReport, WriteError> {
+        let db = &self.store().db;
+        let candidates = || {
+            let mut select = jobs::Entity::find()
+                .filter(jobs::Column::Status.is_in(TERMINAL))
+                .filter(jobs::Column::CompletedAt.lt(prune.finished_before));
+            if let Some(workspace) = &prune.workspace {
+                select = select.filter(jobs::Column::WorkspaceId.eq(workspace.as_str()));
+            }
+            select
+        };
+        if prune.dry_run {
+            let jobs = candidates().count(db).await?;
+            let ids = candidates().select_only().column(jobs::Column::Id);
+            let events = job_events::Entity::find()
+                .filter(job_events::Column::JobId.in_subquery(sea_orm::QueryTrait::into_query(ids)))
+                .count(db)
+                .await?;
+            return Ok(PruneReport { jobs, events });
+        }
+        let mut report = PruneReport::default();
+        loop {
+            let ids: Vec<Uuid> = candidates()
+                .select_only()
+                .column(jobs::Column::Id)
+                .order_by_asc(jobs::Column::CompletedAt)
+                .limit(JOB_BATCH)
+                .into_tuple()
+                .all(db)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut deleted_any = false;
+            for id in ids {
+                let (events, deleted) = self.delete_job(id, prune.finished_before).await?;
+                report.events += events;
+                if deleted {
+                    report.jobs += 1;
+                    deleted_any = true;
+                }
+            }
+            if !deleted_any {
+                break;
+            }
+        }
+        self.stats_add(report);
+        if report.jobs > 0 {
+            self.give_space_back().await;
+        }
+        Ok(report)
+    }
+
+    /// Deletes one job's events in small transactions, then the job (if it is
+    /// still finished before the cut). Returns (events deleted, job deleted).
+    async fn delete_job(&self, id: Uuid, cut: DateTime<Utc>) -> Result<(u64, bool), WriteError> {
+        let backend = self.store().backend();
+        let mut events = 0;
+        loop {
+            let newest = Query::select()
+                .column(job_events::Column::Id)
+                .from(job_events::Entity)
+                .and_where(Expr::col(job_events::Column::JobId).eq(id))
+                .order_by(job_events::Column::Seq, sea_orm::Order::Desc)
+                .limit(EVENT_BATCH)
+                .to_owned();
+            let delete = Query::delete()
+                .from_table(job_events::Entity)
+                .and_where(Expr::col(job_events::Column::Id).in_subquery(newest))
+                // Only while the job is still one to delete.
+                .and_where(Expr::exists(
+                    Query::select()
+                        .expr(Expr::val(1))
+                        .from(jobs::Entity)
+                        .and_where(Expr::col((jobs::Entity, jobs::Column::Id)).eq(id))
+                        .and_where(Expr::col((jobs::Entity, jobs::Column::Status)).is_in(TERMINAL))
+                        .and_where(Expr::col((jobs::Entity, jobs::Column::CompletedAt)).lt(cut))
+                        .to_owned(),
+                ))
+                .to_owned();
+            let (guard, tx) = self.begin_write().await?;
+            let deleted = match tx.execute(backend.build(&delete)).await {
+                Ok(result) => result.rows_affected(),
+                Err(err) => {
+                    let _ = tx.rollback().await;
+                    return Err(err.into());
+                }
+            };
+            tx.commit().await?;
+            drop(guard);
+            events += deleted;
+            if deleted < EVENT_BATCH {
+                break;
+            }
+        }
+        let (guard, tx) = self.begin_write().await?;
+        let outcome = async {
+            let rest = job_events::Entity::delete_many().filter(job_events::Column::JobId.eq(id)).exec(&tx).await?;
+            let job = jobs::Entity::delete_many()
+                .filter(jobs::Column::Id.eq(id))
+                .filter(jobs::Column::Status.is_in(TERMINAL))
+                .filter(jobs::Column::CompletedAt.lt(cut))
+                .exec(&tx)
+                .await?;
+            Ok::<_, sea_orm::DbErr>((rest.rows_affected, job.rows_affected == 1))
+        }
+        .await;
+        match outcome {
+            Ok((rest, true)) => {
+                tx.commit().await?;
+                drop(guard);
+                Ok((events + rest, true))
+            }
+            // No longer one to delete (gone, or changed): its last events stay.
+            Ok((_, false)) => {
+                let _ = tx.rollback().await;
+                Ok((events, false))
+            }
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err.into())
+            }
+        }
+    }
+
+    fn stats_add(&self, report: PruneReport) {
+        let stats = self.retention_stats();
+        stats.jobs.fetch_add(report.jobs, Ordering::Relaxed);
+        stats.events.fetch_add(report.events, Ordering::Relaxed);
+    }
+
+    /// SQLite: hands freed pages back to the file system, a slice at a time.
+    async fn give_space_back(&self) {
+        if self.store().backend() != DbBackend::Sqlite {
+            return;
+        }
+        let db = &self.store().db;
+        let mode = db.query_one(Statement::from_string(DbBackend::Sqlite, "PRAGMA auto_vacuum")).await;
+        let incremental = matches!(mode, Ok(Some(row)) if row.try_get_by_index::<i32>(0).ok() == Some(2));
+        if !incremental {
+            return;
+        }
+        for _ in 0..10_000 {
+            let free = db.query_one(Statement::from_string(DbBackend::Sqlite, "PRAGMA freelist_count")).await;
+            let Ok(Some(row)) = free else { return };
+            if row.try_get_by_index::<i64>(0).unwrap_or(0) == 0 {
+                return;
+            }
+            let guard = self.write_turn().await;
+            let sql = format!("PRAGMA incremental_vacuum({VACUUM_PAGES})");
+            let _ = db.execute(Statement::from_string(DbBackend::Sqlite, sql)).await;
+            drop(guard);
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Runs a prune every `every` with a cut `retention` before now, forever.
+pub async fn run_retention(writer: JobEvents, retention: Duration, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Ok(age) = chrono::Duration::from_std(retention) else { return };
+        let prune = Prune { finished_before: Utc::now() - age, workspace: None, dry_run: false };
+        match writer.prune(&prune).await {
+            Ok(report) if report.jobs > 0 => {
+                tracing::info!(jobs = report.jobs, events = report.events, "retention: deleted finished jobs");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "retention: prune failed; trying again later"),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Retention on both engines: exactly the finished jobs older than the cut are
+//! deleted with their steps and events, running and recent jobs stay, a dry
+//! run counts the same, concurrent runs are safe, live delivery of other jobs
+//! goes on, and SQLite gives the space back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobstream_job_events::delivery::{DeliveryConfig, Hub, Outlet, OutletError};
+use jobstream_job_events::{Committed, EventStore, JobEvents, Prune};
+use jobstream_protocol::{BatchItem, CreateJob, JobStatus, StartStep, StepOutputRequest, StepPhase, StepType};
+use sea_orm::{ConnectionTrait, Statement};
+use support::TestDb;
+use uuid::Uuid;
+
+fn create(workspace: &str) -> CreateJob {
+    CreateJob { id: None, workspace_id: workspace.into(), job_type: "build".into(), priority: None, metadata: None }
+}
+
+/// A job with a step and `lines` output events, finished with `status` (or left running).
+async fn job_with_output(writer: &JobEvents, workspace: &str, lines: usize, finish: Option<JobStatus>) -> Uuid {
+    let (job, _) = writer.create_job(create(workspace)).await.unwrap();
+    writer.emit_job_status_changed(job.id, JobStatus::Queued, None, None).await.unwrap();
+    writer.emit_job_status_changed(job.id, JobStatus::Running, None, None).await.unwrap();
+    let start = StartStep { id: None, name: "make".into(), phase: StepPhase::Execution, step_type: StepType::Command };
+    let step = writer.write(BatchItem::Step(job.id, start), |_| true).await.unwrap().step.unwrap().id;
+    let chunk = "x".repeat(1000);
+    let items: Vec<BatchItem> = (0..lines)
+        .map(|_| BatchItem::Output(job.id, step, StepOutputRequest { chunk: chunk.clone(), stream: None }))
+        .collect();
+    for batch in items.chunks(500) {
+        writer.write_batch(batch.to_vec(), |_| true).await.unwrap();
+    }
+    if let Some(status) = finish {
+        writer.emit_job_status_changed(job.id, status, None, None).await.unwrap();
+    }
+    job.id
+}
+
+struct Seqs(Mutex<Vec<(Uuid, i64)>>);
+
+impl Outlet for Seqs {
+    fn try_send(&self, event: &Committed) -> Result<(), OutletError> {
+        self.0.lock().unwrap().push((event.event.job_id, event.event.seq));
+        Ok(())
+    }
+    fn close(&self) {}
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    let row = db.db.query_one(Statement::from_string(db.db.get_database_backend(), sql)).await.unwrap().unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+async fn retention_deletes_exactly_the_finished_jobs_older_than_the_cut(db: &TestDb) {
+    let hub = Hub::new(EventStore::new(db.db.clone()), DeliveryConfig::default());
+    let writer = JobEvents::new(db.db.clone(), Arc::new(hub.clone()));
+    let old_a = job_with_output(&writer, "ws-1", 1200, Some(JobStatus::Completed)).await;
+    let old_b = job_with_output(&writer, "ws-2", 10, Some(JobStatus::Failed)).await;
+    let old_running = job_with_output(&writer, "ws-1", 10, None).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let recent = job_with_output(&writer, "ws-1", 10, Some(JobStatus::Completed)).await;
+
+    // A subscriber of the running job, written to while the prune runs.
+    let outlet = Arc::new(Seqs(Mutex::default()));
+    let subscriber = hub.subscriber(outlet.clone());
+    subscriber.subscribe_job(old_running, None, |_| Ok::<(), ()>(()), |_| Box::new(|| Ok(()))).await.unwrap();
+
+    let dry = writer.prune(&Prune { finished_before: cut, workspace: None, dry_run: true }).await.unwrap();
+    assert_eq!(dry.jobs, 2);
+    let only_ws2 =
+        writer.prune(&Prune { finished_before: cut, workspace: Some("ws-2".into()), dry_run: false }).await.unwrap();
+    assert_eq!(only_ws2.jobs, 1, "the workspace filter");
+    assert!(writer.store().job(old_b).await.unwrap().is_none());
+
+    let producer = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            for p in 0..20 {
+                let item = BatchItem::Progress(
+                    old_running,
+                    jobstream_protocol::ProgressRequest { progress: p, message: None },
+                );
+                writer.write(item, |_| true).await.unwrap();
+            }
+        })
+    };
+    let prune = Prune { finished_before: cut, workspace: None, dry_run: false };
+    let (first, second) = tokio::join!(writer.prune(&prune), writer.prune(&prune));
+    producer.await.unwrap();
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.jobs + second.jobs, 1, "two concurrent runs delete the one job once");
+    assert_eq!(first.events + second.events + only_ws2.events, dry.events, "the dry run counted the same events");
+
+    assert!(writer.store().job(old_a).await.unwrap().is_none(), "old finished job deleted");
+    assert!(writer.store().events_after(old_a, 0, 10).await.unwrap().is_empty());
+    assert!(writer.store().job(old_running).await.unwrap().is_some(), "a running job is never deleted");
+    assert!(writer.store().job(recent).await.unwrap().is_some(), "a job finished after the cut stays");
+    assert_eq!(count(db, "SELECT COUNT(*) FROM job_steps WHERE job_id NOT IN (SELECT id FROM jobs)").await, 0);
+
+    let last = writer.store().last_seq(old_running).await.unwrap().unwrap();
+    for _ in 0..100 {
+        if outlet.0.lock().unwrap().last().map(|(_, s)| *s) == Some(last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got: Vec<i64> = outlet.0.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    let first_seq = got.first().copied().unwrap_or(0);
+    assert_eq!(got, (first_seq..=last).collect::<Vec<_>>(), "live delivery of the running job went on");
+
+    if db.db.get_database_backend() == sea_orm::DbBackend::Sqlite {
+        assert_eq!(count(db, "PRAGMA auto_vacuum").await, 2, "new files use incremental auto-vacuum");
+        assert_eq!(count(db, "PRAGMA freelist_count").await, 0, "the freed pages were given back");
+    }
+}
+
+on_both_engines!(retention_deletes_exactly_the_finished_jobs_older_than_the_cut);
