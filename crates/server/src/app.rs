@@ -46,6 +46,10 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Turns true when the server is shutting down (SSE streams end then).
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Ends Socket.IO connections when their token expires.
+    pub expiries: crate::expiry::Expiries,
+    /// WebSocket upgrades that came before their socket's connect.
+    pub upgrades: crate::expiry::PendingUpgrades,
 }
 
 impl std::fmt::Debug for AppState {
@@ -171,7 +175,9 @@ impl Application {
             crate::dashboard::DashboardConfig::default()
         };
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let state = AppState { writer, store, hub, secret, limits, dashboard, metrics, stopping };
+        let expiries = crate::expiry::Expiries::start(stopping.clone());
+        let upgrades = crate::expiry::PendingUpgrades::default();
+        let state = AppState { writer, store, hub, secret, limits, dashboard, metrics, stopping, expiries, upgrades };
 
         let (socket_layer, io) = SocketIo::builder()
             .with_state(state.clone())
@@ -188,7 +194,11 @@ impl Application {
             .fallback(crate::http::not_found)
             .with_state(state.clone())
             .layer(socket_layer)
-            .layer(axum::middleware::map_request(detach_socket_request));
+            .layer(axum::middleware::map_request(detach_socket_request))
+            .layer(axum::middleware::from_fn_with_state(
+                crate::expiry::Transports { io: io.clone(), upgrades: state.upgrades.clone() },
+                crate::expiry::close_on_poll,
+            ));
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
         }
@@ -230,7 +240,9 @@ impl Application {
             io.close().await;
         };
         let db = self.state.store.connection().clone();
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(graceful);
+        // Every connection carries a handle that can close it (`crate::conn`).
+        let service = self.router.into_make_service_with_connect_info::<crate::conn::Conn>();
+        let serve = axum::serve(crate::conn::Listener::new(self.listener), service).with_graceful_shutdown(graceful);
         let deadline = async move {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;
             tokio::time::sleep(Duration::from_secs(10)).await;

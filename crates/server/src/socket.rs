@@ -5,9 +5,17 @@
 //! accepted and before socketioxide sends CONNECT, so that a subscribe the
 //! client sends right after connecting always finds its handler. The delivery
 //! worker of a socket starts with its first subscription.
+//!
+//! A socket lives as long as its token: a subscribe after `exp` is refused
+//! with `unauthorized`, and at `exp` the server ends the socket (see
+//! [`crate::expiry`]). The server ends a socket by closing its *transport*,
+//! never with a Socket.IO DISCONNECT: socket.io-client reconnects after a
+//! transport close (calling its `auth` function again), but stays
+//! disconnected after a DISCONNECT ("io server disconnect").
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use jobstream_job_events::delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
 use jobstream_job_events::Committed;
@@ -23,27 +31,142 @@ use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::{DisconnectReason, Socket};
-use socketioxide::{SendError, SocketError, SocketIo};
+use socketioxide::{SendError, SocketError, SocketIo, TransportType};
+use tokio::sync::Notify;
 
 use crate::app::AppState;
-use crate::auth::{self, TokenError};
+use crate::auth::{self, Expiry, TokenError};
+use crate::conn::Conn;
+use crate::expiry::PendingUpgrades;
 
 /// Registers the `/` namespace: the auth middleware, then the connect handler.
 pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(authenticate));
 }
 
-/// A socket's claims and, once it subscribes, its delivery subscriber.
+/// A socket's token and, once it subscribes, its delivery subscriber. Cheap to
+/// clone (one allocation per socket, shared).
 #[derive(Clone)]
-struct Session {
-    claims: Arc<Claims>,
-    subscriber: Arc<OnceLock<Arc<Subscriber>>>,
+pub(crate) struct Session(Arc<SessionState>);
+
+struct SessionState {
+    claims: Claims,
+    expires: Expiry,
+    subscriber: OnceLock<Arc<Subscriber>>,
+    /// Set once the server ends the socket (see [`close_transport`]).
+    closing: AtomicBool,
+    /// Wakes the pending long-polling request when `closing` is set.
+    closed: Notify,
+    /// The TCP connection of the socket's WebSocket, when it upgraded from polling.
+    websocket: Mutex<Option<Conn>>,
+    /// Where an upgrade that came before the connect left its connection.
+    upgrades: PendingUpgrades,
 }
 
 impl Session {
+    fn new(claims: Claims, expires: Expiry, upgrades: PendingUpgrades) -> Self {
+        Self(Arc::new(SessionState {
+            claims,
+            expires,
+            subscriber: OnceLock::new(),
+            closing: AtomicBool::new(false),
+            closed: Notify::new(),
+            websocket: Mutex::new(None),
+            upgrades,
+        }))
+    }
+
     /// The socket's subscriber, started on first use.
     fn subscriber(&self, socket: &SocketRef, app: &AppState) -> Arc<Subscriber> {
-        self.subscriber.get_or_init(|| Arc::new(app.hub.subscriber(Arc::new(SocketOutlet(socket.clone()))))).clone()
+        self.0.subscriber.get_or_init(|| Arc::new(app.hub.subscriber(Arc::new(SocketOutlet(socket.clone()))))).clone()
+    }
+
+    /// When the socket's token expires.
+    pub(crate) fn expires(&self) -> Expiry {
+        self.0.expires
+    }
+
+    /// Whether the server is ending the socket.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.0.closing.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the server ends the socket.
+    pub(crate) async fn closing(&self) {
+        loop {
+            let notified = self.0.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records the connection the socket upgrades to WebSocket on; closes it
+    /// at once if the socket is already being ended.
+    pub(crate) fn set_websocket(&self, conn: Conn) {
+        *self.0.websocket.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        if self.is_closing() {
+            conn.close();
+        }
+    }
+
+    fn websocket(&self) -> Option<Conn> {
+        self.0.websocket.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The session of a connected socket (none before the token is accepted, nor after the disconnect).
+pub(crate) fn session(socket: &SocketRef) -> Option<Session> {
+    socket.extensions.get::<Session>()
+}
+
+/// Ends a socket so that socket.io-client reconnects by itself: over
+/// WebSocket, the TCP connection under it is closed (the client sees its
+/// WebSocket close); over long-polling, the pending or next poll is answered
+/// with engine.io's close packet ([`crate::expiry::close_on_poll`]). Either
+/// way the client reports `transport close` and reconnects. Deliveries to the
+/// socket stop at once. Calling it again does nothing.
+pub(crate) fn close_transport(socket: &SocketRef) {
+    let Some(session) = session(socket) else {
+        // Not (or no longer) a session of ours: nothing is delivered to it.
+        if socket.connected() {
+            let _ = socket.clone().disconnect();
+        }
+        return;
+    };
+    if session.0.closing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    session.0.closed.notify_waiters();
+    // The socket's WebSocket connection: the one it upgraded on, or the one it
+    // was opened on (never the connection of a long-polling handshake).
+    let opened_on_websocket = || {
+        let parts = socket.req_parts();
+        (crate::http::extract::query_param(parts.uri.query(), "transport").as_deref() == Some("websocket"))
+            .then(|| parts.extensions.get::<axum::extract::ConnectInfo<Conn>>().map(|info| info.0.clone()))
+            .flatten()
+    };
+    let websocket = session.websocket().or_else(|| session.0.upgrades.take(socket.id)).or_else(opened_on_websocket);
+    match websocket {
+        Some(conn) => conn.close(),
+        // A WebSocket without a known connection (not accepted by our
+        // listener): a Socket.IO DISCONNECT is all that is left.
+        None if socket.transport_type() == TransportType::Websocket => {
+            let _ = socket.clone().disconnect();
+        }
+        None => {}
+    }
+}
+
+/// Ends a socket whose token has expired: deliveries stop, the transport closes.
+pub(crate) fn expire(socket: &SocketRef) {
+    tracing::debug!(socket = %socket.id, "token expired: closing the socket");
+    close_transport(socket);
+    if let Some(subscriber) = session(socket).and_then(|s| s.0.subscriber.get().cloned()) {
+        subscriber.close();
     }
 }
 
@@ -78,18 +201,21 @@ async fn authenticate(
     State(app): State<AppState>,
 ) -> Result<(), Unauthorized> {
     let token = connect_token(&socket, auth.as_ref().ok()).filter(|t| !t.is_empty());
-    let claims = token.ok_or(TokenError::Missing).and_then(|t| auth::verify(&app.secret, &t)).map_err(|err| {
-        tracing::debug!(socket = %socket.id, %err, "connection refused");
-        Unauthorized(err)
-    })?;
-    socket.extensions.insert(Session { claims: Arc::new(claims), subscriber: Arc::default() });
+    let verified =
+        token.ok_or(TokenError::Missing).and_then(|t| auth::verify_token(&app.secret, &t)).map_err(|err| {
+            tracing::debug!(socket = %socket.id, %err, "connection refused");
+            Unauthorized(err)
+        })?;
+    socket.extensions.insert(Session::new(verified.claims, verified.expires, app.upgrades.clone()));
     socket.on("subscribe:workspace:jobs", subscribe_workspace);
     socket.on("unsubscribe:workspace:jobs", unsubscribe_workspace);
     socket.on("subscribe:job", subscribe_job);
     socket.on("unsubscribe:job", unsubscribe_job);
     socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason, State(app): State<AppState>| {
+        app.upgrades.take(socket.id);
         if let Some(session) = socket.extensions.remove::<Session>() {
-            if let Some(subscriber) = session.subscriber.get() {
+            app.expiries.remove(session.expires(), socket.id);
+            if let Some(subscriber) = session.0.subscriber.get() {
                 subscriber.close();
             }
         }
@@ -102,6 +228,13 @@ async fn authenticate(
 async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
     app.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(socket = %socket.id, "connected");
+    // The socket ends when its token expires (one shared timer for all sockets).
+    if let Some(session) = session(&socket).filter(|_| socket.connected()) {
+        if let Some(conn) = app.upgrades.take(socket.id) {
+            session.set_websocket(conn);
+        }
+        app.expiries.add(session.expires(), socket.clone());
+    }
 }
 
 /// The socket as a delivery outlet: `emit` of the pre-encoded event.
@@ -119,10 +252,10 @@ impl Outlet for SocketOutlet {
         self.0.emit(committed.event.socket_event().as_str(), &*committed.json).map_err(|e| outlet_error(&e))
     }
 
+    /// The worker has stopped: the socket ends so that its client reconnects
+    /// and resumes with `since`.
     fn close(&self) {
-        if self.0.connected() {
-            let _ = self.0.clone().disconnect();
-        }
+        close_transport(&self.0);
     }
 }
 
@@ -180,10 +313,6 @@ fn parse<T: Request>(data: Result<Value, socketioxide::ParserError>, ack: Ack) -
     }
 }
 
-fn session(socket: &SocketRef) -> Option<Session> {
-    socket.extensions.get::<Session>()
-}
-
 fn internal(ack: Ack, err: &dyn std::fmt::Display) {
     tracing::error!(error = %err, "subscription failed");
     ack.refuse(ErrorCode::Internal, "internal error; try again");
@@ -197,10 +326,29 @@ fn take_ack<T: Serialize + Send + 'static>(slot: &mut Option<Ack>, body: T) -> A
     }
 }
 
+/// Refuses a subscribe once the token has expired (the socket is closing then).
+fn refuse_expired(session: &Session, ack: Ack) -> Option<Ack> {
+    match expired(session.expires()) {
+        Some(refusal) => {
+            ack.reply(&refusal);
+            None
+        }
+        None => Some(ack),
+    }
+}
+
+/// The answer to a subscribe with a token past its `exp`, if it is.
+fn expired(expires: Expiry) -> Option<AckError> {
+    expires
+        .has_passed()
+        .then(|| AckError::new(ErrorCode::Unauthorized, "unauthorized: token expired; reconnect with a fresh token"))
+}
+
 async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, State(app): State<AppState>) {
     let Some((request, ack)) = parse::<SubscribeWorkspace>(data, ack) else { return };
     let Some(session) = session(&socket) else { return };
-    if let Decision::Denied(denial) = authorize(&session.claims, Action::Read, &request.workspace_id) {
+    let Some(ack) = refuse_expired(&session, ack) else { return };
+    if let Decision::Denied(denial) = authorize(&session.0.claims, Action::Read, &request.workspace_id) {
         return ack.refuse(ErrorCode::Forbidden, denial.reason);
     }
     let room = Room::Workspace(request.workspace_id.clone()).to_string();
@@ -218,7 +366,7 @@ async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, a
 
 async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack) {
     let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else { return };
-    if let Some(subscriber) = session(&socket).and_then(|s| s.subscriber.get().cloned()) {
+    if let Some(subscriber) = session(&socket).and_then(|s| s.0.subscriber.get().cloned()) {
         subscriber.unsubscribe(Room::Workspace(request.workspace_id)).await;
     }
     ack.reply(&Unsubscribed { ok: true });
@@ -227,13 +375,13 @@ async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>,
 async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, State(app): State<AppState>) {
     let Some((request, ack)) = parse::<SubscribeJob>(data, ack) else { return };
     let Some(session) = session(&socket) else { return };
-    if !session.claims.scopes.contains(&jobstream_rooms::Scope::Subscribe) {
+    let Some(ack) = refuse_expired(&session, ack) else { return };
+    if !session.0.claims.scopes.contains(&jobstream_rooms::Scope::Subscribe) {
         return ack.refuse(ErrorCode::Forbidden, "the token lacks the `subscribe` scope");
     }
-    let claims = session.claims.clone();
     // A job the token cannot read gets the same answer as a job that does not exist.
     let check = |job: &jobstream_protocol::JobSnapshot| {
-        if authorize(&claims, Action::Read, &job.workspace_id).is_allowed() {
+        if authorize(&session.0.claims, Action::Read, &job.workspace_id).is_allowed() {
             Ok(())
         } else {
             Err(())
@@ -261,8 +409,24 @@ async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ac
 
 async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack) {
     let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else { return };
-    if let Some(subscriber) = session(&socket).and_then(|s| s.subscriber.get().cloned()) {
+    if let Some(subscriber) = session(&socket).and_then(|s| s.0.subscriber.get().cloned()) {
         subscriber.unsubscribe(Room::Job(request.job_id)).await;
     }
     ack.reply(&Unsubscribed { ok: true });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscribe_is_refused_from_exp_on() {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let refusal = expired(Expiry::from_secs(now)).map(|ack| serde_json::to_value(ack).unwrap_or_default());
+        assert_eq!(refusal.as_ref().map(|a| a["ok"].clone()), Some(Value::Bool(false)));
+        assert_eq!(refusal.as_ref().map(|a| a["error"]["code"].clone()), Some(Value::from("unauthorized")));
+        assert!(expired(Expiry::from_secs(now - 1)).is_some());
+        assert!(expired(Expiry::from_secs(now + 60)).is_none());
+    }
 }
