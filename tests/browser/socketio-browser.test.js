@@ -279,20 +279,21 @@ describe('socket.io-client browser bundle across origins', () => {
     assert.match(preflight.allowHeaders, /authorization/i);
     assert.match(preflight.vary, /origin/);
 
+    // The API takes its token as a bearer header; `?token=` is for the SSE streams only.
     const requests = [
-      polling,
-      `${server.url}/api/v1/jobs/${job.id}?token=${token}`,
-      `${server.url}/api/v1/jobs/${job.id}/events/stream?token=${token}`,
+      [polling, {}],
+      [`${server.url}/api/v1/jobs/${job.id}`, { authorization: `Bearer ${token}` }],
+      [`${server.url}/api/v1/jobs/${job.id}/events/stream?token=${token}`, {}],
     ];
-    for (const url of requests) {
-      const answer = await corsOf(url, { origin: siteUrl });
+    for (const [url, headers] of requests) {
+      const answer = await corsOf(url, { origin: siteUrl, headers });
       assert.equal(answer.status, 200, url);
       assert.equal(answer.allowOrigin, siteUrl, url);
       assert.equal(answer.allowCredentials, 'true', url);
       assert.match(answer.vary, /origin/, url);
       // An origin that is not listed gets no Access-Control-Allow-Origin, so
       // its browser hands the answer to no script, with or without credentials.
-      const other = await corsOf(url, { origin: 'https://elsewhere.example' });
+      const other = await corsOf(url, { origin: 'https://elsewhere.example', headers });
       assert.equal(other.allowOrigin, null, url);
       assert.match(other.vary, /origin/, url);
     }

@@ -4,11 +4,12 @@
 // header, over long-polling and WebSocket; SSE with ?token= and with Bearer;
 // HTTP API calls with Bearer; expired and badly signed tokens — and then all
 // of its output (stdout and stderr) is searched for each token and for the
-// JWT secret, also in the encodings a log could show them in.
+// JWT secrets (current and previous), also in the encodings a log could show
+// them in.
 'use strict';
 
 const assert = require('node:assert/strict');
-const { randomUUID } = require('node:crypto');
+const { randomBytes, randomUUID } = require('node:crypto');
 const { describe, it } = require('node:test');
 const {
   api, collect, connect, emitAck, mintToken, skipReason, useServer,
@@ -30,9 +31,13 @@ function encodings(value) {
 }
 
 describe('credentials never appear in the server output', { skip: skipReason(), timeout: 120_000 }, () => {
+  const previousSecret = randomBytes(32).toString('hex');
   // Every target at trace, and the libraries that see raw traffic named explicitly too.
   const ctx = useServer({
-    env: { RUST_LOG: 'trace,socketioxide=trace,engineioxide=trace,tungstenite=trace,tokio_tungstenite=trace,hyper=trace' },
+    env: {
+      RUST_LOG: 'trace,socketioxide=trace,engineioxide=trace,tungstenite=trace,tokio_tungstenite=trace,hyper=trace',
+      JOBSTREAM_JWT_SECRET_PREVIOUS: previousSecret,
+    },
   });
 
   it('with RUST_LOG=trace, after connections, subscriptions, streams and API calls of every kind', async () => {
@@ -48,6 +53,7 @@ describe('credentials never appear in the server output', { skip: skipReason(), 
       'HTTP API Bearer': mintToken(secret, { sub: 'producer', workspaces: [workspaceId] }),
       'expired token': mintToken(secret, { sub: 'late', workspaces: [workspaceId], expiresIn: -60 }),
       'badly signed token': mintToken(`${secret}-not`, { sub: 'forged', workspaces: [workspaceId] }),
+      'token of the previous secret': mintToken(previousSecret, { sub: 'rotated', workspaces: [workspaceId] }),
     };
     const producer = api(url, tokens['HTTP API Bearer']);
     const job = (await producer.createJob({ workspaceId, type: 'e2e.logs' })).body;
@@ -96,6 +102,7 @@ describe('credentials never appear in the server output', { skip: skipReason(), 
     assert.equal(byHeader.frames.length, lastSeq);
     assert.equal((await producer.getJob(job.id)).status, 200);
     assert.equal((await api(url, tokens['expired token']).getJob(job.id)).status, 401);
+    assert.equal((await api(url, tokens['token of the previous secret']).getJob(job.id)).status, 200);
     sockets.forEach((socket) => socket.close());
 
     // Stop the server so that everything it wrote is in.
@@ -118,6 +125,7 @@ describe('credentials never appear in the server output', { skip: skipReason(), 
       search(`${what}: its signature`, token.split('.')[2]);
     }
     search('the JWT secret', secret);
+    search('the previous JWT secret', previousSecret);
     assert.deepEqual(leaks, []);
   });
 });

@@ -14,7 +14,7 @@ use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::Secret;
+use crate::auth::Keys;
 use crate::config::Config;
 use crate::metrics::CountingSink;
 
@@ -36,8 +36,8 @@ pub struct AppState {
     pub store: EventStore,
     /// Delivers committed events to sockets and streams.
     pub hub: Hub,
-    /// Signs and verifies tokens.
-    pub secret: Secret,
+    /// Verifies tokens (and mints with the current secret, when there is one).
+    pub keys: Keys,
     /// Size limits.
     pub limits: Limits,
     /// What the dashboard page is told (demo token in demo mode).
@@ -84,7 +84,7 @@ pub struct Application {
     router: Router,
     io: SocketIo,
     state: AppState,
-    /// Whether the secret was made up at start (no `JOBSTREAM_JWT_SECRET`).
+    /// Whether the secret was made up at start (no `JOBSTREAM_JWT_SECRET`, no public key).
     random_secret: bool,
     /// Whether to run the demo producer.
     demo: bool,
@@ -137,6 +137,10 @@ impl Application {
                 "a cluster bus (JOBSTREAM_REDIS_URL or JOBSTREAM_BUS) needs a shared PostgreSQL database: several nodes cannot share a SQLite file. Use DATABASE_URL=postgres://… or unset the bus".into(),
             ));
         }
+        // Key files are read before the database is touched: a wrong one stops the start.
+        let keys =
+            Keys::load(config.jwt_secret.as_deref(), &config.jwt).map_err(|e| BuildError::Config(e.to_string()))?;
+        tracing::info!(?keys, "token verification");
         let db = jobstream_job_events::open(&config.database_url).await?;
         jobstream_job_events::migrate(&db).await?;
         let store = EventStore::new(db.clone());
@@ -155,21 +159,25 @@ impl Application {
             None => Arc::new(CountingSink { inner: hub.clone(), metrics: metrics.clone() }),
         };
         let writer = JobEvents::new(db, sink);
-        let random_secret = config.jwt_secret.is_none();
-        let secret = config.jwt_secret.as_deref().map_or_else(Secret::random, Secret::new);
+        let random_secret = keys.has_random_secret();
         let limits = Limits { max_body_bytes: config.max_body_bytes, max_chunk_bytes: config.max_chunk_bytes };
         let dashboard = if config.demo {
-            let token = crate::auth::mint(
-                &secret,
-                "dashboard",
-                &[crate::demo::DEMO_WORKSPACE.to_owned()],
-                &jobstream_rooms::Claims::parse_scopes(Some("subscribe")),
-                Duration::from_secs(7 * 86_400),
-            );
+            // With public keys and no secret the server cannot mint: the dashboard asks for a token.
+            let token = keys.signer().and_then(|signer| {
+                signer
+                    .mint(
+                        "dashboard",
+                        &[crate::demo::DEMO_WORKSPACE.to_owned()],
+                        &jobstream_rooms::Claims::parse_scopes(Some("subscribe")),
+                        Duration::from_secs(7 * 86_400),
+                    )
+                    .map_err(|err| tracing::warn!(%err, "no demo token for the dashboard"))
+                    .ok()
+            });
             crate::dashboard::DashboardConfig {
                 demo: true,
                 workspace_id: Some(crate::demo::DEMO_WORKSPACE.to_owned()),
-                token: Some(token),
+                token,
             }
         } else {
             crate::dashboard::DashboardConfig::default()
@@ -177,7 +185,7 @@ impl Application {
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let expiries = crate::expiry::Expiries::start(stopping.clone());
         let upgrades = crate::expiry::PendingUpgrades::default();
-        let state = AppState { writer, store, hub, secret, limits, dashboard, metrics, stopping, expiries, upgrades };
+        let state = AppState { writer, store, hub, keys, limits, dashboard, metrics, stopping, expiries, upgrades };
 
         let (socket_layer, io) = SocketIo::builder()
             .with_state(state.clone())

@@ -1,6 +1,7 @@
 //! Configuration: the command line and its environment variables (CONTRACT §6).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending migrations, then serve Socket.IO, the HTTP API and the dashboard.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending migrations and exit.
     Migrate(DatabaseArgs),
     /// Print a token signed with JOBSTREAM_JWT_SECRET.
@@ -67,6 +68,65 @@ pub struct ServeArgs {
     /// caught up from the database when it reads again.
     #[arg(long = "socket-buffer", env = "JOBSTREAM_SOCKET_BUFFER", default_value_t = 1024)]
     pub socket_buffer: usize,
+    /// Token verification besides JOBSTREAM_JWT_SECRET.
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+}
+
+/// Token verification besides `JOBSTREAM_JWT_SECRET` (docs/operations.md, "Tokens").
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// A PEM public key (RSA, EC P-256/P-384 or Ed25519) that verifies tokens of an identity provider.
+    #[arg(long = "jwt-public-key-file", env = "JOBSTREAM_JWT_PUBLIC_KEY_FILE")]
+    pub public_key_file: Option<PathBuf>,
+    /// The algorithm of that key: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
+    /// By default RS256 for an RSA key, ES256 or ES384 by the EC curve, EdDSA for Ed25519.
+    #[arg(long = "jwt-algorithm", env = "JOBSTREAM_JWT_ALGORITHM")]
+    pub algorithm: Option<String>,
+    /// A JWKS file (`{"keys": [...]}`): keys chosen by the token's `kid`, each with the
+    /// algorithm of its `alg`, else of its `kty`/`crv`.
+    #[arg(long = "jwt-jwks-file", env = "JOBSTREAM_JWT_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// `iss` and `aud` checks.
+    #[command(flatten)]
+    pub claims: JwtClaimArgs,
+}
+
+/// The `iss` and `aud` every token must carry; also what `jobstream token` puts in.
+#[derive(Debug, Clone, Args)]
+pub struct JwtClaimArgs {
+    /// The issuer every token must name in `iss`. Not checked by default.
+    #[arg(long = "jwt-issuer", env = "JOBSTREAM_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// Audiences, comma-separated: every token's `aud` must name one. Not checked by default.
+    #[arg(long = "jwt-audience", env = "JOBSTREAM_JWT_AUDIENCE", value_delimiter = ',')]
+    pub audience: Vec<String>,
+}
+
+impl JwtClaimArgs {
+    /// The issuer, if set and not blank.
+    pub fn issuer(&self) -> Option<String> {
+        self.issuer.as_deref().map(str::trim).filter(|i| !i.is_empty()).map(str::to_owned)
+    }
+
+    /// The audiences, trimmed, without blanks.
+    pub fn audience(&self) -> Vec<String> {
+        self.audience.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()
+    }
+}
+
+impl JwtArgs {
+    /// The settings, with the previous secret from `JOBSTREAM_JWT_SECRET_PREVIOUS` (never a flag).
+    pub fn into_settings(self) -> crate::auth::KeySettings {
+        crate::auth::KeySettings {
+            previous_secret: std::env::var("JOBSTREAM_JWT_SECRET_PREVIOUS").ok().filter(|s| !s.is_empty()),
+            public_key_file: self.public_key_file.filter(|p| !p.as_os_str().is_empty()),
+            algorithm: self.algorithm.filter(|a| !a.trim().is_empty()),
+            jwks_file: self.jwks_file.filter(|p| !p.as_os_str().is_empty()),
+            issuer: self.claims.issuer(),
+            audience: self.claims.audience(),
+        }
+    }
 }
 
 /// Options of `token`.
@@ -84,6 +144,9 @@ pub struct TokenArgs {
     /// How long the token is valid: e.g. 90s, 30m, 24h, 7d.
     #[arg(long, default_value = "24h", value_parser = crate::auth::parse_ttl)]
     pub ttl: Duration,
+    /// The server's `iss` and `aud`, put in the token.
+    #[command(flatten)]
+    pub claims: JwtClaimArgs,
 }
 
 /// The JWT secret, from `JOBSTREAM_JWT_SECRET` only (never a flag, so it stays out of `ps`).
@@ -99,8 +162,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The database URL.
     pub database_url: String,
-    /// The JWT secret; `None` makes a random one.
+    /// The JWT secret; `None` makes a random one (unless public keys are set).
     pub jwt_secret: Option<String>,
+    /// The rest of token verification: previous secret, public keys, `iss` and `aud`.
+    pub jwt: crate::auth::KeySettings,
     /// Allowed cross origins.
     pub cors_origins: Vec<String>,
     /// The cluster bus.
@@ -123,6 +188,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("database_url", &jobstream_job_events::redact(&self.database_url))
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "(set)"))
+            .field("jwt", &self.jwt)
             .field("cors_origins", &self.cors_origins)
             .field("redis_url", &self.redis_url.as_deref().map(jobstream_job_events::redact))
             .field("bus", &self.bus)
@@ -141,6 +207,7 @@ impl Config {
             listen: args.listen,
             database_url: args.database.database_url,
             jwt_secret: jwt_secret_from_env(),
+            jwt: args.jwt.into_settings(),
             cors_origins: args
                 .cors_origins
                 .into_iter()
@@ -162,6 +229,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.into(),
             jwt_secret: Some(secret.into()),
+            jwt: crate::auth::KeySettings::default(),
             cors_origins: Vec::new(),
             redis_url: None,
             bus: None,
@@ -181,8 +249,9 @@ mod tests {
     fn debug_leaves_credentials_out() {
         let mut config = Config::for_tests("postgres://app:db-password@host/db", "jwt-secret-value");
         config.redis_url = Some("redis://:redis-password@host".into());
+        config.jwt.previous_secret = Some("previous-jwt-secret".into());
         let text = format!("{config:?}");
-        for secret in ["db-password", "jwt-secret-value", "redis-password"] {
+        for secret in ["db-password", "jwt-secret-value", "redis-password", "previous-jwt-secret"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("jwt_secret: Some(\"(set)\")"), "{text}");

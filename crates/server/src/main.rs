@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use jobstream_rooms::Claims;
-use jobstream_server::auth::{self, Secret};
+use jobstream_server::auth::{Secret, Signer};
 use jobstream_server::config::{jwt_secret_from_env, Cli, Command, ServeArgs};
 use jobstream_server::{app, telemetry, Application, Config};
 
@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
     telemetry::init();
     let result = match cli.command {
         None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Migrate(args)) => migrate(&args.database_url).await,
         Some(Command::Token(args)) => token(&args),
     };
@@ -33,16 +33,20 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!(database = %jobstream_job_events::redact(&config.database_url), "starting");
     let application = Application::build(config).await.map_err(|e| e.to_string())?;
     let url = format!("http://{}", application.local_addr());
-    if application.has_random_secret() {
-        let secret = &application.state().secret;
+    // Demo tokens only with a made-up secret: with public keys and no secret
+    // nothing is made up and nothing is printed (tokens come from their issuer).
+    if let Some(signer) = application.state().keys.signer().filter(|_| application.has_random_secret()) {
         let day = Duration::from_secs(86_400);
         let workspaces = ["demo".to_owned()];
-        let subscribe = auth::mint(secret, "demo", &workspaces, &Claims::parse_scopes(Some("subscribe")), day);
-        let publish = auth::mint(secret, "demo", &workspaces, &Claims::parse_scopes(Some("subscribe publish")), day);
+        let mint = |scope| signer.mint("demo", &workspaces, &Claims::parse_scopes(Some(scope)), day);
+        let subscribe = mint("subscribe").map_err(|e| e.to_string())?;
+        let publish = mint("subscribe publish").map_err(|e| e.to_string())?;
         tracing::warn!("JOBSTREAM_JWT_SECRET is not set: using a random secret; tokens die with this process");
         println!("demo workspace tokens (valid 24h, workspace \"demo\"):");
         println!("  subscribe: {subscribe}");
         println!("  publish:   {publish}");
+    } else if application.state().keys.signer().is_none() {
+        tracing::info!("JOBSTREAM_JWT_SECRET is not set: only tokens signed by the configured public keys are accepted (no HS256, no demo tokens)");
     }
     if application.state().dashboard.demo {
         println!("demo mode: jobs are running in workspace \"demo\"; open the dashboard at {url}/");
@@ -69,6 +73,7 @@ fn token(args: &jobstream_server::config::TokenArgs) -> Result<(), String> {
     if scopes.is_empty() {
         return Err(format!("--scope {:?} names no known scope: use \"subscribe\", \"publish\" or both", args.scope));
     }
-    println!("{}", auth::mint(&Secret::new(secret), &args.sub, &args.workspaces, &scopes, args.ttl));
+    let signer = Signer::new(Secret::new(secret)).with_claims(args.claims.issuer(), args.claims.audience());
+    println!("{}", signer.mint(&args.sub, &args.workspaces, &scopes, args.ttl).map_err(|e| e.to_string())?);
     Ok(())
 }

@@ -201,11 +201,10 @@ async fn authenticate(
     State(app): State<AppState>,
 ) -> Result<(), Unauthorized> {
     let token = connect_token(&socket, auth.as_ref().ok()).filter(|t| !t.is_empty());
-    let verified =
-        token.ok_or(TokenError::Missing).and_then(|t| auth::verify_token(&app.secret, &t)).map_err(|err| {
-            tracing::debug!(socket = %socket.id, %err, "connection refused");
-            Unauthorized(err)
-        })?;
+    let verified = token.ok_or(TokenError::Missing).and_then(|t| auth::verify_token(&app.keys, &t)).map_err(|err| {
+        tracing::debug!(socket = %socket.id, %err, "connection refused");
+        Unauthorized(err)
+    })?;
     socket.extensions.insert(Session::new(verified.claims, verified.expires, app.upgrades.clone()));
     socket.on("subscribe:workspace:jobs", subscribe_workspace);
     socket.on("unsubscribe:workspace:jobs", unsubscribe_workspace);

@@ -1,9 +1,10 @@
 //! Request extractors: the bearer token and JSON bodies, with the contract's errors.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::http::Method;
 use jobstream_protocol::ErrorCode;
 use jobstream_rooms::{authorize, Action, Claims, Decision};
 use serde_json::Value;
@@ -21,7 +22,25 @@ pub struct Auth {
     pub expires: auth::Expiry,
 }
 
-/// The token of a request: `Authorization: Bearer …`, else `?token=` (for `EventSource`).
+/// The route of the job's SSE stream: with the workspace stream, the only
+/// routes that take `?token=` (`EventSource` cannot set headers).
+pub const JOB_STREAM_ROUTE: &str = "/api/v1/jobs/{job_id}/events/stream";
+/// The route of the workspace's SSE stream (see [`JOB_STREAM_ROUTE`]).
+pub const WORKSPACE_STREAM_ROUTE: &str = "/api/v1/workspaces/{workspace_id}/events/stream";
+
+/// Whether the request may carry its token in `?token=`: a `GET` of one of the
+/// two SSE streams. Elsewhere a query token is ignored, so that tokens stay
+/// out of the URLs (and logs, histories, `Referer`s) of every other route.
+fn takes_query_token(parts: &Parts) -> bool {
+    parts.method == Method::GET
+        && parts
+            .extensions
+            .get::<MatchedPath>()
+            .is_some_and(|route| [JOB_STREAM_ROUTE, WORKSPACE_STREAM_ROUTE].contains(&route.as_str()))
+}
+
+/// The token of a request: `Authorization: Bearer …`, else, on the SSE
+/// streams only, `?token=` (for `EventSource`).
 pub fn request_token(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let value = value.trim();
@@ -30,7 +49,11 @@ pub fn request_token(parts: &Parts) -> Option<String> {
             _ => Some(String::new()),
         };
     }
-    query_param(parts.uri.query(), "token")
+    if takes_query_token(parts) {
+        query_param(parts.uri.query(), "token")
+    } else {
+        None
+    }
 }
 
 /// A query parameter's decoded value.
@@ -70,9 +93,14 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = request_token(parts).filter(|t| !t.is_empty());
         let Some(token) = token else {
-            return Err(ApiError::new(ErrorCode::Unauthorized, "missing token: send `Authorization: Bearer <token>`"));
+            let message = if query_param(parts.uri.query(), "token").is_some() {
+                "missing token: send `Authorization: Bearer <token>` (`?token=` is taken only by the SSE streams)"
+            } else {
+                "missing token: send `Authorization: Bearer <token>`"
+            };
+            return Err(ApiError::new(ErrorCode::Unauthorized, message));
         };
-        auth::verify_token(&state.secret, &token)
+        auth::verify_token(&state.keys, &token)
             .map(|verified| Auth { claims: verified.claims, expires: verified.expires })
             .map_err(|err| ApiError::new(ErrorCode::Unauthorized, format!("unauthorized: {err}")))
     }
@@ -163,5 +191,40 @@ mod tests {
         assert_eq!(query_param(Some("token=%zz"), "token").as_deref(), Some("%zz"));
         assert_eq!(query_param(Some("a=1"), "token"), None);
         assert_eq!(query_param(None, "token"), None);
+    }
+
+    #[tokio::test]
+    async fn a_query_token_is_taken_on_the_sse_streams_only() {
+        use axum::routing::{get, post};
+        async fn token(parts: Parts) -> String {
+            request_token(&parts).unwrap_or_else(|| "(none)".into())
+        }
+        let mut router = axum::Router::new()
+            .route(JOB_STREAM_ROUTE, get(token))
+            .route(WORKSPACE_STREAM_ROUTE, get(token))
+            .route("/api/v1/jobs/{job_id}", get(token))
+            .route("/api/v1/jobs/{job_id}/status", post(token))
+            .into_service::<axum::body::Body>();
+        let job = "0190a3c4-0000-7000-8000-000000000000";
+        for (method, path, bearer, expected) in [
+            (Method::GET, format!("/api/v1/jobs/{job}/events/stream?since=1&token=q"), None, "q"),
+            (Method::GET, "/api/v1/workspaces/w/events/stream?token=q".into(), None, "q"),
+            (Method::GET, "/api/v1/workspaces/w/events/stream?token=q".into(), Some("h"), "h"),
+            (Method::GET, format!("/api/v1/jobs/{job}?token=q"), None, "(none)"),
+            (Method::POST, format!("/api/v1/jobs/{job}/status?token=q"), None, "(none)"),
+            (Method::POST, format!("/api/v1/jobs/{job}/status?token=q"), Some("h"), "h"),
+        ] {
+            let mut request = axum::http::Request::builder().method(method.clone()).uri(&path);
+            if let Some(bearer) = bearer {
+                request = request.header(AUTHORIZATION, format!("Bearer {bearer}"));
+            }
+            let request = request.body(axum::body::Body::empty()).unwrap_or_default();
+            let response = tower::Service::call(&mut router, request).await;
+            let body = match response {
+                Ok(response) => axum::body::to_bytes(response.into_body(), 1024).await.unwrap_or_default(),
+                Err(never) => match never {},
+            };
+            assert_eq!(std::str::from_utf8(&body).ok(), Some(expected), "{method} {path} bearer {bearer:?}");
+        }
     }
 }

@@ -60,8 +60,9 @@ pub fn router() -> Router<AppState> {
             "/api/v1/jobs/{job_id}/events",
             job_write(|id, b| Ok(BatchItem::Event(id, CustomEventRequest::parse(b)?)), CREATED).get(job_events),
         )
-        .route("/api/v1/jobs/{job_id}/events/stream", get(sse::job_stream))
-        .route("/api/v1/workspaces/{workspace_id}/events/stream", get(sse::workspace_stream))
+        // The two routes that also take `?token=` (see `extract::request_token`).
+        .route(extract::JOB_STREAM_ROUTE, get(sse::job_stream))
+        .route(extract::WORKSPACE_STREAM_ROUTE, get(sse::workspace_stream))
         .route("/api/v1/events/batch", post(batch))
 }
 
