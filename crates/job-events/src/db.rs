@@ -7,9 +7,7 @@ use futures::future::BoxFuture;
 use jobstream_migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::pool::PoolConnectionMetadata;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sea_orm::sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sea_orm::sqlx::{ConnectOptions as _, Connection};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 
@@ -54,9 +52,6 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
         Some(DbBackend::Sqlite) => {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| OpenError::InvalidUrl(e.to_string()))?
-                // Takes effect in a new file (before its first table): freed
-                // pages can then be given back (`retention`).
-                .auto_vacuum(SqliteAutoVacuum::Incremental)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
@@ -108,8 +103,26 @@ fn released_clean<C: Connection>(
     })
 }
 
-/// Applies pending migrations.
+/// Applies pending migrations. A new SQLite file is first set to incremental
+/// auto-vacuum, so that retention can give freed pages back (this can only be
+/// chosen before the first table; it is not set per connection, where it
+/// would write the file header and get in the writer's way).
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), OpenError> {
+    use sea_orm::{ConnectionTrait, Statement};
+    if db.get_database_backend() == DbBackend::Sqlite {
+        let tables = db
+            .query_one(Statement::from_string(DbBackend::Sqlite, "SELECT COUNT(*) AS n FROM sqlite_master"))
+            .await
+            .map_err(OpenError::Migrate)?
+            .and_then(|row| row.try_get::<i64>("", "n").ok())
+            .unwrap_or(1);
+        if tables == 0 {
+            // The file already has a header (WAL mode was set on connect), so
+            // the mode takes effect through a VACUUM, instant on an empty file.
+            // One call, so both run on one pooled connection.
+            db.execute_unprepared("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;").await.map_err(OpenError::Migrate)?;
+        }
+    }
     Migrator::up(db, None).await.map_err(OpenError::Migrate)
 }
 

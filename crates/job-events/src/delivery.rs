@@ -70,13 +70,19 @@ pub struct DeliveryConfig {
     pub queue_limit: usize,
     /// Events held for subscriptions being set up.
     pub pending_limit: usize,
-    /// Events read per page when catching up or replaying.
+    /// Events read per page when catching up or replaying, at most; pages
+    /// are also cut to about [`PAGE_BYTES`] (see [`Worker::catch_up`]).
     pub page_size: u64,
-    /// How long an outlet may stay full before it is logged and counted as stalled.
-    /// The subscriber keeps waiting: a client that stops reading for good is
-    /// closed by the transport's heartbeat, and its outlet then reports closed.
+    /// How long an outlet may stay full (its client reads nothing) before the
+    /// subscriber is closed: its outlet ends the connection and everything it
+    /// held is freed. The client resumes with `since` / `Last-Event-ID`.
     pub stall_timeout: Duration,
 }
+
+/// About how many bytes of events a catch-up page holds: the next page's size
+/// is cut to fit, so a subscriber catching up on large events holds a bounded
+/// number of bytes, not a bounded number of events.
+pub const PAGE_BYTES: usize = 1024 * 1024;
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
@@ -93,7 +99,7 @@ pub struct DeliveryStats {
     pub catch_ups: AtomicU64,
     /// Mailboxes that overflowed.
     pub overflows: AtomicU64,
-    /// Times a subscriber's outlet stayed full for longer than `stall_timeout`.
+    /// Subscribers closed because their outlet stayed full for `stall_timeout`.
     pub stalls: AtomicU64,
     /// Per-job positions held by all subscribers (cursors): grows with the jobs
     /// they follow and the jobs active while they follow, not with history.
@@ -762,21 +768,21 @@ impl Worker {
     }
 
     /// Calls `send` until the outlet takes it, backing off while it is full;
-    /// stops when the outlet is gone.
+    /// stops when the outlet is gone, or has stayed full for `stall_timeout`
+    /// (the worker then closes it: a client that stopped reading is let go).
     async fn wait_while_full(&self, mut send: impl FnMut() -> Result<(), OutletError>) -> Result<(), Stop> {
         let stall_timeout = self.hub.inner.config.stall_timeout;
         let mut waited = Duration::ZERO;
         let mut pause = Duration::from_millis(2);
-        let mut reported = false;
         loop {
             match send() {
                 Ok(()) => return Ok(()),
                 Err(OutletError::Closed) => return Err(Stop),
                 Err(OutletError::Full) => {
-                    if waited >= stall_timeout && !reported {
-                        reported = true;
+                    if waited >= stall_timeout {
                         self.hub.inner.stats.stalls.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(subscriber = self.id, "subscriber has not read for {waited:?}; still waiting");
+                        tracing::info!(subscriber = self.id, "subscriber has not read for {waited:?}; closing it");
+                        return Err(Stop);
                     }
                     tokio::time::sleep(pause).await;
                     waited += pause;
@@ -789,12 +795,17 @@ impl Worker {
     /// Sends a job's committed events after its cursor, page by page, until the
     /// database has no more.
     async fn catch_up(&mut self, job_id: Uuid) -> Result<(), Stop> {
-        let page_size = self.hub.inner.config.page_size;
+        let max_page = self.hub.inner.config.page_size.max(1);
+        // Start small; grow while events are small, shrink when they are large.
+        let mut page_size = max_page.min(64);
         self.hub.inner.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
         loop {
             let cursor = self.subs.cursor(job_id).unwrap_or(0);
             let page = self.read(|store| async move { store.events_after(job_id, cursor, page_size).await }).await?;
             let full = page.len() as u64 == page_size;
+            let bytes: usize = page.iter().map(|e| e.json.get().len()).sum();
+            let per_event = (bytes / page.len().max(1)).max(1);
+            page_size = ((PAGE_BYTES / per_event) as u64).clamp(1, max_page);
             for event in page {
                 match self.subs.classify(key(&event)) {
                     Verdict::Deliver => self.deliver(&event).await?,

@@ -107,6 +107,12 @@ impl JobEvents {
     async fn create_job_now(&self, request: CreateJob) -> Result<(JobSnapshot, bool), WriteError> {
         let id = request.id.unwrap_or_else(Uuid::now_v7);
         let (guard, tx) = self.begin().await?;
+        // First statement: takes SQLite's write lock before anything is read
+        // (see `commit_order`).
+        let order = match commit_order(&tx, self.store.backend()).await {
+            Ok(order) => order,
+            Err(err) => return Err(rollback(tx, err).await),
+        };
         let existing = match self.existing_job(&tx, id, &request).await {
             Ok(existing) => existing,
             Err(err) => return Err(rollback(tx, err).await),
@@ -149,7 +155,6 @@ impl JobEvents {
             body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
         };
         let inserted = async {
-            let order = commit_order(&tx, self.store.backend()).await?;
             jobs::Entity::insert(row.into_active_model()).exec_without_returning(&tx).await?;
             insert_events(&tx, self.store.backend(), std::slice::from_ref(&event), order).await?;
             Ok::<_, DbErr>(order)
@@ -274,6 +279,8 @@ impl JobEvents {
     ) -> Result<Vec<Applied>, WriteError> {
         let (guard, tx) = self.begin().await?;
         let applied = async {
+            // First statement: takes SQLite's write lock before anything is read.
+            let order = commit_order(&tx, self.store.backend()).await?;
             let mut batch = Batch::new(&tx, self.store.backend());
             batch.lock_jobs(items.iter().map(BatchItem::job_id).collect()).await?;
             let mut steps = Vec::with_capacity(items.len());
@@ -285,7 +292,6 @@ impl JobEvents {
                 })?;
                 steps.push(applied);
             }
-            let order = commit_order(&tx, self.store.backend()).await?;
             Ok::<_, WriteError>((batch.flush(order).await?, steps, order))
         }
         .await;
@@ -344,7 +350,11 @@ async fn rollback(tx: DatabaseTransaction, err: impl Into<WriteError>) -> WriteE
 
 /// The commit order of the current write transaction (see the `commit_order`
 /// migration): the PostgreSQL transaction id, or the next value of SQLite's
-/// commit counter, which only the one writer takes.
+/// commit counter, which only the one writer takes. Run as a transaction's
+/// first statement, it also takes SQLite's write lock up front (waiting as
+/// `busy_timeout` allows), so the transaction never has to upgrade a read
+/// snapshot to a write, which SQLite refuses at once when another connection
+/// wrote in between.
 async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i64, DbErr> {
     let sql = match backend {
         DbBackend::Postgres => "SELECT pg_current_xact_id()::text::bigint AS v",
