@@ -64,7 +64,14 @@ function check(what, ack) {
 // since: undefined for live events only, or the seq to resume after.
 async function subscribeJob(socket, jobId, since) {
   const payload = since === undefined ? { jobId } : { jobId, since };
-  const ack = check(`subscribe:job ${jobId}`, await socket.timeout(5000).emitWithAck('subscribe:job', payload));
+  const ack = await socket.timeout(5000).emitWithAck('subscribe:job', payload);
+  if (!ack.ok && ack.error.code === 'invalid_cursor') {
+    // The workspace subscription already gave newer events of this job: the
+    // older ones are in GET /api/v1/jobs/{id}/events, not on this socket.
+    console.log(`  job ${short(jobId)}: ${ack.error.message}`);
+    return;
+  }
+  check(`subscribe:job ${jobId}`, ack);
   if (!lastSeq.has(jobId) && since === undefined) lastSeq.set(jobId, ack.job.lastSeq);
 }
 

@@ -215,6 +215,7 @@ async function spawnServer({ databaseUrl, env = {} } = {}) {
     restart: async (options) => { await stopProcess(child); return start(options); },
     close: async () => { await stopProcess(child); await database.drop(); },
     output: () => log.join('\n'),
+    pid: () => child && child.pid,
   };
   try {
     await start();
@@ -452,6 +453,7 @@ function assertAckError(ack, code) {
 }
 
 module.exports = {
+  binaryPath,
   createDatabase,
   startProcess,
   stopProcess,

@@ -258,6 +258,56 @@ describe('repeated subscribes on one socket', { skip: skipReason(), timeout: 120
     socket.close();
   });
 
+  it('applies requests sent back to back in the order they were sent: the last one wins', async () => {
+    for (let round = 0; round < 10; round += 1) {
+      const jobId = await jobWithEvents(2);
+      const socket = await connect(ctx.server.url, token, { transports: ['websocket'] });
+      const seqs = record(socket);
+      assert.equal((await emitAck(socket, 'subscribe:job', { jobId })).ok, true);
+      socket.emit('unsubscribe:job', { jobId });
+      assert.equal((await emitAck(socket, 'subscribe:job', { jobId })).ok, true);
+      socket.emit('unsubscribe:workspace:jobs', { workspaceId: workspace });
+      assert.equal((await emitAck(socket, 'subscribe:workspace:jobs', { workspaceId: workspace })).ok, true);
+      await producer.setProgress(jobId, { progress: 50 }); // seq 3
+      await until(() => (seqs[jobId] || []).includes(3), `seq 3 after a resubscribe (round ${round})`);
+      assert.deepEqual(seqs[jobId], [3]);
+      socket.close();
+    }
+  });
+
+  it('a job subscribe and a workspace subscribe sent together while the job is written to leave no silent hole', async () => {
+    for (const jobFirst of [true, false]) {
+      for (let round = 0; round < 6; round += 1) {
+        const jobId = await jobWithEvents(11);
+        let writing = true;
+        const writer = (async () => {
+          for (let p = 0; writing && p < 40; p += 1) await producer.setProgress(jobId, { progress: p });
+        })();
+        const socket = await connect(ctx.server.url, token, { transports: ['websocket'] });
+        const seqs = record(socket);
+        const job = () => emitAck(socket, 'subscribe:job', { jobId, since: 2 });
+        const ws = () => emitAck(socket, 'subscribe:workspace:jobs', { workspaceId: workspace });
+        const [a, b] = jobFirst ? await Promise.all([job(), ws()]) : (await Promise.all([ws(), job()])).reverse();
+        assert.equal(b.ok, true);
+        writing = false;
+        await writer;
+        const last = (await producer.getJob(jobId)).body.lastSeq;
+        await producer.setProgress(jobId, { progress: 99 }); // the sentinel
+        await until(() => (seqs[jobId] || []).includes(last + 1), 'the sentinel');
+        const got = seqs[jobId];
+        if (a.ok) {
+          assert.deepEqual(got, range(3, last + 1), `job first: ${jobFirst}; each event after since 2 once, in order`);
+        } else {
+          // Refused, never silently: later events came through the workspace, in order.
+          assert.equal(jobFirst, false, 'a job subscribe sent first is never refused');
+          assert.equal(a.error.code, 'invalid_cursor');
+          assert.deepEqual(got, range(got[0], last + 1));
+        }
+        socket.close();
+      }
+    }
+  });
+
   it('an app whose connect handler subscribes twice resumes across reconnects without a duplicate', async () => {
     const jobId = await jobWithEvents(3);
     const socket = io(ctx.server.url, { forceNew: true, auth: { token }, reconnectionDelay: 50, reconnectionDelayMax: 100 });

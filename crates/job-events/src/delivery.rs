@@ -63,6 +63,11 @@ pub enum OutletError {
 /// called again while it answers [`OutletError::Full`].
 pub type Announce = Box<dyn FnMut() -> Result<(), OutletError> + Send>;
 
+/// Sends the refusal of a job subscription whose `since` cannot be honoured in
+/// order (see [`jobstream_rooms::Unreachable`]); called again while it
+/// answers [`OutletError::Full`].
+pub type Refuse = Box<dyn FnMut(jobstream_rooms::Unreachable) -> Result<(), OutletError> + Send>;
+
 /// Delivery limits.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
@@ -211,6 +216,7 @@ struct ActivateJob {
     last_seq: i64,
     since: Option<i64>,
     announce: Announce,
+    refuse: Option<Refuse>,
 }
 
 struct ActivateWorkspace {
@@ -481,6 +487,21 @@ impl Subscriber {
         check: impl FnOnce(&JobSnapshot) -> Result<(), E>,
         announce: impl FnOnce(JobSnapshot) -> Announce,
     ) -> Result<(), SubscribeError<E>> {
+        self.subscribe_job_or_refuse(job_id, since, check, announce, None).await
+    }
+
+    /// [`Subscriber::subscribe_job`], with `refuse` sent instead of the
+    /// announcement when this subscriber already has later events of the job
+    /// than `since` after a gap it never got (they cannot be sent in order).
+    /// Without `refuse`, the subscription then goes on from what it has.
+    pub async fn subscribe_job_or_refuse<E>(
+        &self,
+        job_id: Uuid,
+        since: Option<i64>,
+        check: impl FnOnce(&JobSnapshot) -> Result<(), E>,
+        announce: impl FnOnce(JobSnapshot) -> Announce,
+        refuse: Option<Refuse>,
+    ) -> Result<(), SubscribeError<E>> {
         let mut rooms = self.rooms.lock().await;
         let room = Room::Job(job_id);
         let fresh = self.begin(&rooms, &room);
@@ -511,6 +532,7 @@ impl Subscriber {
             last_seq,
             since,
             announce: announce(job),
+            refuse,
         })));
         Ok(())
     }
@@ -677,8 +699,15 @@ impl Worker {
                 self.settle_pending().await
             }
             Msg::ActivateJob(activation) => {
-                let ActivateJob { job_id, workspace_id, last_seq, since, announce } = *activation;
-                let cursor = self.subs.activate_job(job_id, &workspace_id, last_seq, since);
+                let ActivateJob { job_id, workspace_id, last_seq, since, announce, refuse } = *activation;
+                let cursor = match (self.subs.activate_job(job_id, &workspace_id, last_seq, since), refuse) {
+                    (Ok(cursor), _) => cursor,
+                    (Err(unreachable), Some(mut refuse)) => {
+                        self.subs.abort_job(job_id);
+                        return self.wait_while_full(|| refuse(unreachable)).await;
+                    }
+                    (Err(unreachable), None) => unreachable.delivered,
+                };
                 self.announce(announce).await?;
                 self.settle_pending().await?;
                 if cursor < last_seq {

@@ -24,6 +24,11 @@ pub enum ErrorCode {
     InvalidPayload,
     /// A `since` beyond the job's newest event.
     InvalidCursor,
+    /// A limit on how much one client may do was reached: writes per second,
+    /// connections per token subject, subscriptions per socket.
+    RateLimited,
+    /// The request body did not arrive in time.
+    RequestTimeout,
     /// The database cannot be reached; nothing was written.
     Unavailable,
     /// Anything else; details are in the server log.
@@ -39,8 +44,10 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::InvalidTransition | Self::Conflict => 409,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::InvalidPayload | Self::InvalidCursor => 422,
+            Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::Internal => 500,
         }
@@ -58,6 +65,8 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::InvalidPayload => "invalid_payload",
             Self::InvalidCursor => "invalid_cursor",
+            Self::RateLimited => "rate_limited",
+            Self::RequestTimeout => "request_timeout",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -95,6 +104,9 @@ mod tests {
             ("conflict", 409),
             ("payload_too_large", 413),
             ("invalid_payload", 422),
+            ("invalid_cursor", 422),
+            ("request_timeout", 408),
+            ("rate_limited", 429),
             ("unavailable", 503),
             ("internal", 500),
         ];

@@ -36,6 +36,19 @@ pub struct EventKey<'a> {
     pub order: Option<i64>,
 }
 
+/// A `since` that cannot be honoured in order: events after it up to
+/// `skipped_to` were never given to this subscriber, and later ones (up to
+/// `delivered`) already were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable {
+    /// What was asked.
+    pub since: i64,
+    /// The events skipped end here (a snapshot started after them).
+    pub skipped_to: i64,
+    /// The newest event given.
+    pub delivered: i64,
+}
+
 /// What to do with an event for this subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -73,6 +86,11 @@ struct Cursor {
     /// The highest `seq` actually given (0 if none): never sent again. The
     /// position may be above it when a snapshot skipped older events.
     delivered: i64,
+    /// The position events have been given from, without a gap, up to `delivered`.
+    start: i64,
+    /// Whether the client chose `start` (a job subscription's `since`, or
+    /// its snapshot), rather than a workspace snapshot choosing it.
+    chosen: bool,
 }
 
 /// The subscriptions and cursors of one subscriber.
@@ -125,20 +143,36 @@ impl Subscriptions {
     /// client's replay point) or else at `last_seq`; an existing one is kept
     /// without `since`, and moved to `since` with it. Never below what was
     /// already given: nothing is sent twice, nothing goes back in order.
-    pub fn activate_job(&mut self, job_id: Uuid, workspace_id: &str, last_seq: i64, since: Option<i64>) -> i64 {
-        self.jobs.insert(job_id, State::Active);
+    pub fn activate_job(
+        &mut self,
+        job_id: Uuid,
+        workspace_id: &str,
+        last_seq: i64,
+        since: Option<i64>,
+    ) -> Result<i64, Unreachable> {
         if let Some(cursor) = self.cursors.get_mut(&job_id) {
-            // Back to `since` if nothing after it was given yet, else just after what was.
             if let Some(since) = since {
-                cursor.seq = since.max(cursor.delivered);
+                // Events after `since` up to `start` were never given, and events
+                // after `start` were: the first cannot be sent in order any more.
+                if since < cursor.start && cursor.delivered > cursor.start && !cursor.chosen {
+                    return Err(Unreachable { since, skipped_to: cursor.start, delivered: cursor.delivered });
+                }
+                let target = since.max(cursor.delivered);
+                if target < cursor.seq {
+                    cursor.start = target;
+                }
+                cursor.seq = target;
+                cursor.chosen = true;
             }
-            return cursor.seq;
+            self.jobs.insert(job_id, State::Active);
+            return Ok(cursor.seq);
         }
+        self.jobs.insert(job_id, State::Active);
         let given = self.unretire(job_id);
         let seq = since.unwrap_or(last_seq).max(given);
         let workspace_id = self.workspace_key(workspace_id);
-        self.cursors.insert(job_id, Cursor { workspace_id, seq, delivered: given });
-        seq
+        self.cursors.insert(job_id, Cursor { workspace_id, seq, delivered: given, start: seq, chosen: true });
+        Ok(seq)
     }
 
     /// Activates a workspace subscription with `baseline`, the `lastSeq` of
@@ -163,7 +197,8 @@ impl Subscriptions {
                 let seq = last_seq;
                 let delivered = self.unretire(job_id);
                 let seq = seq.max(delivered);
-                self.cursors.insert(job_id, Cursor { workspace_id: key.clone(), seq, delivered });
+                self.cursors
+                    .insert(job_id, Cursor { workspace_id: key.clone(), seq, delivered, start: seq, chosen: false });
             }
         }
     }
@@ -258,7 +293,7 @@ impl Subscriptions {
             let delivered = self.unretire(job_id);
             let seq = seq.max(delivered);
             let workspace_id = self.workspace_key(workspace_id);
-            self.cursors.insert(job_id, Cursor { workspace_id, seq, delivered });
+            self.cursors.insert(job_id, Cursor { workspace_id, seq, delivered, start: seq, chosen: false });
         }
     }
 
@@ -277,7 +312,11 @@ impl Subscriptions {
             None => {
                 self.unretire(event.job_id);
                 let workspace_id = self.workspace_key(event.workspace_id);
-                self.cursors.insert(event.job_id, Cursor { workspace_id, seq: event.seq, delivered: event.seq });
+                let start = event.seq - 1;
+                self.cursors.insert(
+                    event.job_id,
+                    Cursor { workspace_id, seq: event.seq, delivered: event.seq, start, chosen: false },
+                );
             }
         }
     }
@@ -357,7 +396,7 @@ mod tests {
     fn a_job_subscription_delivers_after_the_snapshot_seq_in_order() {
         let mut subs = Subscriptions::default();
         subs.begin_job(job(1));
-        assert_eq!(subs.activate_job(job(1), WS, 3, None), 3);
+        assert_eq!(subs.activate_job(job(1), WS, 3, None), Ok(3));
         assert_eq!(subs.classify(key(job(1), 3)), Verdict::Duplicate);
         assert_eq!(subs.classify(key(job(1), 4)), Verdict::Deliver);
         subs.advance(key(job(1), 4));
@@ -376,47 +415,57 @@ mod tests {
     #[test]
     fn since_sets_a_new_cursor() {
         let mut subs = Subscriptions::default();
-        assert_eq!(subs.activate_job(job(1), WS, 10, Some(2)), 2);
+        assert_eq!(subs.activate_job(job(1), WS, 10, Some(2)), Ok(2));
         assert_eq!(subs.classify(key(job(1), 3)), Verdict::Deliver);
     }
 
     #[test]
     fn a_repeated_subscribe_never_moves_the_cursor_back() {
         let mut subs = Subscriptions::default();
-        assert_eq!(subs.activate_job(job(1), WS, 7, Some(2)), 2);
+        assert_eq!(subs.activate_job(job(1), WS, 7, Some(2)), Ok(2));
         for seq in 3..=7 {
             subs.advance(key(job(1), seq));
         }
-        assert_eq!(subs.activate_job(job(1), WS, 7, Some(2)), 7, "same since again");
-        assert_eq!(subs.activate_job(job(1), WS, 7, Some(0)), 7, "an older since");
-        assert_eq!(subs.activate_job(job(1), WS, 7, None), 7, "no since");
+        assert_eq!(subs.activate_job(job(1), WS, 7, Some(2)), Ok(7), "same since again");
+        assert_eq!(subs.activate_job(job(1), WS, 7, Some(0)), Ok(7), "an older since");
+        assert_eq!(subs.activate_job(job(1), WS, 7, None), Ok(7), "no since");
         assert_eq!(subs.classify(key(job(1), 5)), Verdict::Duplicate);
-        assert_eq!(subs.activate_job(job(1), WS, 9, Some(8)), 8, "a later since moves it forward");
+        assert_eq!(subs.activate_job(job(1), WS, 9, Some(8)), Ok(8), "a later since moves it forward");
     }
 
     #[test]
     fn following_a_job_again_resumes_after_what_was_given() {
         let mut subs = Subscriptions::default();
-        subs.activate_job(job(1), WS, 0, Some(0));
+        let _ = subs.activate_job(job(1), WS, 0, Some(0));
         for seq in 1..=5 {
             subs.advance(key(job(1), seq));
         }
         assert!(subs.unsubscribe_job(job(1)));
         assert_eq!(subs.classify(key(job(1), 6)), Verdict::Ignore);
-        assert_eq!(subs.activate_job(job(1), WS, 9, Some(0)), 5, "since 0 again: from 6 on");
+        assert_eq!(subs.activate_job(job(1), WS, 9, Some(0)), Ok(5), "since 0 again: from 6 on");
         assert!(subs.unsubscribe_job(job(1)));
-        assert_eq!(subs.activate_job(job(1), WS, 9, None), 9, "no since: from the snapshot on");
+        assert_eq!(subs.activate_job(job(1), WS, 9, None), Ok(9), "no since: from the snapshot on");
         subs.unsubscribe_job(job(1));
         subs.activate_workspace(WS, [(job(1), 9)], None);
         assert_eq!(subs.cursor(job(1)), Some(9), "a workspace snapshot starts at its own position");
-        assert_eq!(subs.activate_job(job(1), WS, 9, Some(0)), 5, "since goes back only to what was given");
+        assert_eq!(subs.activate_job(job(1), WS, 9, Some(0)), Ok(5), "since goes back only to what was given");
     }
 
     #[test]
     fn since_may_go_back_over_what_a_snapshot_skipped_but_was_never_given() {
         let mut subs = Subscriptions::default();
         subs.activate_workspace(WS, [(job(1), 5)], None);
-        assert_eq!(subs.activate_job(job(1), WS, 5, Some(0)), 0, "nothing of job 1 was given yet");
+        assert_eq!(subs.activate_job(job(1), WS, 5, Some(0)), Ok(0), "nothing of job 1 was given yet");
+    }
+
+    #[test]
+    fn a_since_behind_events_already_given_after_a_skip_is_refused() {
+        let mut subs = Subscriptions::default();
+        subs.activate_workspace(WS, [(job(1), 11)], None);
+        subs.advance(key(job(1), 12));
+        let refused = subs.activate_job(job(1), WS, 12, Some(2));
+        assert_eq!(refused, Err(Unreachable { since: 2, skipped_to: 11, delivered: 12 }));
+        assert_eq!(subs.activate_job(job(1), WS, 12, Some(11)), Ok(12), "from the skip on is fine");
     }
 
     fn ordered(job: Uuid, seq: i64, order: i64) -> EventKey<'static> {
@@ -444,7 +493,7 @@ mod tests {
     fn the_memory_of_unfollowed_jobs_is_bounded() {
         let mut subs = Subscriptions::default();
         for n in 0..(RETIRED_LIMIT as u128 + 10) {
-            subs.activate_job(job(n), WS, 1, None);
+            let _ = subs.activate_job(job(n), WS, 1, None);
             subs.unsubscribe_job(job(n));
         }
         assert_eq!(subs.retired.len(), RETIRED_LIMIT);
@@ -466,7 +515,7 @@ mod tests {
     fn a_subscriber_in_both_rooms_gets_each_event_once() {
         let mut subs = Subscriptions::default();
         subs.activate_workspace(WS, [(job(1), 1)], None);
-        subs.activate_job(job(1), WS, 1, None);
+        let _ = subs.activate_job(job(1), WS, 1, None);
         assert_eq!(subs.classify(key(job(1), 2)), Verdict::Deliver);
         subs.advance(key(job(1), 2));
         assert_eq!(subs.classify(key(job(1), 2)), Verdict::Duplicate, "second copy");
@@ -476,7 +525,7 @@ mod tests {
     fn leaving_one_room_keeps_the_other_and_its_cursor() {
         let mut subs = Subscriptions::default();
         subs.activate_workspace(WS, [(job(1), 4)], None);
-        subs.activate_job(job(1), WS, 4, None);
+        let _ = subs.activate_job(job(1), WS, 4, None);
         assert!(subs.unsubscribe_workspace(WS));
         assert_eq!(subs.cursor(job(1)), Some(4));
         assert_eq!(subs.classify(key(job(2), 1)), Verdict::Ignore);
@@ -490,7 +539,7 @@ mod tests {
     fn leaving_the_job_room_keeps_the_cursor_while_the_workspace_is_followed() {
         let mut subs = Subscriptions::default();
         subs.activate_workspace(WS, [], None);
-        subs.activate_job(job(1), WS, 7, None);
+        let _ = subs.activate_job(job(1), WS, 7, None);
         subs.unsubscribe_job(job(1));
         assert_eq!(subs.classify(key(job(1), 8)), Verdict::Deliver);
         assert_eq!(subs.classify(key(job(1), 7)), Verdict::Duplicate);

@@ -11,6 +11,6 @@ pub mod cursor;
 pub mod grant;
 pub mod horizon;
 
-pub use cursor::{EventKey, Subscriptions, Verdict};
+pub use cursor::{EventKey, Subscriptions, Unreachable, Verdict};
 pub use grant::{authorize, Action, Claims, Decision, Denial, Scope};
 pub use horizon::Horizon;

@@ -50,6 +50,8 @@ pub struct AppState {
     pub expiries: crate::expiry::Expiries,
     /// WebSocket upgrades that came before their socket's connect.
     pub upgrades: crate::expiry::PendingUpgrades,
+    /// Connections per subject, subscriptions per socket, writes per second.
+    pub admission: crate::limits::Admission,
 }
 
 impl std::fmt::Debug for AppState {
@@ -84,12 +86,18 @@ pub struct Application {
     router: Router,
     io: SocketIo,
     state: AppState,
+    /// The connection limit, header timeout and head size of the HTTP server.
+    serving: crate::serve::Settings,
     /// Whether the secret was made up at start (no `JOBSTREAM_JWT_SECRET`, no public key).
     random_secret: bool,
     /// Whether to run the demo producer.
     demo: bool,
     /// Tells long-lived responses (SSE) that the server is stopping.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// A write that makes no progress for this long ends its connection.
+    stall_timeout: std::time::Duration,
+    /// Finished jobs are deleted this long after they finished.
+    retention: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Application {
@@ -144,7 +152,8 @@ impl Application {
         let db = jobstream_job_events::open(&config.database_url).await?;
         jobstream_job_events::migrate(&db).await?;
         let store = EventStore::new(db.clone());
-        let hub = Hub::new(store.clone(), DeliveryConfig::default());
+        let delivery = DeliveryConfig { stall_timeout: config.stall_timeout, ..DeliveryConfig::default() };
+        let hub = Hub::new(store.clone(), delivery);
         let metrics = crate::metrics::Metrics::default();
         let sink: Arc<dyn jobstream_job_events::EventSink> = match &config.redis_url {
             Some(url) => {
@@ -185,13 +194,27 @@ impl Application {
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let expiries = crate::expiry::Expiries::start(stopping.clone());
         let upgrades = crate::expiry::PendingUpgrades::default();
-        let state = AppState { writer, store, hub, keys, limits, dashboard, metrics, stopping, expiries, upgrades };
+        let admission = crate::limits::Admission::start(&config.limits, metrics.clone(), stopping.clone());
+        let state =
+            AppState { writer, store, hub, keys, limits, dashboard, metrics, stopping, expiries, upgrades, admission };
 
         let (socket_layer, io) = SocketIo::builder()
             .with_state(state.clone())
             .max_buffer_size(config.socket_buffer)
             // Clients send only small subscribe packets; a smaller read chunk saves memory per socket.
             .ws_read_buffer_size(1024)
+            // The largest message a client may send, before and after CONNECT
+            // (crate::limits): a WebSocket frame header announcing more is
+            // refused before anything is allocated for it, a fragmented message
+            // when its fragments add up to more, a long-polling POST body when
+            // it grows past it, binary attachments likewise; the connection is
+            // then closed.
+            .ws_max_frame_size(config.limits.max_message_bytes)
+            .ws_max_message_size(config.limits.max_message_bytes)
+            .max_payload(config.limits.max_message_bytes as u64)
+            .with_parser(
+                socketioxide::ParserConfig::common().max_incoming_binary_buf_size(config.limits.max_message_bytes),
+            )
             .build_layer();
         crate::socket::register(&io);
 
@@ -206,6 +229,11 @@ impl Application {
             .layer(axum::middleware::from_fn_with_state(
                 crate::expiry::Transports { io: io.clone(), upgrades: state.upgrades.clone() },
                 crate::expiry::close_on_poll,
+            ))
+            // Request bodies (API writes, long-polling POSTs) have a deadline; GETs have no body.
+            .layer(axum::middleware::from_fn_with_state(
+                crate::limits::BodyTime { timeout: config.limits.body_timeout, metrics: state.metrics.clone() },
+                crate::limits::limit_body_time,
             ));
         if let Some(cors) = cors_layer(&config.cors_origins)? {
             router = router.layer(cors);
@@ -213,7 +241,20 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Bind { addr: config.listen, source })?;
-        Ok(Self { listener, router, io, state, random_secret, demo: config.demo, stopping: stopping_tx })
+        let (stall_timeout, retention) = (config.stall_timeout, config.retention);
+        let serving = crate::serve::Settings::from(&config.limits);
+        Ok(Self {
+            listener,
+            router,
+            io,
+            state,
+            serving,
+            random_secret,
+            demo: config.demo,
+            stopping: stopping_tx,
+            stall_timeout,
+            retention,
+        })
     }
 
     /// The bound address (the real port when the configuration said 0).
@@ -235,6 +276,11 @@ impl Application {
     /// in-flight requests (for at most 10 seconds).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let demo = self.demo.then(|| tokio::spawn(crate::demo::run(self.state.writer.clone())));
+        // Retention: safe on every node at once (each delete re-checks its condition).
+        let retention = self.retention.map(|keep| {
+            let every = (keep / 10).clamp(std::time::Duration::from_secs(10), std::time::Duration::from_secs(600));
+            tokio::spawn(jobstream_job_events::run_retention(self.state.writer.clone(), keep, every))
+        });
         let stopping_tx = self.stopping;
         let mut stopping_rx = stopping_tx.subscribe();
         let io = self.io.clone();
@@ -243,14 +289,22 @@ impl Application {
             if let Some(demo) = demo {
                 demo.abort();
             }
+            if let Some(retention) = retention {
+                retention.abort();
+            }
             let _ = stopping_tx.send(true);
             tracing::info!("shutting down: closing sockets and finishing requests");
             io.close().await;
         };
         let db = self.state.store.connection().clone();
-        // Every connection carries a handle that can close it (`crate::conn`).
-        let service = self.router.into_make_service_with_connect_info::<crate::conn::Conn>();
-        let serve = axum::serve(crate::conn::Listener::new(self.listener), service).with_graceful_shutdown(graceful);
+        // Every connection carries a handle that can close it (`crate::conn`);
+        // `crate::serve` limits connections and the time to send a request head.
+        let listener = crate::conn::Listener::new(self.listener).with_write_stall_timeout(self.stall_timeout);
+        let metrics = self.state.metrics.clone();
+        let serve = async move {
+            crate::serve::serve(listener, self.router, self.serving, metrics, graceful).await;
+            std::io::Result::Ok(())
+        };
         let deadline = async move {
             let _ = stopping_rx.wait_for(|stopping| *stopping).await;
             tokio::time::sleep(Duration::from_secs(10)).await;

@@ -27,6 +27,37 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print a token signed with JOBSTREAM_JWT_SECRET.
     Token(TokenArgs),
+    /// Delete finished jobs older than a cut, with their steps and events, once.
+    Prune(PruneArgs),
+}
+
+/// Options of `prune`.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Delete jobs that finished longer ago than this: e.g. 30d, 12h.
+    #[arg(long = "finished-before", value_parser = crate::auth::parse_ttl)]
+    pub finished_before: Duration,
+    /// Only this workspace's jobs.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Print what would be deleted, and delete nothing.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// A retention: `off` (`None`), or a duration such as `30d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+/// Parses a retention: `off`, or a duration such as `30d`.
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    match text.trim() {
+        "off" | "" => Ok(Retention(None)),
+        other => crate::auth::parse_ttl(other).map(|d| Retention(Some(d))),
+    }
 }
 
 /// Where the database is.
@@ -68,9 +99,20 @@ pub struct ServeArgs {
     /// caught up from the database when it reads again.
     #[arg(long = "socket-buffer", env = "JOBSTREAM_SOCKET_BUFFER", default_value_t = 1024)]
     pub socket_buffer: usize,
+    /// How long a client may read nothing while the server has data for it
+    /// before its connection is closed (it resumes with `since`).
+    #[arg(long = "stall-timeout", env = "JOBSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = crate::auth::parse_ttl)]
+    pub stall_timeout: std::time::Duration,
+    /// Delete finished jobs (with their steps and events) this long after they
+    /// finished: a duration such as `30d`, or `off`.
+    #[arg(long, env = "JOBSTREAM_RETENTION", default_value = "off", value_parser = parse_retention)]
+    pub retention: Retention,
     /// Token verification besides JOBSTREAM_JWT_SECRET.
     #[command(flatten)]
     pub jwt: JwtArgs,
+    /// Limits and timeouts (docs/operations.md, "Limits and timeouts").
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 /// Token verification besides `JOBSTREAM_JWT_SECRET` (docs/operations.md, "Tokens").
@@ -166,6 +208,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// The rest of token verification: previous secret, public keys, `iss` and `aud`.
     pub jwt: crate::auth::KeySettings,
+    /// Limits and timeouts against clients that hold resources.
+    pub limits: crate::limits::LimitSettings,
     /// Allowed cross origins.
     pub cors_origins: Vec<String>,
     /// The cluster bus.
@@ -180,6 +224,10 @@ pub struct Config {
     pub max_chunk_bytes: usize,
     /// Socket.IO per-socket packet buffer.
     pub socket_buffer: usize,
+    /// A client that reads nothing for this long while data waits is closed.
+    pub stall_timeout: std::time::Duration,
+    /// Finished jobs are deleted this long after they finished; `None`: kept.
+    pub retention: Option<Duration>,
 }
 
 impl std::fmt::Debug for Config {
@@ -189,6 +237,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &jobstream_job_events::redact(&self.database_url))
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "(set)"))
             .field("jwt", &self.jwt)
+            .field("limits", &self.limits)
             .field("cors_origins", &self.cors_origins)
             .field("redis_url", &self.redis_url.as_deref().map(jobstream_job_events::redact))
             .field("bus", &self.bus)
@@ -196,6 +245,8 @@ impl std::fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_chunk_bytes", &self.max_chunk_bytes)
             .field("socket_buffer", &self.socket_buffer)
+            .field("stall_timeout", &self.stall_timeout)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -208,6 +259,7 @@ impl Config {
             database_url: args.database.database_url,
             jwt_secret: jwt_secret_from_env(),
             jwt: args.jwt.into_settings(),
+            limits: args.limits.into(),
             cors_origins: args
                 .cors_origins
                 .into_iter()
@@ -220,6 +272,8 @@ impl Config {
             max_body_bytes: args.max_body_bytes,
             max_chunk_bytes: args.max_chunk_bytes,
             socket_buffer: args.socket_buffer.max(1),
+            stall_timeout: args.stall_timeout,
+            retention: args.retention.0,
         }
     }
 
@@ -230,6 +284,7 @@ impl Config {
             database_url: database_url.into(),
             jwt_secret: Some(secret.into()),
             jwt: crate::auth::KeySettings::default(),
+            limits: crate::limits::LimitSettings::default(),
             cors_origins: Vec::new(),
             redis_url: None,
             bus: None,
@@ -237,6 +292,8 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             max_chunk_bytes: 64 * 1024,
             socket_buffer: 1024,
+            stall_timeout: std::time::Duration::from_secs(30),
+            retention: None,
         }
     }
 }
@@ -244,6 +301,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limits_default_to_the_documented_values() {
+        let limits = Cli::try_parse_from(["jobstream"]).map(|cli| crate::limits::LimitSettings::from(cli.serve.limits));
+        assert_eq!(limits.ok(), Some(crate::limits::LimitSettings::default()));
+        let limits = Cli::try_parse_from(["jobstream", "--header-timeout", "1500ms", "--max-connections", "0"])
+            .map(|cli| crate::limits::LimitSettings::from(cli.serve.limits));
+        let limits = limits.ok();
+        assert_eq!(limits.as_ref().map(|l| l.header_timeout), Some(Duration::from_millis(1500)));
+        assert_eq!(limits.as_ref().map(|l| l.max_connections), Some(0));
+    }
 
     #[test]
     fn debug_leaves_credentials_out() {

@@ -19,17 +19,24 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_io_timeout::TimeoutStream;
 
 /// What a [`Conn`] shares with its stream.
 #[derive(Debug, Default)]
 struct Switch {
     closed: AtomicBool,
+    /// Bytes written to the connection so far.
+    written: std::sync::atomic::AtomicU64,
+    /// Woken when a write made progress, if someone is watching.
+    progress: tokio::sync::Notify,
+    watching: AtomicBool,
     /// The task waiting to read, woken on close.
     reader: AtomicWaker,
 }
@@ -44,6 +51,23 @@ impl Conn {
     pub fn close(&self) {
         self.0.closed.store(true, Ordering::Release);
         self.0.reader.wake();
+        self.0.progress.notify_waiters();
+    }
+
+    /// Bytes written to the client so far (what left the server, as far as
+    /// the kernel took it).
+    pub fn written(&self) -> u64 {
+        self.0.written.load(Ordering::Acquire)
+    }
+
+    /// Resolves at the next write that makes progress (or at once if the
+    /// connection is closed).
+    pub async fn progressed(&self) {
+        let notified = self.0.progress.notified();
+        self.0.watching.store(true, Ordering::Release);
+        if !self.is_closed() {
+            notified.await;
+        }
     }
 
     /// Whether [`Conn::close`] was called.
@@ -53,10 +77,57 @@ impl Conn {
 }
 
 /// An accepted connection's stream.
+///
+/// Writes that make no progress for the write-stall timeout fail, and end the
+/// connection: a client that stops reading (its TCP window stays full) is
+/// closed, whatever it is (a WebSocket, a long-poll, an SSE stream), and
+/// everything held for it is freed; it resumes with `since` or
+/// `Last-Event-ID` when it comes back. A slow reader that keeps reading is
+/// never cut: the timer restarts at each write that makes progress.
 #[derive(Debug)]
 pub struct Stream {
-    inner: TcpStream,
+    inner: Pin<Box<TimeoutStream<TcpStream>>>,
     conn: Conn,
+}
+
+/// How long a write may wait on a client that does not read, by default.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Stream {
+    fn new(inner: TcpStream, write_stall: Duration) -> Self {
+        let mut inner = TimeoutStream::new(inner);
+        inner.set_write_timeout(Some(write_stall));
+        Self { inner: Box::pin(inner), conn: Conn::default() }
+    }
+
+    /// The connection's handle, for its requests' `ConnectInfo<Conn>`.
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// Counts what a write wrote, and wakes those waiting for progress.
+    fn wrote(&self, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &result {
+            if *n > 0 {
+                self.conn.0.written.fetch_add(*n as u64, Ordering::AcqRel);
+                if self.conn.0.watching.swap(false, Ordering::AcqRel) {
+                    self.conn.0.progress.notify_waiters();
+                }
+            }
+        }
+        self.check(result)
+    }
+
+    /// Ends the connection after a write stalled (see [`Stream`]).
+    fn check<T>(&self, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(err)) = &result {
+            if err.kind() == io::ErrorKind::TimedOut {
+                tracing::info!("closing a connection whose client stopped reading");
+                self.conn.close();
+            }
+        }
+        result
+    }
 }
 
 fn closed_error() -> io::Error {
@@ -74,7 +145,7 @@ impl AsyncRead for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.inner.as_mut().poll_read(cx, buf)
     }
 }
 
@@ -83,7 +154,8 @@ impl AsyncWrite for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = self.inner.as_mut().poll_write(cx, buf);
+        self.wrote(result)
     }
 
     fn poll_write_vectored(
@@ -94,7 +166,8 @@ impl AsyncWrite for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = self.inner.as_mut().poll_write_vectored(cx, bufs);
+        self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -105,22 +178,29 @@ impl AsyncWrite for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let result = self.inner.as_mut().poll_flush(cx);
+        self.check(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.inner.as_mut().poll_shutdown(cx)
     }
 }
 
 /// A TCP listener whose connections carry a [`Conn`].
 #[derive(Debug)]
-pub struct Listener(TcpListener);
+pub struct Listener(TcpListener, Duration);
 
 impl Listener {
     /// Wraps a bound listener.
     pub fn new(listener: TcpListener) -> Self {
-        Self(listener)
+        Self(listener, DEFAULT_WRITE_STALL_TIMEOUT)
+    }
+
+    /// Sets how long a write may wait on a client that does not read (see [`Stream`]).
+    pub fn with_write_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.1 = timeout;
+        self
     }
 }
 
@@ -130,7 +210,7 @@ impl axum::serve::Listener for Listener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (inner, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        (Stream { inner, conn: Conn::default() }, addr)
+        (Stream::new(inner, self.1), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -153,7 +233,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let client = TcpStream::connect(listener.local_addr()?).await?;
         let (inner, _) = listener.accept().await?;
-        Ok((Stream { inner, conn: Conn::default() }, client))
+        Ok((Stream::new(inner, DEFAULT_WRITE_STALL_TIMEOUT), client))
     }
 
     #[tokio::test]
@@ -181,6 +261,32 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await?;
         assert!(rest.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_write_to_a_client_that_stopped_reading_fails_after_the_stall_timeout() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (inner, _) = listener.accept().await?;
+        let mut server = Stream::new(inner, Duration::from_millis(300));
+        let conn = server.conn.clone();
+        // The client never reads: the kernel buffers fill, then writes wait.
+        let chunk = vec![0u8; 64 * 1024];
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                server.write_all(&chunk).await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), io::Error>(())
+        })
+        .await;
+        let err = outcome.map_err(io::Error::other)?.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::TimedOut));
+        assert!(conn.is_closed(), "the connection is ended");
+        assert!(started.elapsed() < Duration::from_secs(15));
+        drop(client);
         Ok(())
     }
 }

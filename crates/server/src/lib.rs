@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod budget;
 pub mod bus;
 pub mod config;
 pub mod conn;
@@ -12,7 +13,10 @@ pub mod dashboard;
 pub mod demo;
 pub mod expiry;
 pub mod http;
+pub mod limits;
 pub mod metrics;
+pub mod order;
+pub mod serve;
 pub mod socket;
 pub mod telemetry;
 

@@ -1,4 +1,4 @@
-//! The `jobstream` command: `serve` (the default), `migrate`, and `token`.
+//! The `jobstream` command: `serve` (the default), `migrate`, `token` and `prune`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Migrate(args)) => migrate(&args.database_url).await,
         Some(Command::Token(args)) => token(&args),
+        Some(Command::Prune(args)) => prune(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,6 +64,24 @@ async fn migrate(database_url: &str) -> Result<(), String> {
     let db = jobstream_job_events::open(database_url).await.map_err(|e| e.to_string())?;
     jobstream_job_events::migrate(&db).await.map_err(|e| e.to_string())?;
     println!("migrations applied to {}", jobstream_job_events::redact(database_url));
+    Ok(())
+}
+
+async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String> {
+    let url = &args.database.database_url;
+    let db = jobstream_job_events::open(url).await.map_err(|e| e.to_string())?;
+    jobstream_job_events::migrate(&db).await.map_err(|e| e.to_string())?;
+    let writer = jobstream_job_events::JobEvents::new(db.clone(), std::sync::Arc::new(jobstream_job_events::NullSink));
+    let age = chrono::Duration::from_std(args.finished_before).map_err(|e| e.to_string())?;
+    let prune = jobstream_job_events::Prune {
+        finished_before: chrono::Utc::now() - age,
+        workspace: args.workspace.clone(),
+        dry_run: args.dry_run,
+    };
+    let report = writer.prune(&prune).await.map_err(|e| e.to_string())?;
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    println!("{verb} {} finished jobs and {} events", report.jobs, report.events);
+    let _ = db.close().await;
     Ok(())
 }
 

@@ -120,6 +120,12 @@ pub struct Inner {
     pub bus_lag: Histogram,
     /// Bus publish or connection failures.
     pub bus_errors: Counter,
+    /// TCP connections open now.
+    pub tcp_connections: Gauge,
+    /// Refusals by the limit that refused (`crate::limits`).
+    refusals: Family<FixedLabel, RawCounter>,
+    /// Clients cut off for being slow, by what they were slow to send.
+    timeouts: Family<FixedLabel, RawCounter>,
     /// HTTP requests by (route, method, status).
     http: Family<HttpLabels, RawCounter>,
     /// HTTP request latency.
@@ -137,6 +143,16 @@ impl Default for Inner {
         let db_read = Histogram(db.get_or_create_owned(&[("op", "read")]));
         let bus_lag = Histogram::default();
         let bus_errors = Counter::default();
+        let tcp_connections = Gauge::default();
+        // Every label value exists from the start, so that rates work from the first refusal.
+        let refusals = Family::<FixedLabel, RawCounter>::default();
+        for refusal in Refusal::ALL {
+            let _ = refusals.get_or_create(&[("limit", refusal.label())]);
+        }
+        let timeouts = Family::<FixedLabel, RawCounter>::default();
+        for timeout in Timeout::ALL {
+            let _ = timeouts.get_or_create(&[("kind", timeout.label())]);
+        }
         let http = Family::<HttpLabels, RawCounter>::default();
         let http_latency = Histogram::default();
 
@@ -161,7 +177,94 @@ impl Default for Inner {
             "HTTP request latency (to the response head for streams)",
             http_latency.0.clone(),
         );
-        Self { connections, appended, db_write, db_read, bus_lag, bus_errors, http, http_latency, registry }
+        registry.register(
+            "jobstream_tcp_connections",
+            "TCP connections open now (HTTP, long-polling, SSE and WebSocket)",
+            tcp_connections.0.clone(),
+        );
+        registry.register("jobstream_refusals", "Refusals by the limit that refused", refusals.clone());
+        registry.register(
+            "jobstream_timeouts",
+            "Clients cut off for sending a request head or body too slowly",
+            timeouts.clone(),
+        );
+        Self {
+            connections,
+            appended,
+            db_write,
+            db_read,
+            bus_lag,
+            bus_errors,
+            tcp_connections,
+            refusals,
+            timeouts,
+            http,
+            http_latency,
+            registry,
+        }
+    }
+}
+
+/// A limit that refused something (`crate::limits`), the `limit` label of
+/// `jobstream_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A TCP connection past the connection limit.
+    Connections,
+    /// A Socket.IO connection past the limit per token subject.
+    SubjectConnections,
+    /// A subscribe past the limit per socket.
+    Subscriptions,
+    /// A write past the rate per token subject.
+    WriteRate,
+}
+
+impl Refusal {
+    /// Every refusal.
+    pub const ALL: [Self; 4] = [Self::Connections, Self::SubjectConnections, Self::Subscriptions, Self::WriteRate];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::SubjectConnections => "subject_connections",
+            Self::Subscriptions => "subscriptions",
+            Self::WriteRate => "write_rate",
+        }
+    }
+}
+
+/// What a client was too slow to send, the `kind` label of `jobstream_timeouts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// A request head (also an idle kept-alive connection without a next request).
+    Header,
+    /// A request body.
+    Body,
+}
+
+impl Timeout {
+    /// Every kind.
+    pub const ALL: [Self; 2] = [Self::Header, Self::Body];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Body => "body",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a refusal.
+    pub fn refused(&self, refusal: Refusal) {
+        self.0.refusals.get_or_create(&[("limit", refusal.label())]).inc();
+    }
+
+    /// Counts a client cut off for slowness.
+    pub fn timed_out(&self, timeout: Timeout) {
+        self.0.timeouts.get_or_create(&[("kind", timeout.label())]).inc();
     }
 }
 
@@ -240,6 +343,22 @@ fn hub_registry(app: &AppState) -> Registry {
         "Subscribers closed because they stopped reading",
         ConstCounter::new(load(&stats.stalls)),
     );
+    registry.register(
+        "jobstream_cursors",
+        "Per-job positions held by all subscribers (grows with followed and active jobs, not history)",
+        ConstGauge::new(i64::try_from(load(&stats.cursors)).unwrap_or(i64::MAX)),
+    );
+    let pruned = app.writer.retention_stats();
+    registry.register(
+        "jobstream_pruned_jobs",
+        "Finished jobs deleted by retention",
+        ConstCounter::new(load(&pruned.jobs)),
+    );
+    registry.register(
+        "jobstream_pruned_events",
+        "Events deleted by retention",
+        ConstCounter::new(load(&pruned.events)),
+    );
     registry
 }
 
@@ -301,6 +420,8 @@ mod tests {
         metrics.appended.add(3);
         metrics.db_write.observe(0.003);
         metrics.count_request("/healthz".to_owned(), "GET", 200);
+        metrics.refused(Refusal::WriteRate);
+        metrics.timed_out(Timeout::Header);
         let mut out = String::new();
         prometheus_text::encode(&mut out, &metrics.registry).unwrap();
         for line in [
@@ -318,6 +439,13 @@ mod tests {
             "jobstream_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1",
             "# TYPE jobstream_http_request_seconds histogram",
             "jobstream_http_request_seconds_bucket{le=\"1\"} 0",
+            "# TYPE jobstream_tcp_connections gauge",
+            "jobstream_refusals_total{limit=\"write_rate\"} 1",
+            "jobstream_refusals_total{limit=\"connections\"} 0",
+            "jobstream_refusals_total{limit=\"subject_connections\"} 0",
+            "jobstream_refusals_total{limit=\"subscriptions\"} 0",
+            "jobstream_timeouts_total{kind=\"header\"} 1",
+            "jobstream_timeouts_total{kind=\"body\"} 0",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
         }

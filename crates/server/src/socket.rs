@@ -13,12 +13,13 @@
 //! transport close (calling its `auth` function again), but stays
 //! disconnected after a DISCONNECT ("io server disconnect").
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use jobstream_job_events::delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
-use jobstream_job_events::Committed;
+use jobstream_job_events::{Committed, ReadError};
 use jobstream_protocol::requests::Request;
 use jobstream_protocol::{
     AckError, ErrorCode, JobSubscribed, Room, SubscribeJob, SubscribeWorkspace, UnsubscribeJob, UnsubscribeWorkspace,
@@ -38,6 +39,8 @@ use crate::app::AppState;
 use crate::auth::{self, Expiry, TokenError};
 use crate::conn::Conn;
 use crate::expiry::PendingUpgrades;
+use crate::limits::SubjectSlot;
+use crate::metrics::Refusal;
 
 /// Registers the `/` namespace: the auth middleware, then the connect handler.
 pub fn register(io: &SocketIo) {
@@ -50,6 +53,11 @@ pub fn register(io: &SocketIo) {
 pub(crate) struct Session(Arc<SessionState>);
 
 struct SessionState {
+    /// Bytes on their way to the client (see [`crate::budget`]).
+    budget: Arc<crate::budget::Budget>,
+    /// Subscribes being set up: each holds a permit until its ack is handed
+    /// to the socket, so a burst of subscribes holds a few snapshots, not all.
+    subscribes: Arc<tokio::sync::Semaphore>,
     claims: Claims,
     expires: Expiry,
     subscriber: OnceLock<Arc<Subscriber>>,
@@ -66,6 +74,8 @@ struct SessionState {
 impl Session {
     fn new(claims: Claims, expires: Expiry, upgrades: PendingUpgrades) -> Self {
         Self(Arc::new(SessionState {
+            budget: Arc::default(),
+            subscribes: Arc::new(tokio::sync::Semaphore::new(SUBSCRIBES_IN_FLIGHT)),
             claims,
             expires,
             subscriber: OnceLock::new(),
@@ -78,7 +88,13 @@ impl Session {
 
     /// The socket's subscriber, started on first use.
     fn subscriber(&self, socket: &SocketRef, app: &AppState) -> Arc<Subscriber> {
-        self.0.subscriber.get_or_init(|| Arc::new(app.hub.subscriber(Arc::new(SocketOutlet(socket.clone()))))).clone()
+        self.0
+            .subscriber
+            .get_or_init(|| {
+                let outlet = SocketOutlet(socket.clone(), self.0.budget.clone());
+                Arc::new(app.hub.subscriber(Arc::new(outlet)))
+            })
+            .clone()
     }
 
     /// When the socket's token expires.
@@ -107,6 +123,7 @@ impl Session {
     /// Records the connection the socket upgrades to WebSocket on; closes it
     /// at once if the socket is already being ended.
     pub(crate) fn set_websocket(&self, conn: Conn) {
+        self.0.budget.attach(conn.clone());
         *self.0.websocket.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         if self.is_closing() {
             conn.close();
@@ -116,6 +133,26 @@ impl Session {
     fn websocket(&self) -> Option<Conn> {
         self.0.websocket.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
+}
+
+/// Subscribes of one socket set up at once; the others wait their turn.
+const SUBSCRIBES_IN_FLIGHT: usize = 4;
+
+/// Waits for a subscribe's turn on this socket and for room in its byte
+/// budget; the permit goes with the ack (see [`with_permit`]).
+async fn subscribe_turn(session: &Session) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let permit = session.0.subscribes.clone().acquire_owned().await.ok()?;
+    // Nothing is read for a client that is not reading what it was sent.
+    session.0.budget.room().await;
+    Some(permit)
+}
+
+/// An announcement that releases the subscribe's turn once it is sent.
+fn with_permit(mut announce: Announce, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Announce {
+    Box::new(move || {
+        let _turn = &permit;
+        announce()
+    })
 }
 
 /// The session of a connected socket (none before the token is accepted, nor after the disconnect).
@@ -129,6 +166,14 @@ pub(crate) fn session(socket: &SocketRef) -> Option<Session> {
 /// with engine.io's close packet ([`crate::expiry::close_on_poll`]). Either
 /// way the client reports `transport close` and reconnects. Deliveries to the
 /// socket stop at once. Calling it again does nothing.
+/// The connection of a socket opened directly over WebSocket (not upgraded).
+fn opened_on_websocket(socket: &SocketRef) -> Option<Conn> {
+    let parts = socket.req_parts();
+    (crate::http::extract::query_param(parts.uri.query(), "transport").as_deref() == Some("websocket"))
+        .then(|| parts.extensions.get::<axum::extract::ConnectInfo<Conn>>().map(|info| info.0.clone()))
+        .flatten()
+}
+
 pub(crate) fn close_transport(socket: &SocketRef) {
     let Some(session) = session(socket) else {
         // Not (or no longer) a session of ours: nothing is delivered to it.
@@ -170,10 +215,66 @@ pub(crate) fn expire(socket: &SocketRef) {
     }
 }
 
-/// Why a connection was refused; sent as the `connect_error` message.
+/// Why a connection was refused; sent as the `connect_error` message, which
+/// starts with the error code.
 #[derive(Debug, thiserror::Error)]
-#[error("unauthorized: {0}")]
-struct Unauthorized(TokenError);
+enum Refused {
+    /// No valid token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(TokenError),
+    /// The token's subject has as many connections open as it may.
+    #[error(
+        "rate_limited: this token's subject already has {0} open connections, the most allowed; close one and connect again"
+    )]
+    TooManyConnections(usize),
+}
+
+/// What a socket holds against its limits (`crate::limits`): its place among
+/// its token subject's connections, given back when the socket is gone, and
+/// the rooms it is subscribed to. Cheap to clone.
+#[derive(Clone)]
+struct Holdings {
+    _place: Arc<SubjectSlot>,
+    /// Also serialises the socket's subscribes and unsubscribes, so that the
+    /// count stays exact.
+    rooms: Arc<tokio::sync::Mutex<HashSet<Room>>>,
+}
+
+/// The socket's subscriptions, locked for one subscribe to `room`; `Err` with
+/// the refusal when `room` would be one past the limit (a room the socket
+/// already has does not count again). `Ok(None)`: nothing to count.
+async fn subscriptions_for(
+    socket: &SocketRef,
+    app: &AppState,
+    room: &Room,
+) -> Result<Option<tokio::sync::OwnedMutexGuard<HashSet<Room>>>, AckError> {
+    let Some(holdings) = socket.extensions.get::<Holdings>() else { return Ok(None) };
+    let rooms = holdings.rooms.lock_owned().await;
+    let limit = app.admission.max_subscriptions;
+    if limit != 0 && rooms.len() >= limit && !rooms.contains(room) {
+        app.admission.refused(Refusal::Subscriptions);
+        return Err(AckError::new(
+            ErrorCode::RateLimited,
+            format!("this socket has {limit} subscriptions, the most allowed; unsubscribe from one first"),
+        ));
+    }
+    Ok(Some(rooms))
+}
+
+/// Ends a subscription in the socket's count (under the same lock as subscribes).
+async fn forget_subscription(socket: &SocketRef, room: Room, subscriber: Option<Arc<Subscriber>>) {
+    let holdings = socket.extensions.get::<Holdings>();
+    let mut rooms = match &holdings {
+        Some(holdings) => Some(holdings.rooms.lock().await),
+        None => None,
+    };
+    if let Some(rooms) = rooms.as_mut() {
+        rooms.remove(&room);
+    }
+    if let Some(subscriber) = subscriber {
+        subscriber.unsubscribe(room).await;
+    }
+}
 
 /// The token of a connecting socket: `auth.token`, else `?token=`, else `Authorization: Bearer`.
 fn connect_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
@@ -199,12 +300,19 @@ async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
     State(app): State<AppState>,
-) -> Result<(), Unauthorized> {
+) -> Result<(), Refused> {
     let token = connect_token(&socket, auth.as_ref().ok()).filter(|t| !t.is_empty());
     let verified = token.ok_or(TokenError::Missing).and_then(|t| auth::verify_token(&app.keys, &t)).map_err(|err| {
         tracing::debug!(socket = %socket.id, %err, "connection refused");
-        Unauthorized(err)
+        Refused::Unauthorized(err)
     })?;
+    let Some(place) = app.admission.subjects.try_acquire(&verified.claims.subject) else {
+        tracing::debug!(socket = %socket.id, "connection refused: too many connections of the token's subject");
+        app.admission.refused(Refusal::SubjectConnections);
+        return Err(Refused::TooManyConnections(app.admission.subjects.limit()));
+    };
+    socket.extensions.insert(Holdings { _place: Arc::new(place), rooms: Arc::default() });
+    socket.extensions.insert(Arc::new(crate::order::Sequencer::default()));
     socket.extensions.insert(Session::new(verified.claims, verified.expires, app.upgrades.clone()));
     socket.on("subscribe:workspace:jobs", subscribe_workspace);
     socket.on("unsubscribe:workspace:jobs", unsubscribe_workspace);
@@ -212,6 +320,8 @@ async fn authenticate(
     socket.on("unsubscribe:job", unsubscribe_job);
     socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason, State(app): State<AppState>| {
         app.upgrades.take(socket.id);
+        // Gives the socket's place back to its subject.
+        socket.extensions.remove::<Holdings>();
         if let Some(session) = socket.extensions.remove::<Session>() {
             app.expiries.remove(session.expires(), socket.id);
             if let Some(subscriber) = session.0.subscriber.get() {
@@ -231,13 +341,16 @@ async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
     if let Some(session) = session(&socket).filter(|_| socket.connected()) {
         if let Some(conn) = app.upgrades.take(socket.id) {
             session.set_websocket(conn);
+        } else if let Some(conn) = opened_on_websocket(&socket) {
+            session.0.budget.attach(conn);
         }
         app.expiries.add(session.expires(), socket.clone());
     }
 }
 
-/// The socket as a delivery outlet: `emit` of the pre-encoded event.
-struct SocketOutlet(SocketRef);
+/// The socket as a delivery outlet: `emit` of the pre-encoded event, within
+/// the socket's byte budget.
+struct SocketOutlet(SocketRef, Arc<crate::budget::Budget>);
 
 fn outlet_error(err: &SendError) -> OutletError {
     match err {
@@ -248,7 +361,13 @@ fn outlet_error(err: &SendError) -> OutletError {
 
 impl Outlet for SocketOutlet {
     fn try_send(&self, committed: &Committed) -> Result<(), OutletError> {
-        self.0.emit(committed.event.socket_event().as_str(), &*committed.json).map_err(|e| outlet_error(&e))
+        if self.1.is_spent() {
+            return Err(OutletError::Full);
+        }
+        let name = committed.event.socket_event().as_str();
+        self.0.emit(name, &*committed.json).map_err(|e| outlet_error(&e))?;
+        self.1.add(committed.json.get().len() + name.len() + 8);
+        Ok(())
     }
 
     /// The worker has stopped: the socket ends so that its client reconnects
@@ -279,9 +398,17 @@ impl FromMessageParts<LocalAdapter> for Ack {
 
 impl Ack {
     fn try_send<T: Serialize + ?Sized>(&self, body: &T) -> Result<(), SendError> {
+        let budget = self.socket.extensions.get::<Session>().map(|s| s.0.budget.clone());
+        if budget.as_ref().is_some_and(|b| b.is_spent()) {
+            return Err(SendError::Socket(SocketError::InternalChannelFull));
+        }
         let mut unused = socketioxide_core::Value::Bytes(bytes::Bytes::new());
         let Ok(sender) = AckSender::from_message_parts(&self.socket, &mut unused, &self.ack_id);
-        sender.send(body)
+        sender.send(body)?;
+        if let Some(budget) = budget {
+            budget.add(serde_json::to_vec(body).map_or(0, |b| b.len()) + 8);
+        }
+        Ok(())
     }
 
     /// Sends an ack from the handler (errors: the client is gone; nothing to do).
@@ -301,6 +428,27 @@ impl Ack {
     }
 }
 
+/// The answer to a `subscribe:job` whose `since` can no longer be honoured in
+/// order: the socket already got later events of the job (through its
+/// workspace subscription) after a gap it never got.
+fn unreachable_since(ack: &Ack, job_id: uuid::Uuid) -> jobstream_job_events::delivery::Refuse {
+    let ack = Ack { socket: ack.socket.clone(), ack_id: ack.ack_id };
+    Box::new(move |u: jobstream_rooms::Unreachable| {
+        let message = format!(
+            "since {}: this socket already received job {job_id} up to seq {} from its workspace subscription, \
+             which started after seq {}; events {}..={} cannot be sent in order now: subscribe to the job before \
+             its workspace, or read them with GET /api/v1/jobs/{job_id}/events?since={}",
+            u.since,
+            u.delivered,
+            u.skipped_to,
+            u.since + 1,
+            u.skipped_to,
+            u.since
+        );
+        ack.try_send(&AckError::new(ErrorCode::InvalidCursor, message)).map_err(|e| outlet_error(&e))
+    })
+}
+
 /// Parses the payload, or acks `invalid_payload` and returns `None`.
 fn parse<T: Request>(data: Result<Value, socketioxide::ParserError>, ack: Ack) -> Option<(T, Ack)> {
     match T::parse(data.unwrap_or(Value::Null)) {
@@ -315,6 +463,22 @@ fn parse<T: Request>(data: Result<Value, socketioxide::ParserError>, ack: Ack) -
 fn internal(ack: Ack, err: &dyn std::fmt::Display) {
     tracing::error!(error = %err, "subscription failed");
     ack.refuse(ErrorCode::Internal, "internal error; try again");
+}
+
+/// A subscribe whose snapshot could not be read: `unavailable` when the
+/// database cannot be reached now (HTTP's 503: try again), else as HTTP answers.
+fn read_failed(ack: Ack, err: &ReadError) {
+    match err {
+        ReadError::Unavailable(source) => {
+            tracing::warn!(error = %source, "subscription refused: database unavailable");
+            ack.refuse(ErrorCode::Unavailable, "the database is unavailable; try again");
+        }
+        ReadError::Invalid(source) => {
+            tracing::warn!(error = %source, "subscription refused by the database for the request's data");
+            ack.refuse(ErrorCode::InvalidPayload, "a value in the request cannot be used");
+        }
+        ReadError::Internal(source) => internal(ack, source),
+    }
 }
 
 /// Builds the announcement from the slot holding the ack (left in place if never called).
@@ -343,38 +507,67 @@ fn expired(expires: Expiry) -> Option<AckError> {
         .then(|| AckError::new(ErrorCode::Unauthorized, "unauthorized: token expired; reconnect with a fresh token"))
 }
 
-async fn subscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, State(app): State<AppState>) {
+async fn subscribe_workspace(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: Ack,
+    State(app): State<AppState>,
+    turn: crate::order::Turn,
+) {
+    // Applied in the order the client sent its requests.
+    turn.wait().await;
     let Some((request, ack)) = parse::<SubscribeWorkspace>(data, ack) else { return };
     let Some(session) = session(&socket) else { return };
     let Some(ack) = refuse_expired(&session, ack) else { return };
+    let permit = subscribe_turn(&session).await;
     if let Decision::Denied(denial) = authorize(&session.0.claims, Action::Read, &request.workspace_id) {
         return ack.refuse(ErrorCode::Forbidden, denial.reason);
     }
-    let room = Room::Workspace(request.workspace_id.clone()).to_string();
+    let key = Room::Workspace(request.workspace_id.clone());
+    let rooms = match subscriptions_for(&socket, &app, &key).await {
+        Ok(rooms) => rooms,
+        Err(refusal) => return ack.reply(&refusal),
+    };
+    let room = key.to_string();
     let mut slot = Some(ack);
     let result = session
         .subscriber(&socket, &app)
         .subscribe_workspace(&request.workspace_id, |jobs| {
-            take_ack(&mut slot, WorkspaceSubscribed { ok: true, room, jobs })
+            with_permit(take_ack(&mut slot, WorkspaceSubscribed { ok: true, room, jobs }), permit)
         })
         .await;
-    if let (Err(err), Some(ack)) = (result, slot) {
-        internal(ack, &err);
+    if let (Ok(()), Some(mut rooms)) = (&result, rooms) {
+        rooms.insert(key);
+    }
+    match (result, slot) {
+        (Err(SubscribeError::Read(err)), Some(ack)) => read_failed(ack, &err),
+        (Err(err), Some(ack)) => internal(ack, &err),
+        _ => {}
     }
 }
 
-async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack) {
+async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, turn: crate::order::Turn) {
+    // Applied in the order the client sent its requests.
+    turn.wait().await;
     let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else { return };
-    if let Some(subscriber) = session(&socket).and_then(|s| s.0.subscriber.get().cloned()) {
-        subscriber.unsubscribe(Room::Workspace(request.workspace_id)).await;
-    }
+    let subscriber = session(&socket).and_then(|s| s.0.subscriber.get().cloned());
+    forget_subscription(&socket, Room::Workspace(request.workspace_id), subscriber).await;
     ack.reply(&Unsubscribed { ok: true });
 }
 
-async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, State(app): State<AppState>) {
+async fn subscribe_job(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: Ack,
+    State(app): State<AppState>,
+    turn: crate::order::Turn,
+) {
+    // Applied in the order the client sent its requests.
+    turn.wait().await;
     let Some((request, ack)) = parse::<SubscribeJob>(data, ack) else { return };
     let Some(session) = session(&socket) else { return };
     let Some(ack) = refuse_expired(&session, ack) else { return };
+    let permit = subscribe_turn(&session).await;
     if !session.0.claims.scopes.contains(&jobstream_rooms::Scope::Subscribe) {
         return ack.refuse(ErrorCode::Forbidden, "the token lacks the `subscribe` scope");
     }
@@ -386,14 +579,22 @@ async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ac
             Err(())
         }
     };
-    let room = Room::Job(request.job_id).to_string();
+    let key = Room::Job(request.job_id);
+    let rooms = match subscriptions_for(&socket, &app, &key).await {
+        Ok(rooms) => rooms,
+        Err(refusal) => return ack.reply(&refusal),
+    };
+    let room = key.to_string();
+    let refuse = unreachable_since(&ack, request.job_id);
     let mut slot = Some(ack);
+    let announce = |job| with_permit(take_ack(&mut slot, JobSubscribed { ok: true, room, job }), permit);
     let result = session
         .subscriber(&socket, &app)
-        .subscribe_job(request.job_id, request.since, check, |job| {
-            take_ack(&mut slot, JobSubscribed { ok: true, room, job })
-        })
+        .subscribe_job_or_refuse(request.job_id, request.since, check, announce, Some(refuse))
         .await;
+    if let (Ok(()), Some(mut rooms)) = (&result, rooms) {
+        rooms.insert(key);
+    }
     let (Err(err), Some(ack)) = (result, slot) else { return };
     match err {
         SubscribeError::NotFound | SubscribeError::Refused(()) => {
@@ -402,15 +603,16 @@ async fn subscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ac
         SubscribeError::InvalidCursor { since, last_seq } => {
             ack.refuse(ErrorCode::InvalidCursor, format!("since {since} is beyond the job's last seq {last_seq}"));
         }
-        SubscribeError::Read(err) => internal(ack, &err),
+        SubscribeError::Read(err) => read_failed(ack, &err),
     }
 }
 
-async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack) {
+async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: Ack, turn: crate::order::Turn) {
+    // Applied in the order the client sent its requests.
+    turn.wait().await;
     let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else { return };
-    if let Some(subscriber) = session(&socket).and_then(|s| s.0.subscriber.get().cloned()) {
-        subscriber.unsubscribe(Room::Job(request.job_id)).await;
-    }
+    let subscriber = session(&socket).and_then(|s| s.0.subscriber.get().cloned());
+    forget_subscription(&socket, Room::Job(request.job_id), subscriber).await;
     ack.reply(&Unsubscribed { ok: true });
 }
 

@@ -366,6 +366,13 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
             "Subscribers switched to catching up from the database because they fell behind.",
         ),
         ("jobstream_stalled_subscribers_total", "counter", "Subscribers closed because they stopped reading."),
+        (
+            "jobstream_cursors",
+            "gauge",
+            "Per-job positions held by all subscribers (grows with followed and active jobs, not history).",
+        ),
+        ("jobstream_pruned_jobs_total", "counter", "Finished jobs deleted by retention."),
+        ("jobstream_pruned_events_total", "counter", "Events deleted by retention."),
         ("jobstream_bus_lag_seconds", "histogram", "Time from publication on the cluster bus to receipt on this node."),
         (
             "jobstream_bus_errors_total",
@@ -375,6 +382,9 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
         ("jobstream_db_seconds", "histogram", "Database latency of request handlers, by operation."),
         ("jobstream_http_requests_total", "counter", "HTTP requests by route, method and status."),
         ("jobstream_http_request_seconds", "histogram", "HTTP request latency (to the response head for streams)."),
+        ("jobstream_tcp_connections", "gauge", "TCP connections open now (HTTP, long-polling, SSE and WebSocket)."),
+        ("jobstream_refusals_total", "counter", "Refusals by the limit that refused."),
+        ("jobstream_timeouts_total", "counter", "Clients cut off for sending a request head or body too slowly."),
     ];
     let families: BTreeMap<&str, (&str, &str)> =
         exposition.families.iter().map(|(n, (k, h))| (n.as_str(), (k.as_str(), h.as_str()))).collect();
@@ -399,6 +409,16 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
     let rooms: BTreeMap<&str, f64> =
         exposition.series("jobstream_subscriptions").iter().map(|s| (s.labels["room"].as_str(), s.value)).collect();
     assert_eq!(rooms, BTreeMap::from([("job", 0.0), ("workspace", 0.0)]));
+    // Every limit and timeout has its series from the start.
+    let refusals: BTreeMap<&str, f64> =
+        exposition.series("jobstream_refusals_total").iter().map(|s| (s.labels["limit"].as_str(), s.value)).collect();
+    let limits = ["connections", "subject_connections", "subscriptions", "write_rate"];
+    assert_eq!(refusals, limits.iter().map(|l| (*l, 0.0)).collect());
+    let timeouts: BTreeMap<&str, f64> =
+        exposition.series("jobstream_timeouts_total").iter().map(|s| (s.labels["kind"].as_str(), s.value)).collect();
+    assert_eq!(timeouts, BTreeMap::from([("body", 0.0), ("header", 0.0)]));
+    // The scrape's own connection is open.
+    assert!(exposition.series("jobstream_tcp_connections").iter().all(|s| s.value >= 1.0));
 
     // Histograms keep their buckets, cumulative, closed by +Inf equal to the count.
     let bounds = ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"];

@@ -8,12 +8,23 @@ use jobstream_protocol::{ErrorBody, ErrorCode, ValidationError};
 
 /// An error answer. Its message is for people and never holds internal error text.
 #[derive(Debug)]
-pub struct ApiError(pub ErrorBody);
+pub struct ApiError(pub ErrorBody, RetryAfter);
+
+/// When to try again, in seconds (RFC 9110 §10.2.3), if the answer says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryAfter(Option<u64>);
 
 impl ApiError {
     /// An error with a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(ErrorBody::new(code, message))
+        Self(ErrorBody::new(code, message), RetryAfter::default())
+    }
+
+    /// 429 `rate_limited` for a write over the subject's rate; try again after `wait`.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let seconds = crate::limits::retry_after_secs(wait);
+        let message = format!("too many writes with this token's subject; try again in {seconds} s");
+        Self(ErrorBody::new(ErrorCode::RateLimited, message), RetryAfter(Some(seconds)))
     }
 
     /// 404 for a job (also used for jobs the token may not see).
@@ -29,11 +40,14 @@ impl IntoResponse for ApiError {
         struct Envelope {
             error: ErrorBody,
         }
-        let unavailable = self.0.code == ErrorCode::Unavailable;
+        // Every 503 says when to try again (RFC 9110 §10.2.3: in seconds), as does a 429.
+        let retry_after = match self.1 {
+            RetryAfter(Some(seconds)) => Some(seconds),
+            RetryAfter(None) => (self.0.code == ErrorCode::Unavailable).then_some(1),
+        };
         let mut response = (status, Json(Envelope { error: self.0 })).into_response();
-        if unavailable {
-            // RFC 9110 §10.2.3: when to try again, in seconds.
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
         }
         response
     }

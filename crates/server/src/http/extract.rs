@@ -164,8 +164,17 @@ impl FromRequest<AppState> for JsonBody {
             ));
         }
         let limit = state.limits.max_body_bytes;
-        let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| {
-            ApiError::new(ErrorCode::PayloadTooLarge, format!("the request body is over the limit of {limit} bytes"))
+        let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|err| {
+            let err = err.into_inner();
+            if crate::limits::is_body_timeout(&*err) {
+                // A body sent too slowly (`crate::limits::limit_body_time`).
+                ApiError::new(ErrorCode::RequestTimeout, format!("the request body did not arrive in time: {err}"))
+            } else {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is over the limit of {limit} bytes"),
+                )
+            }
         })?;
         let parsed = serde_json::from_slice(&bytes);
         // What could be written but not read back as sent is refused, naming

@@ -85,6 +85,12 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Takes one write from the token subject's allowance (`crate::limits`):
+/// past it, 429 `rate_limited` with `Retry-After`.
+fn check_rate(app: &AppState, auth: &Auth) -> Result<(), ApiError> {
+    app.admission.check_write(&auth.claims.subject).map_err(ApiError::rate_limited)
+}
+
 /// A path id: anything that is not a UUID names no job (404).
 fn job_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::job_not_found(text))
@@ -115,6 +121,7 @@ fn int_param(
 
 async fn create_job(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
+    check_rate(&app, &auth)?;
     let request = CreateJob::parse(body)?;
     auth.require(Action::Write, &request.workspace_id)?;
     let started = std::time::Instant::now();
@@ -249,6 +256,7 @@ type StepWrite = fn(Uuid, Uuid, serde_json::Value) -> Result<BatchItem, Validati
 fn job_write(make: JobWrite, answer: Answer) -> MethodRouter<AppState> {
     post(move |State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody| async move {
         auth.require_scope(Action::Write)?;
+        check_rate(&app, &auth)?;
         let id = job_id(&id)?;
         write(&app, &auth, make(id, body)?, answer).await
     })
@@ -262,6 +270,7 @@ fn step_write(make: StepWrite, answer: Answer) -> MethodRouter<AppState> {
               Path((id, step)): Path<(String, String)>,
               JsonBody(body): JsonBody| async move {
             auth.require_scope(Action::Write)?;
+            check_rate(&app, &auth)?;
             let id = job_id(&id)?;
             let step = step_id(id, &step)?;
             write(&app, &auth, make(id, step, body)?, answer).await
@@ -271,6 +280,7 @@ fn step_write(make: StepWrite, answer: Answer) -> MethodRouter<AppState> {
 
 async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
+    check_rate(&app, &auth)?;
     let batch = BatchRequest::parse(body)?;
     for (i, item) in batch.events.iter().enumerate() {
         check_chunk(item, app.limits.max_chunk_bytes)

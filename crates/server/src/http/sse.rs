@@ -36,6 +36,9 @@ use crate::auth::Expiry;
 
 /// Frames buffered per stream before the hub treats the reader as slow.
 const STREAM_BUFFER: usize = 256;
+/// Bytes of frames buffered per stream before the hub treats the reader as
+/// slow (one frame may pass it): what a stream holds is bounded in bytes too.
+const STREAM_BUFFER_BYTES: usize = 1024 * 1024;
 /// How often an idle stream sends a comment so that proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -53,6 +56,8 @@ const TERMINAL_TYPES: [EventType; 3] = [EventType::JobCompleted, EventType::JobF
 /// The stream's side of the hub: frames go into a bounded channel.
 struct SseOutlet {
     tx: mpsc::Sender<Frame>,
+    /// Bytes in the channel, shared with the body that drains it.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Job streams end after the job's terminal status event; workspace streams do not.
     job_stream: bool,
 }
@@ -61,6 +66,10 @@ impl Outlet for SseOutlet {
     fn try_send(&self, committed: &Committed) -> Result<(), OutletError> {
         let event = &committed.event;
         let last = self.job_stream && TERMINAL_TYPES.contains(&event.event_type);
+        let size = committed.json.get().len();
+        if self.queued.load(std::sync::atomic::Ordering::Acquire) >= STREAM_BUFFER_BYTES {
+            return Err(OutletError::Full);
+        }
         let frame = Frame::Event {
             id: self.job_stream.then_some(event.seq),
             name: event.socket_event().as_str(),
@@ -70,7 +79,9 @@ impl Outlet for SseOutlet {
         self.tx.try_send(frame).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => OutletError::Full,
             mpsc::error::TrySendError::Closed(_) => OutletError::Closed,
-        })
+        })?;
+        self.queued.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     fn close(&self) {
@@ -84,6 +95,8 @@ struct BodyState {
     /// Held for the life of the body: dropping it ends the subscription.
     _subscriber: Subscriber,
     rx: mpsc::Receiver<Frame>,
+    /// Bytes in the channel (see [`STREAM_BUFFER_BYTES`]).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     stopping: tokio::sync::watch::Receiver<bool>,
     /// The token's expiry: the stream ends then.
     expired: Pin<Box<tokio::time::Sleep>>,
@@ -92,13 +105,14 @@ struct BodyState {
 /// Turns the channel into an SSE body that owns the subscriber.
 fn body(
     subscriber: Subscriber,
-    rx: mpsc::Receiver<Frame>,
+    (rx, queued): (mpsc::Receiver<Frame>, Arc<std::sync::atomic::AtomicUsize>),
     stopping: tokio::sync::watch::Receiver<bool>,
     expires: Expiry,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let state = BodyState {
         _subscriber: subscriber,
         rx,
+        queued,
         stopping,
         expired: Box::pin(tokio::time::sleep_until(expires.deadline())),
     };
@@ -114,6 +128,7 @@ fn body(
         let (event, last) = match frame {
             Frame::Snapshot(data) => (SseEvent::default().event("snapshot").data(data), false),
             Frame::Event { id, name, data, last } => {
+                state.queued.fetch_sub(data.len(), std::sync::atomic::Ordering::AcqRel);
                 let mut event = SseEvent::default().event(name).data(data);
                 if let Some(id) = id {
                     event = event.id(id.to_string());
@@ -184,7 +199,9 @@ pub async fn job_stream(
     let job_id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::job_not_found(&id))?;
     let since = resume_point(&parts, &params)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    let subscriber = app.hub.subscriber(Arc::new(SseOutlet { tx, job_stream: true }));
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let outlet = SseOutlet { tx, queued: queued.clone(), job_stream: true };
+    let subscriber = app.hub.subscriber(Arc::new(outlet));
     // The job as the subscription saw it: finished or not, and its newest seq.
     let mut seen: Option<(bool, i64)> = None;
     let check = |job: &JobSnapshot| {
@@ -226,7 +243,7 @@ pub async fn job_stream(
             return Ok(finished_stream());
         }
     }
-    Ok(sse_response(body(subscriber, rx, app.stopping.clone(), auth.expires)))
+    Ok(sse_response(body(subscriber, (rx, queued), app.stopping.clone(), auth.expires)))
 }
 
 /// `GET /api/v1/workspaces/{workspaceId}/events/stream`.
@@ -238,7 +255,9 @@ pub async fn workspace_stream(
     auth.require(Action::Read, &workspace_id)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let snapshot_tx = tx.clone();
-    let subscriber = app.hub.subscriber(Arc::new(SseOutlet { tx, job_stream: false }));
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let outlet = SseOutlet { tx, queued: queued.clone(), job_stream: false };
+    let subscriber = app.hub.subscriber(Arc::new(outlet));
     let announce = move |jobs: Vec<JobSnapshot>| -> Announce {
         let data =
             serde_json::to_string(&serde_json::json!({ "jobs": jobs })).unwrap_or_else(|_| "{\"jobs\":[]}".into());
@@ -253,5 +272,5 @@ pub async fn workspace_stream(
         SubscribeError::Read(err) => ApiError::from(err),
         _ => ApiError::new(ErrorCode::Internal, "internal error"),
     })?;
-    Ok(sse_response(body(subscriber, rx, app.stopping.clone(), auth.expires)))
+    Ok(sse_response(body(subscriber, (rx, queued), app.stopping.clone(), auth.expires)))
 }

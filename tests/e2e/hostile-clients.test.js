@@ -1,0 +1,134 @@
+// Clients that stop reading (docs/behaviour.md "Reads and streams"): what the
+// server holds for one client is bounded in bytes, and a client that reads
+// nothing while data waits for it is closed after the stall timeout, with all
+// it held freed. Raw WebSocket and TCP clients are used because the stock
+// clients always read.
+'use strict';
+
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const net = require('node:net');
+const { randomUUID } = require('node:crypto');
+const { describe, it, before } = require('node:test');
+const WebSocket = require('ws');
+const {
+  api, mintToken, skipReason, sleep, useServer,
+} = require('./harness');
+
+const STALL = '3s';
+
+function rssKiB(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+}
+
+async function metric(url, name) {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line ? Number(line.split(' ').pop()) : NaN;
+}
+
+async function until(check, what, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+// A Socket.IO client over a raw WebSocket that connects, then stops reading.
+async function nonReadingSocket(url, token) {
+  const ws = new WebSocket(`${url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`);
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  const connected = new Promise((resolve) => {
+    ws.on('message', (data) => { if (String(data).startsWith('40')) resolve(); });
+  });
+  ws.send(`40${JSON.stringify({ token })}`);
+  await connected;
+  return ws;
+}
+
+describe('clients that stop reading', { skip: skipReason(), timeout: 120_000 }, () => {
+  const ctx = useServer({ env: { JOBSTREAM_STALL_TIMEOUT: STALL } });
+  const workspace = randomUUID();
+  let token;
+  let producer;
+  let bigJob;
+
+  before(async () => {
+    token = mintToken(ctx.server.secret, { workspaces: [workspace] });
+    producer = api(ctx.server.url, token);
+    // 900 kB of metadata: every subscribe ack carries it.
+    const created = await producer.createJob({ workspaceId: workspace, type: 'big', metadata: { blob: 'x'.repeat(900_000) } });
+    assert.equal(created.status, 201);
+    bigJob = created.body.id;
+  });
+
+  it('holds a bounded number of bytes for a socket that sends 300 subscribes and reads nothing, then closes it', async (t) => {
+    const pid = ctx.server.pid();
+    const before = rssKiB(pid);
+    const ws = await nonReadingSocket(ctx.server.url, token);
+    ws._socket.pause(); // stop reading: the server's writes pile up
+    for (let i = 0; i < 300; i += 1) {
+      ws.send(`42${i}["subscribe:job",{"jobId":"${bigJob}"}]`);
+    }
+    await sleep(1500);
+    const grown = rssKiB(pid) - before;
+    t.diagnostic(`server memory grew by ${grown} KiB for the non-reading socket`);
+    assert.ok(grown < 64 * 1024, `the server holds ${grown} KiB for one non-reading socket (300 acks of 900 kB would be 270 MiB)`);
+    // After the stall timeout the server ends the connection and frees what it held.
+    await until(async () => (await metric(ctx.server.url, 'jobstream_connections')) === 0, 'the socket to be closed');
+    ws.terminate();
+  });
+
+  it('closes an SSE stream that reads nothing while events wait', async () => {
+    const job = (await producer.createJob({ workspaceId: workspace, type: 'log' })).body.id;
+    await producer.setStatus(job, { status: 'queued' });
+    await producer.setStatus(job, { status: 'running' });
+    const step = (await producer.startStep(job, { name: 's', phase: 'execution', stepType: 'command' })).body.step.id;
+    const { port } = new URL(ctx.server.url);
+    const socket = net.connect(Number(port), '127.0.0.1');
+    await new Promise((resolve) => socket.once('connect', resolve));
+    let closed = false;
+    socket.on('close', () => { closed = true; });
+    socket.on('error', () => {});
+    socket.write(`GET /api/v1/jobs/${job}/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    await sleep(200);
+    socket.pause();
+    // 10 MiB of output for a reader that reads nothing.
+    const chunk = 'y'.repeat(60_000);
+    for (let i = 0; i < 170; i += 1) {
+      const r = await producer.stepOutput(job, step, { chunk });
+      assert.equal(r.status, 200);
+    }
+    await sleep(4000); // past the stall timeout
+    socket.resume(); // read what was sent; the server has ended the stream
+    await until(() => closed, 'the stream to be closed by the server', 30_000);
+  });
+
+  it('still serves a client that reads slowly but steadily', async () => {
+    const job = (await producer.createJob({ workspaceId: workspace, type: 'steady' })).body.id;
+    for (let i = 0; i < 30; i += 1) await producer.setProgress(job, { progress: i });
+    const ws = await nonReadingSocket(ctx.server.url, token);
+    const seqs = [];
+    ws.on('message', (data) => {
+      const text = String(data);
+      if (text.startsWith('42')) {
+        const [name, event] = JSON.parse(text.slice(2));
+        if (name === 'job:progress') seqs.push(event.seq);
+      }
+    });
+    ws.send(`421["subscribe:job",{"jobId":"${job}","since":0}]`);
+    // Read in short bursts with pauses shorter than the stall timeout.
+    for (let i = 0; i < 4; i += 1) {
+      ws._socket.pause();
+      await sleep(1000);
+      ws._socket.resume();
+      await sleep(200);
+    }
+    await until(() => seqs.length === 30, 'every progress event');
+    assert.deepEqual(seqs, Array.from({ length: 30 }, (_, i) => i + 2));
+    assert.equal(ws.readyState, WebSocket.OPEN);
+    ws.close();
+  });
+});
