@@ -99,6 +99,19 @@ describe('values that one backend cannot store', { skip: skipReason(), timeout: 
     assertHttpError(await admin.listJobs({ workspaceId: 'a\u0000b' }), 422, 'invalid_payload');
   });
 
+  it('refuses a workspace id in the stream path that a body would refuse, with 422, and keeps the stream headers', async () => {
+    const admin = mintToken(ctx.server.secret, { workspaces: ['*'] });
+    for (const id of ['a%00b', 'a%01b', 'a%0Ab', 'x'.repeat(201)]) {
+      const response = await fetch(`${ctx.server.url}/api/v1/workspaces/${id}/events/stream`, {
+        headers: { authorization: `Bearer ${admin}` },
+      });
+      assert.equal(response.status, 422, id);
+      assert.match((await response.json()).error.message, /^workspaceId: /);
+      assert.equal(response.headers.get('cache-control'), 'no-cache, no-transform');
+      assert.equal(response.headers.get('x-accel-buffering'), 'no');
+    }
+  });
+
   it('answers 404 for ids with a NUL in the path', async () => {
     assertHttpError(await producer.getJob('a\u0000b'), 404, 'not_found');
     assertHttpError(await producer.events(`${jobId}\u0000`, {}), 404, 'not_found');
@@ -147,14 +160,17 @@ describe('numbers and nesting in stored JSON', { skip: skipReason(), timeout: 12
   });
 
   it('reads back the largest 64-bit integers and short decimals exactly, everywhere', async () => {
-    const created = await create('{"u":18446744073709551615,"i":-9223372036854775808,"f":0.1,"e":2.5e-300}');
+    const created = await create('{"u":18446744073709551615,"i":-9223372036854775808,"f":0.1,"e":2.5e-300,"z":-0.0,"b":1e18}');
     assert.equal(created.status, 201, created.text);
     const { id } = JSON.parse(created.text);
     for (const text of [
       created.text,
       (await raw(ctx.server.url, token, 'GET', `/api/v1/jobs/${id}`)).text,
       (await raw(ctx.server.url, token, 'GET', `/api/v1/jobs/${id}/events`)).text,
+      (await raw(ctx.server.url, token, 'GET', `/api/v1/jobs?workspaceId=${workspace}&limit=500`)).text,
     ]) {
+      assert.match(text, /"z":-0\.0/, 'negative zero keeps its sign on every read');
+      assert.match(text, /"b":1e\+18/, 'a float stays a float on every read');
       assert.match(text, /"u":18446744073709551615/);
       assert.match(text, /"i":-9223372036854775808/);
       assert.match(text, /"f":0\.1[,}]/);

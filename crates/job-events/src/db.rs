@@ -126,8 +126,23 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), OpenError> {
     Migrator::up(db, None).await.map_err(OpenError::Migrate)
 }
 
-/// The URL without its password, for logs and messages.
+/// The URL without its password (in the user part or a `password=` query
+/// parameter), for logs and messages.
 pub fn redact(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=REDACTED"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url.to_owned(),
+    };
+    let url = url.as_str();
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -146,5 +161,9 @@ mod tests {
     fn passwords_are_removed_from_urls() {
         assert_eq!(redact("postgres://app:s3cret@db:5432/x"), "postgres://app@db:5432/x");
         assert_eq!(redact("sqlite://jobstream.db?mode=rwc"), "sqlite://jobstream.db?mode=rwc");
+        assert_eq!(
+            redact("postgres://app@db/x?password=s3cret&sslmode=require"),
+            "postgres://app@db/x?password=REDACTED&sslmode=require"
+        );
     }
 }

@@ -155,7 +155,7 @@ impl JobEvents {
             body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
         };
         let inserted = async {
-            jobs::Entity::insert(row.into_active_model()).exec_without_returning(&tx).await?;
+            insert_job(&tx, self.store.backend(), row).await?;
             insert_events(&tx, self.store.backend(), std::slice::from_ref(&event), order).await?;
             Ok::<_, DbErr>(order)
         }
@@ -346,6 +346,60 @@ async fn rollback(tx: DatabaseTransaction, err: impl Into<WriteError>) -> WriteE
         tracing::warn!(error = %rollback, "rollback after a failed write failed; the connection is discarded");
     }
     err
+}
+
+/// A JSON value as it is stored: JSON text, cast to `json` on PostgreSQL, so
+/// that it reads back as sent (a bound JSON value passes through `jsonb`,
+/// which rewrites numbers: `-0` as `0`, `1e18` as `1000000000000000000`).
+fn json_text(backend: DbBackend, value: Option<&Value>) -> Result<sea_orm::sea_query::SimpleExpr, DbErr> {
+    use sea_orm::sea_query::{Alias, Expr};
+    let text = value.map(serde_json::to_string).transpose().map_err(|e| DbErr::Custom(format!("json value: {e}")))?;
+    Ok(match backend {
+        DbBackend::Postgres => Expr::val(text).cast_as(Alias::new("json")),
+        _ => Expr::val(text).into(),
+    })
+}
+
+/// Inserts a new job row, its JSON columns as JSON text (see [`json_text`]).
+async fn insert_job(tx: &DatabaseTransaction, backend: DbBackend, row: jobs::Model) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Expr, Query, SimpleExpr};
+    let values: [SimpleExpr; 14] = [
+        Expr::val(row.id).into(),
+        Expr::val(row.workspace_id).into(),
+        Expr::val(row.job_type).into(),
+        Expr::val(row.status).into(),
+        Expr::val(row.priority).into(),
+        Expr::val(row.progress).into(),
+        json_text(backend, Some(&row.metadata))?,
+        json_text(backend, row.result.as_ref())?,
+        Expr::val(row.error).into(),
+        Expr::val(row.created_at).into(),
+        Expr::val(row.updated_at).into(),
+        Expr::val(row.started_at).into(),
+        Expr::val(row.completed_at).into(),
+        Expr::val(row.last_seq).into(),
+    ];
+    let columns = [
+        jobs::Column::Id,
+        jobs::Column::WorkspaceId,
+        jobs::Column::JobType,
+        jobs::Column::Status,
+        jobs::Column::Priority,
+        jobs::Column::Progress,
+        jobs::Column::Metadata,
+        jobs::Column::Result,
+        jobs::Column::Error,
+        jobs::Column::CreatedAt,
+        jobs::Column::UpdatedAt,
+        jobs::Column::StartedAt,
+        jobs::Column::CompletedAt,
+        jobs::Column::LastSeq,
+    ];
+    let mut insert = Query::insert();
+    insert.into_table(jobs::Entity).columns(columns);
+    insert.values(values).map_err(|e| DbErr::Custom(format!("job insert: {e}")))?;
+    tx.execute(backend.build(&insert)).await?;
+    Ok(())
 }
 
 /// The commit order of the current write transaction (see the `commit_order`
@@ -633,8 +687,17 @@ impl<'a> Batch<'a> {
         }
         for (id, (job, dirty)) in self.jobs {
             if dirty {
-                let row = job.into_active_model().reset_all();
-                jobs::Entity::update_many().set(row).filter(jobs::Column::Id.eq(id)).exec(self.tx).await?;
+                // `metadata` never changes after creation; `result` goes in as JSON text.
+                let result = json_text(self.backend, job.result.as_ref())?;
+                let mut row = job.into_active_model().reset_all();
+                row.metadata = sea_orm::ActiveValue::NotSet;
+                row.result = sea_orm::ActiveValue::NotSet;
+                jobs::Entity::update_many()
+                    .set(row)
+                    .col_expr(jobs::Column::Result, result)
+                    .filter(jobs::Column::Id.eq(id))
+                    .exec(self.tx)
+                    .await?;
             }
         }
         Ok(self.events)

@@ -131,6 +131,8 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
     }
     let list = origins
         .iter()
+        // An origin is scheme://host[:port]; a trailing slash written in the setting is dropped.
+        .map(|o| o.trim().trim_end_matches('/'))
         .map(|o| HeaderValue::from_str(o).map_err(|_| BuildError::Config(format!("invalid CORS origin {o:?}"))))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true)))

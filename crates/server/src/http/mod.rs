@@ -61,8 +61,14 @@ pub fn router() -> Router<AppState> {
             job_write(|id, b| Ok(BatchItem::Event(id, CustomEventRequest::parse(b)?)), CREATED).get(job_events),
         )
         // The two routes that also take `?token=` (see `extract::request_token`).
-        .route(extract::JOB_STREAM_ROUTE, get(sse::job_stream))
-        .route(extract::WORKSPACE_STREAM_ROUTE, get(sse::workspace_stream))
+        .route(
+            extract::JOB_STREAM_ROUTE,
+            get(sse::job_stream).layer(axum::middleware::map_response(sse::stream_headers)),
+        )
+        .route(
+            extract::WORKSPACE_STREAM_ROUTE,
+            get(sse::workspace_stream).layer(axum::middleware::map_response(sse::stream_headers)),
+        )
         .route("/api/v1/events/batch", post(batch))
 }
 

@@ -145,7 +145,12 @@ fn body(
 /// (compressing) or buffering it: `no-transform` for caches and compressing
 /// proxies, `X-Accel-Buffering: no` for nginx and the proxies that follow it.
 fn sse_response(stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static) -> Response {
-    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
+
+/// Every answer of the stream routes (the stream, its 204 end, its errors)
+/// tells caches and proxies not to store, transform or buffer it.
+pub async fn stream_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
     headers.insert(header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
@@ -252,6 +257,7 @@ pub async fn workspace_stream(
     auth: Auth,
     Path(workspace_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    jobstream_protocol::requests::check_workspace_id("workspaceId", &workspace_id)?;
     auth.require(Action::Read, &workspace_id)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let snapshot_tx = tx.clone();
