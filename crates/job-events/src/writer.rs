@@ -53,6 +53,17 @@ pub struct Applied {
     pub event: Arc<Committed>,
     /// The step after the write, for `step` and `step_complete` writes.
     pub step: Option<StepSnapshot>,
+    /// The write repeated an earlier one (same `eventId`, same body): nothing
+    /// was appended, and `event` is the one stored then.
+    pub repeated: bool,
+}
+
+/// What one item of a write came to.
+enum Outcome {
+    /// Appended; its event is the next new one.
+    New(Option<StepSnapshot>),
+    /// A repeat of a stored event.
+    Repeat(Box<Event>, Option<i64>, Option<StepSnapshot>),
 }
 
 impl JobEvents {
@@ -247,7 +258,21 @@ impl JobEvents {
         item: BatchItem,
         may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Result<Applied, WriteError> {
-        let mut applied = self.apply_all(vec![item], may_write, false).await?;
+        self.write_with_id(item, None, may_write).await
+    }
+
+    /// [`JobEvents::write`] with an optional client-chosen event id (CONTRACT
+    /// §7, idempotent writes): the same id again with the same write answers
+    /// the stored event and appends nothing ([`Applied::repeated`]); with
+    /// another write it is a conflict. Holds across restarts and nodes: the id
+    /// is the stored event's primary key.
+    pub async fn write_with_id(
+        &self,
+        item: BatchItem,
+        event_id: Option<Uuid>,
+        may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Result<Applied, WriteError> {
+        let mut applied = self.apply_all(vec![(item, event_id)], may_write, false).await?;
         applied.pop().ok_or_else(|| WriteError::Internal(DbErr::Custom("empty write".into())))
     }
 
@@ -258,22 +283,47 @@ impl JobEvents {
         items: Vec<BatchItem>,
         may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Result<Vec<Applied>, WriteError> {
+        self.apply_all(items.into_iter().map(|i| (i, None)).collect(), may_write, true).await
+    }
+
+    /// [`JobEvents::write_batch`] with an optional event id per item (see
+    /// [`JobEvents::write_with_id`]): repeated items append nothing.
+    pub async fn write_batch_with_ids(
+        &self,
+        items: Vec<(BatchItem, Option<Uuid>)>,
+        may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Result<Vec<Applied>, WriteError> {
         self.apply_all(items, may_write, true).await
     }
 
     async fn apply_all(
         &self,
-        items: Vec<BatchItem>,
+        items: Vec<(BatchItem, Option<Uuid>)>,
         may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
         name_items: bool,
     ) -> Result<Vec<Applied>, WriteError> {
         let this = self.clone();
-        detached(async move { this.apply_all_now(items, &may_write, name_items).await }).await
+        detached(async move {
+            if items.iter().all(|(_, id)| id.is_none()) {
+                return this.apply_all_now(items, &may_write, name_items).await;
+            }
+            match this.apply_all_now(items.clone(), &may_write, name_items).await {
+                // Two writers inserted the same new event id at once: the
+                // second sees the first's event now (a repeat or a conflict).
+                Err(WriteError::Internal(err))
+                    if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
+                {
+                    this.apply_all_now(items, &may_write, name_items).await
+                }
+                outcome => outcome,
+            }
+        })
+        .await
     }
 
     async fn apply_all_now(
         &self,
-        items: Vec<BatchItem>,
+        items: Vec<(BatchItem, Option<Uuid>)>,
         may_write: &(dyn Fn(&str) -> bool + Sync),
         name_items: bool,
     ) -> Result<Vec<Applied>, WriteError> {
@@ -282,10 +332,10 @@ impl JobEvents {
             // First statement: takes SQLite's write lock before anything is read.
             let order = commit_order(&tx, self.store.backend()).await?;
             let mut batch = Batch::new(&tx, self.store.backend());
-            batch.lock_jobs(items.iter().map(BatchItem::job_id).collect()).await?;
+            batch.lock_jobs(items.iter().map(|(item, _)| item.job_id()).collect()).await?;
             let mut steps = Vec::with_capacity(items.len());
-            for (index, item) in items.into_iter().enumerate() {
-                let applied = batch.apply(item, may_write).await.map_err(|err| match err {
+            for (index, (item, event_id)) in items.into_iter().enumerate() {
+                let applied = batch.apply_once(item, event_id, may_write).await.map_err(|err| match err {
                     WriteError::Unavailable(_) | WriteError::Internal(_) => err,
                     err if name_items => WriteError::InBatch { index, source: Box::new(err) },
                     err => err,
@@ -302,8 +352,20 @@ impl JobEvents {
         let outcome = self.commit(tx, &events.iter().collect::<Vec<_>>()).await;
         drop(guard);
         outcome?;
-        let committed = self.publish(events, order);
-        Ok(committed.into_iter().zip(steps).map(|(event, step)| Applied { event, step }).collect())
+        let mut committed = self.publish(events, order).into_iter();
+        steps
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::New(step) => {
+                    committed.next().map(|event| Applied { event, step, repeated: false }).ok_or_else(|| {
+                        WriteError::Internal(DbErr::Custom("a committed event could not be encoded".into()))
+                    })
+                }
+                Outcome::Repeat(event, order, step) => Committed::new(*event, order)
+                    .map(|c| Applied { event: Arc::new(c), step, repeated: true })
+                    .map_err(|e| WriteError::Internal(DbErr::Custom(format!("stored event: {e}")))),
+            })
+            .collect()
     }
 
     /// Encodes committed events and hands them to the sink.
@@ -477,11 +539,21 @@ struct Batch<'a> {
     steps: HashMap<Uuid, StepRow>,
     events: Vec<Event>,
     now: Timestamp,
+    /// The id the next event takes (a client's `eventId`), else a new one.
+    next_id: Option<Uuid>,
 }
 
 impl<'a> Batch<'a> {
     fn new(tx: &'a DatabaseTransaction, backend: DbBackend) -> Self {
-        Self { tx, backend, jobs: HashMap::new(), steps: HashMap::new(), events: Vec::new(), now: Timestamp::now() }
+        Self {
+            tx,
+            backend,
+            jobs: HashMap::new(),
+            steps: HashMap::new(),
+            events: Vec::new(),
+            now: Timestamp::now(),
+            next_id: None,
+        }
     }
 
     /// Loads and locks every job of the batch, in id order so that two batches
@@ -527,6 +599,47 @@ impl<'a> Batch<'a> {
             )));
         }
         Ok(step)
+    }
+
+    /// [`Batch::apply`], unless `event_id` names a stored event: then the
+    /// write is a repeat (the same write) or a conflict (another one).
+    async fn apply_once(
+        &mut self,
+        item: BatchItem,
+        event_id: Option<Uuid>,
+        may_write: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Outcome, WriteError> {
+        let Some(id) = event_id else { return self.apply(item, may_write).await.map(Outcome::New) };
+        if self.events.iter().any(|e| e.event_id == id) {
+            return Err(WriteError::Invalid(jobstream_protocol::ValidationError::new(
+                "eventId",
+                format!("{id} is used twice in this request"),
+            )));
+        }
+        let Some(row) = job_events::Entity::find_by_id(id).one(self.tx).await? else {
+            self.next_id = Some(id);
+            let outcome = self.apply(item, may_write).await;
+            self.next_id = None;
+            return outcome.map(Outcome::New);
+        };
+        let order = row.commit_order;
+        let stored =
+            crate::store::stored_event(row).map_err(|_| WriteError::Conflict(format!("event {id} is unreadable")))?;
+        if !may_write(&stored.workspace_id) {
+            return Err(WriteError::Conflict(format!("eventId {id} is already used; choose another")));
+        }
+        if !same_write(&item, &stored) {
+            return Err(WriteError::Conflict(format!(
+                "eventId {id} was used for another write; repeat the original write exactly, or choose another eventId"
+            )));
+        }
+        let step = match (&item, stored.step_id) {
+            (BatchItem::Step(..) | BatchItem::StepComplete(..), Some(step_id)) => {
+                job_steps::Entity::find_by_id(step_id).one(self.tx).await?.and_then(|row| step_snapshot(row).ok())
+            }
+            _ => None,
+        };
+        Ok(Outcome::Repeat(Box::new(stored), order, step))
     }
 
     /// Checks one write against the current state and records its effects.
@@ -657,7 +770,7 @@ impl<'a> Batch<'a> {
             *dirty = true;
         }
         self.events.push(Event {
-            event_id: Uuid::now_v7(),
+            event_id: self.next_id.take().unwrap_or_else(Uuid::now_v7),
             seq,
             event_type,
             job_id,
@@ -702,6 +815,47 @@ impl<'a> Batch<'a> {
         }
         Ok(self.events)
     }
+}
+
+/// Whether `item` is the write that stored `stored` (what the client sent,
+/// not what the server computed: seq, time, previous status, duration).
+fn same_write(item: &BatchItem, stored: &Event) -> bool {
+    let step_is = |step: &Uuid| stored.step_id == Some(*step);
+    stored.job_id == item.job_id()
+        && match (item, &stored.body) {
+            (BatchItem::Status(_, r), EventBody::Status(s)) => {
+                let result = r.result.clone().filter(|v| !v.is_null() && r.status == JobStatus::Completed);
+                s.status == r.status && s.result == result && s.error == r.error
+            }
+            (BatchItem::Progress(_, r), EventBody::JobProgress(p)) => {
+                p.progress == clamp_progress(r.progress) && p.message == r.message
+            }
+            (BatchItem::Step(_, r), EventBody::StepStarted(s)) => {
+                s.name == r.name
+                    && s.phase == r.phase
+                    && s.step_type == r.step_type
+                    && r.id.is_none_or(|id| stored.step_id == Some(id))
+            }
+            (BatchItem::StepProgress(_, step, r), EventBody::StepProgress(p)) => {
+                step_is(step) && p.progress == clamp_progress(r.progress) && p.message == r.message
+            }
+            (BatchItem::Output(_, step, r), EventBody::StepOutput(o)) => {
+                step_is(step) && o.chunk == r.chunk && o.stream == r.stream.unwrap_or_default()
+            }
+            (BatchItem::StepComplete(_, step, r), EventBody::StepFinished(f)) => {
+                step_is(step)
+                    && f.status == r.status
+                    && f.error == r.error
+                    && f.tokens_input == r.tokens_input
+                    && f.tokens_output == r.tokens_output
+            }
+            (BatchItem::Event(_, r), EventBody::Custom(c)) => {
+                stored.event_type == r.event_type
+                    && stored.step_id == r.step_id
+                    && c.payload == r.payload.clone().unwrap_or_default()
+            }
+            _ => false,
+        }
 }
 
 /// What a write changes in the job row besides `last_seq` and `updated_at`.

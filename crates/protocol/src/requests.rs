@@ -79,6 +79,18 @@ fn check_text(field: &str, text: &str, max: usize) -> Result<(), ValidationError
     }
 }
 
+/// The optional client-chosen `eventId` of a write body (CONTRACT §7,
+/// idempotent writes): a UUID, or absent.
+pub fn event_id(body: &Value) -> Result<Option<Uuid>, ValidationError> {
+    match body.get("eventId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Uuid::parse_str(text)
+            .map(Some)
+            .map_err(|_| ValidationError::new("eventId", format!("must be a UUID, got {text:?}"))),
+        Some(_) => Err(ValidationError::new("eventId", "must be a UUID string")),
+    }
+}
+
 /// Checks a workspace id: non-empty, at most 200 bytes, no control characters.
 pub fn check_workspace_id(field: &str, id: &str) -> Result<(), ValidationError> {
     check_text(field, id, 200)?;
@@ -415,6 +427,15 @@ impl BatchRequest {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_event_id_is_a_uuid_or_absent() {
+        let id = Uuid::from_u128(7);
+        assert_eq!(event_id(&json!({ "eventId": id.to_string() })), Ok(Some(id)));
+        assert_eq!(event_id(&json!({})), Ok(None));
+        assert_eq!(event_id(&json!({ "eventId": "abc" })).err().map(|e| e.field), Some("eventId".into()));
+        assert_eq!(event_id(&json!({ "eventId": 5 })).err().map(|e| e.field), Some("eventId".into()));
+    }
 
     #[test]
     fn a_missing_field_is_named() {

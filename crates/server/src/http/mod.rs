@@ -231,13 +231,20 @@ fn check_chunk(item: &BatchItem, limit: usize) -> Result<(), ApiError> {
 }
 
 /// Applies one write for the token and answers as the route says.
-async fn write(app: &AppState, auth: &Auth, item: BatchItem, answer: Answer) -> Result<Response, ApiError> {
+async fn write(
+    app: &AppState,
+    auth: &Auth,
+    (item, event_id): (BatchItem, Option<Uuid>),
+    answer: Answer,
+) -> Result<Response, ApiError> {
     let Answer { status, with_step } = answer;
     check_chunk(&item, app.limits.max_chunk_bytes)?;
     let started = std::time::Instant::now();
-    let Applied { event, step } = app.writer.write(item, auth.may(Action::Write)).await?;
+    let Applied { event, step, repeated } = app.writer.write_with_id(item, event_id, auth.may(Action::Write)).await?;
     app.metrics.db_write.since(started);
     let step = if with_step { step.as_ref() } else { None };
+    // A repeat (same eventId, same write) answers 200 with the stored event.
+    let status = if repeated { StatusCode::OK } else { status };
     Ok((status, Json(WriteAnswer { step, event: &event.json })).into_response())
 }
 
@@ -264,7 +271,8 @@ fn job_write(make: JobWrite, answer: Answer) -> MethodRouter<AppState> {
         auth.require_scope(Action::Write)?;
         check_rate(&app, &auth)?;
         let id = job_id(&id)?;
-        write(&app, &auth, make(id, body)?, answer).await
+        let event_id = jobstream_protocol::requests::event_id(&body)?;
+        write(&app, &auth, (make(id, body)?, event_id), answer).await
     })
 }
 
@@ -279,7 +287,8 @@ fn step_write(make: StepWrite, answer: Answer) -> MethodRouter<AppState> {
             check_rate(&app, &auth)?;
             let id = job_id(&id)?;
             let step = step_id(id, &step)?;
-            write(&app, &auth, make(id, step, body)?, answer).await
+            let event_id = jobstream_protocol::requests::event_id(&body)?;
+            write(&app, &auth, (make(id, step, body)?, event_id), answer).await
         },
     )
 }
@@ -287,13 +296,24 @@ fn step_write(make: StepWrite, answer: Answer) -> MethodRouter<AppState> {
 async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
     check_rate(&app, &auth)?;
+    let event_ids = match body.get("events") {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                jobstream_protocol::requests::event_id(item).map_err(|e| e.within(&format!("events[{i}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
     let batch = BatchRequest::parse(body)?;
     for (i, item) in batch.events.iter().enumerate() {
         check_chunk(item, app.limits.max_chunk_bytes)
             .map_err(|e| ApiError::new(e.0.code, format!("events[{i}]: {}", e.0.message)))?;
     }
     let started = std::time::Instant::now();
-    let applied = app.writer.write_batch(batch.events, auth.may(Action::Write)).await?;
+    let items = batch.events.into_iter().zip(event_ids.into_iter().chain(std::iter::repeat(None))).collect();
+    let applied = app.writer.write_batch_with_ids(items, auth.may(Action::Write)).await?;
     app.metrics.db_write.since(started);
     #[derive(Serialize)]
     struct Answer<'a> {
