@@ -206,7 +206,9 @@ enum Msg {
     /// Boxed, like the next one: the mailbox allocates slots of the largest variant.
     ActivateJob(Box<ActivateJob>),
     ActivateWorkspace(Box<ActivateWorkspace>),
-    Unsubscribe(Room),
+    /// Ends a subscription, then sends its announcement (the ack), so that
+    /// nothing of the room is sent after the client is told it is over.
+    Unsubscribe(Room, Option<Announce>),
     Close,
 }
 
@@ -566,13 +568,20 @@ impl Subscriber {
 
     /// Ends a subscription; returns whether there was one.
     pub async fn unsubscribe(&self, room: Room) -> bool {
+        self.unsubscribe_then(room, None).await.is_ok()
+    }
+
+    /// Ends a subscription; `announce` (the ack) is sent by the worker once no
+    /// more events of the room can reach the outlet. Without a subscription,
+    /// hands `announce` back (there is nothing to wait for).
+    pub async fn unsubscribe_then(&self, room: Room, announce: Option<Announce>) -> Result<(), Option<Announce>> {
         let mut rooms = self.rooms.lock().await;
-        let existed = rooms.remove(&room);
-        if existed {
-            self.hub.remove_room(&self.mailbox, &room);
-            self.send(Msg::Unsubscribe(room));
+        if !rooms.remove(&room) {
+            return Err(announce);
         }
-        existed
+        self.hub.remove_room(&self.mailbox, &room);
+        self.send(Msg::Unsubscribe(room, announce));
+        Ok(())
     }
 
     /// Ends every subscription and stops the worker.
@@ -721,13 +730,15 @@ impl Worker {
                 self.announce(announce).await?;
                 self.settle_pending().await
             }
-            Msg::Unsubscribe(Room::Job(job)) => {
-                self.subs.unsubscribe_job(job);
-                Ok(())
-            }
-            Msg::Unsubscribe(Room::Workspace(ws)) => {
-                self.subs.unsubscribe_workspace(&ws);
-                Ok(())
+            Msg::Unsubscribe(room, announce) => {
+                match room {
+                    Room::Job(job) => self.subs.unsubscribe_job(job),
+                    Room::Workspace(ws) => self.subs.unsubscribe_workspace(&ws),
+                };
+                match announce {
+                    Some(announce) => self.announce(announce).await,
+                    None => Ok(()),
+                }
             }
             Msg::Close => Err(Stop),
         }

@@ -262,7 +262,7 @@ async fn subscriptions_for(
 }
 
 /// Ends a subscription in the socket's count (under the same lock as subscribes).
-async fn forget_subscription(socket: &SocketRef, room: Room, subscriber: Option<Arc<Subscriber>>) {
+async fn forget_subscription(socket: &SocketRef, room: Room, subscriber: Option<Arc<Subscriber>>, ack: Ack) {
     let holdings = socket.extensions.get::<Holdings>();
     let mut rooms = match &holdings {
         Some(holdings) => Some(holdings.rooms.lock().await),
@@ -271,8 +271,17 @@ async fn forget_subscription(socket: &SocketRef, room: Room, subscriber: Option<
     if let Some(rooms) = rooms.as_mut() {
         rooms.remove(&room);
     }
-    if let Some(subscriber) = subscriber {
-        subscriber.unsubscribe(room).await;
+    // The ack goes out after the worker has left the room: no event of the
+    // room follows it.
+    let announce = ack.announce(Unsubscribed { ok: true });
+    let unanswered = match subscriber {
+        Some(subscriber) => subscriber.unsubscribe_then(room, Some(announce)).await.err().flatten(),
+        None => Some(announce),
+    };
+    if let Some(mut announce) = unanswered {
+        if let Err(err) = announce() {
+            tracing::debug!(?err, "ack not sent");
+        }
     }
 }
 
@@ -551,8 +560,7 @@ async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>,
     turn.wait().await;
     let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else { return };
     let subscriber = session(&socket).and_then(|s| s.0.subscriber.get().cloned());
-    forget_subscription(&socket, Room::Workspace(request.workspace_id), subscriber).await;
-    ack.reply(&Unsubscribed { ok: true });
+    forget_subscription(&socket, Room::Workspace(request.workspace_id), subscriber, ack).await;
 }
 
 async fn subscribe_job(
@@ -612,8 +620,7 @@ async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: 
     turn.wait().await;
     let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else { return };
     let subscriber = session(&socket).and_then(|s| s.0.subscriber.get().cloned());
-    forget_subscription(&socket, Room::Job(request.job_id), subscriber).await;
-    ack.reply(&Unsubscribed { ok: true });
+    forget_subscription(&socket, Room::Job(request.job_id), subscriber, ack).await;
 }
 
 #[cfg(test)]
