@@ -60,7 +60,21 @@ impl Api {
         Ok((status, value))
     }
 
-    async fn post_ok(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    /// A GET whose answer is text (`/metrics`), or `None` unless it answers 200.
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<Option<String>> {
+        let request = Request::builder()
+            .method("GET")
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", &*self.auth)
+            .body(Full::new(Bytes::new()))?;
+        let response = self.client.request(request).await.context("HTTP request")?;
+        let ok = response.status().as_u16() == 200;
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(ok.then(|| String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// A POST that must answer 2xx; returns the JSON answer.
+    pub async fn post_ok(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (status, answer) = self.call("POST", path, Some(&body)).await?;
         if !(200..300).contains(&status) {
             return Err(anyhow!("POST {path}: {status} {answer}"));

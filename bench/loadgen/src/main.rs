@@ -2,6 +2,7 @@
 //! connections and HTTP producers, and reports delivery, latency, and the
 //! server's memory and CPU. Run `loadgen --help`; `bench/run` wraps the scenarios.
 
+mod history;
 mod http;
 mod sio;
 mod stats;
@@ -99,6 +100,37 @@ enum Scenario {
         writers: usize,
         #[arg(long, default_value_t = 15)]
         secs: u64,
+    },
+    /// A workspace with N finished jobs (see `seed-history`): memory per workspace
+    /// subscription, ack latency, and a later event and a new job delivered once to each.
+    History {
+        /// Finished jobs seeded in the workspace.
+        #[arg(long, default_value_t = 2000)]
+        jobs: u64,
+        #[arg(long, default_value = "bench-history")]
+        workspace: String,
+        /// Sockets, each with its own workspace subscription.
+        #[arg(long, default_value_t = 500)]
+        sockets: usize,
+        /// Running jobs created before the sockets subscribe.
+        #[arg(long, default_value_t = 20)]
+        live: usize,
+        /// Subscriptions awaiting their ack at once while connecting (1: each ack's
+        /// latency is the subscription's own cost, without queueing behind others).
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        /// The database's name, for the result table.
+        #[arg(long, default_value = "?")]
+        db: String,
+    },
+    /// Writes N finished jobs (four events each) into a migrated database, before the server starts.
+    SeedHistory {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 2000)]
+        jobs: u64,
+        #[arg(long, default_value = "bench-history")]
+        workspace: String,
     },
     /// N subscribers, a steady producer, each connection force-closed every 10–20 s and resumed with `since`.
     Jitter {
@@ -359,6 +391,13 @@ async fn main() -> anyhow::Result<()> {
                 "RESULT {}",
                 json!({ "scenario": "raw-insert", "batch": batch, "writers": writers, "rows_per_s": rate })
             );
+        }
+        Scenario::History { jobs, workspace, sockets, live, in_flight, db } => {
+            let settings = history::Settings { jobs, workspace, sockets, live, in_flight, db };
+            history::run(&common, &api, &delivery, settings).await?;
+        }
+        Scenario::SeedHistory { database_url, jobs, workspace } => {
+            history::seed(&database_url, jobs, &workspace).await?;
         }
         Scenario::Jitter { subscribers, rate, secs } => {
             let (job, step, _) = api.running_job("bench").await?;

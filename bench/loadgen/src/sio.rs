@@ -234,6 +234,7 @@ async fn session(
     started: Instant,
 ) -> anyhow::Result<()> {
     let mut pending_acks = 0usize;
+    let subscribed = Instant::now();
     for (i, sub) in client.subs.iter().enumerate() {
         let (event, payload) = match sub {
             Sub::Job(job) => {
@@ -285,6 +286,8 @@ async fn session(
             if body.get("ok") != Some(&Value::Bool(true)) {
                 return Err(anyhow!("subscription refused: {body}"));
             }
+            delivery.acks.record(subscribed.elapsed());
+            delivery.ack_bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
             cursors.on_ack(&body);
             pending_acks = pending_acks.saturating_sub(1);
             if pending_acks == 0 && waiting.is_empty() && replay_pending {

@@ -84,6 +84,10 @@ pub struct Delivery {
     pub latency: Histogram,
     /// Reconnect-to-caught-up time (jitter).
     pub replay: Histogram,
+    /// Subscribe-to-ack time, one sample per acknowledged subscription.
+    pub acks: Histogram,
+    /// Bytes of those acks (the Socket.IO packets).
+    pub ack_bytes: AtomicU64,
     /// Reconnections made.
     pub reconnects: AtomicU64,
     /// Connections that failed.
@@ -93,11 +97,20 @@ pub struct Delivery {
 impl Delivery {
     /// Resets the per-phase counters.
     pub fn reset(&self) {
-        for c in [&self.received, &self.duplicates, &self.out_of_order, &self.skipped, &self.reconnects, &self.errors] {
+        for c in [
+            &self.received,
+            &self.duplicates,
+            &self.out_of_order,
+            &self.skipped,
+            &self.reconnects,
+            &self.errors,
+            &self.ack_bytes,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
         self.latency.reset();
         self.replay.reset();
+        self.acks.reset();
     }
 }
 
