@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use jobstream_rooms::Horizon;
 
-/// The statuses after which only `job:event` types are appended.
-const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
+/// The statuses of a job that is not finished.
+const LIVE: [&str; 3] = ["pending", "queued", "running"];
 
 use crate::entity::{job_events, job_steps, jobs};
 use crate::error::ReadError;
@@ -130,7 +130,9 @@ impl EventStore {
             .column(jobs::Column::Id)
             .column(jobs::Column::LastSeq)
             .filter(jobs::Column::WorkspaceId.eq(workspace_id))
-            .filter(jobs::Column::Status.is_not_in(TERMINAL))
+            // Listed, not excluded: `IN` narrows the (workspace_id, status)
+            // index to the live jobs; `NOT IN` would read every finished job.
+            .filter(jobs::Column::Status.is_in(LIVE))
             .into_tuple::<(Uuid, i64)>()
             .all(&tx)
             .await?;
