@@ -81,6 +81,26 @@ describe('clients that stop reading', { skip: skipReason(), timeout: 120_000 }, 
     ws.terminate();
   });
 
+  it('holds one large ack at a time for a socket that repeats a large workspace subscribe and reads nothing', async (t) => {
+    const ws2 = randomUUID();
+    const token2 = mintToken(ctx.server.secret, { workspaces: [ws2] });
+    const producer2 = api(ctx.server.url, token2);
+    for (let i = 0; i < 12; i += 1) {
+      const r = await producer2.createJob({ workspaceId: ws2, type: 'big', metadata: { blob: 'z'.repeat(900_000) } });
+      assert.equal(r.status, 201);
+    }
+    const pid = ctx.server.pid();
+    const before = rssKiB(pid);
+    const ws = await nonReadingSocket(ctx.server.url, token2);
+    ws._socket.pause();
+    for (let i = 0; i < 100; i += 1) ws.send(`42${i}["subscribe:workspace:jobs",{"workspaceId":"${ws2}"}]`);
+    await sleep(2000);
+    const grown = rssKiB(pid) - before;
+    t.diagnostic(`server memory grew by ${grown} KiB for 100 subscribes with 11 MB acks`);
+    assert.ok(grown < 96 * 1024, `the server holds ${grown} KiB (100 acks of 11 MB would be 1 GiB)`);
+    ws.terminate();
+  });
+
   it('closes an SSE stream that reads nothing while events wait', async () => {
     const job = (await producer.createJob({ workspaceId: workspace, type: 'log' })).body.id;
     await producer.setStatus(job, { status: 'queued' });

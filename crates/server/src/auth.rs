@@ -708,6 +708,11 @@ pub fn verify_token(keys: &Keys, token: &str) -> Result<Verified, TokenError> {
         }
         first_verified(token, candidates.into_iter().map(|k| (&k.key, &k.validation)))?
     };
+    // `sub` names who holds the token (limits are counted per subject): it
+    // must name someone.
+    if claims.sub.trim().is_empty() {
+        return Err(TokenError::Malformed);
+    }
     // jsonwebtoken accepts a token in its `exp` second; ours ends at `exp`.
     let expires = Expiry(claims.exp);
     if expires.has_passed() {

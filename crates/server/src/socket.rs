@@ -55,8 +55,8 @@ pub(crate) struct Session(Arc<SessionState>);
 struct SessionState {
     /// Bytes on their way to the client (see [`crate::budget`]).
     budget: Arc<crate::budget::Budget>,
-    /// Subscribes being set up: each holds a permit until its ack is handed
-    /// to the socket, so a burst of subscribes holds a few snapshots, not all.
+    /// Subscribes being set up: each holds the permit until its ack is handed
+    /// to the socket, so a burst of subscribes holds one snapshot at a time.
     subscribes: Arc<tokio::sync::Semaphore>,
     claims: Claims,
     expires: Expiry,
@@ -136,7 +136,7 @@ impl Session {
 }
 
 /// Subscribes of one socket set up at once; the others wait their turn.
-const SUBSCRIBES_IN_FLIGHT: usize = 4;
+const SUBSCRIBES_IN_FLIGHT: usize = 1;
 
 /// Waits for a subscribe's turn on this socket and for room in its byte
 /// budget; the permit goes with the ack (see [`with_permit`]).
