@@ -832,6 +832,16 @@ mod tests {
     }
 
     #[test]
+    fn a_token_without_a_subject_is_refused() {
+        for sub in ["", "   "] {
+            let token =
+                mint(&Secret::new("s3cret"), sub, &["ws-1".into()], &scopes("subscribe"), Duration::from_secs(60));
+            let outcome = token.ok().map(|token| verify(&Keys::from_secret("s3cret"), &token).err());
+            assert_eq!(outcome, Some(Some(TokenError::Malformed)), "sub {sub:?}");
+        }
+    }
+
+    #[test]
     fn a_token_signed_with_another_secret_is_refused() {
         let token = hs256("a", &claims(json!({})));
         assert_eq!(verify(&Keys::from_secret("b"), &token).err(), Some(TokenError::Signature));
