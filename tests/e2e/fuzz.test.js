@@ -9,7 +9,7 @@ const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
 const { describe, it, before } = require('node:test');
 const {
-  api, connect, emitAck, mintToken, skipReason, sleep, useServer,
+  api, connect, emitAck, mintToken, rawRequest, skipReason, sleep, useServer,
 } = require('./harness');
 
 const SEED = Number(process.env.JOBSTREAM_FUZZ_SEED || 20261130);
@@ -85,20 +85,8 @@ function generator(random) {
   return { body, value, pick, random };
 }
 
-async function post(url, token, route, text) {
-  const response = await fetch(url + route, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    body: text,
-  });
-  const raw = await response.text();
-  let parsed = null;
-  try { parsed = JSON.parse(raw); } catch { /* checked below */ }
-  return { status: response.status, raw, body: parsed };
-}
-
 function assertCleanAnswer(response, what) {
-  const context = `${what} → ${response.status} ${response.raw.slice(0, 300)}`;
+  const context = `${what} → ${response.status} ${response.text.slice(0, 300)}`;
   assert.ok(response.status < 500, `server error: ${context}`);
   if (response.status >= 400) {
     assert.ok(response.body && response.body.error, `no error object: ${context}`);
@@ -144,7 +132,7 @@ describe('generated hostile input', { skip: skipReason(), timeout: 300_000 }, ()
     for (const [route, base] of routes()) {
       for (let i = 0; i < CASES_PER_ROUTE; i += 1) {
         const text = gen.body(base);
-        const response = await post(ctx.server.url, token, route, text);
+        const response = await rawRequest(ctx.server.url, token, 'POST', route, text);
         assertCleanAnswer(response, `POST ${route} ${text.slice(0, 200)} (seed ${SEED})`);
         if (response.status < 300) {
           accepted += 1;

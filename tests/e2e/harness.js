@@ -311,6 +311,20 @@ function api(url, token) {
   };
 }
 
+// Raw HTTP with a JSON text body, to send and read JSON that
+// JSON.stringify/parse would change: { status, text, body (parsed, or null) }.
+async function rawRequest(url, token, method, route, text) {
+  const response = await fetch(url + route, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(text !== undefined ? { 'content-type': 'application/json' } : {}) },
+    body: text,
+  });
+  const body = await response.text();
+  let parsed = null;
+  try { parsed = JSON.parse(body); } catch { /* not JSON: keep the text */ }
+  return { status: response.status, text: body, body: parsed };
+}
+
 // ---------------------------------------------------------------------------
 // Socket.IO
 
@@ -453,6 +467,7 @@ function assertAckError(ack, code) {
 }
 
 module.exports = {
+  rawRequest,
   binaryPath,
   createDatabase,
   startProcess,

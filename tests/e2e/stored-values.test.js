@@ -14,18 +14,8 @@ const { randomUUID } = require('node:crypto');
 const { describe, it, before, after } = require('node:test');
 const { io } = require('socket.io-client');
 const {
-  api, assertHttpError, connect, emitAck, mintToken, skipReason, sleep, useServer,
+  api, assertHttpError, connect, emitAck, mintToken, rawRequest: raw, skipReason, sleep, useServer,
 } = require('./harness');
-
-// Raw HTTP, to send and read JSON text that JSON.stringify/parse would change.
-async function raw(url, token, method, route, text) {
-  const response = await fetch(url + route, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(text !== undefined ? { 'content-type': 'application/json' } : {}) },
-    body: text,
-  });
-  return { status: response.status, text: await response.text() };
-}
 
 describe('values that one backend cannot store', { skip: skipReason(), timeout: 120_000 }, () => {
   const ctx = useServer();

@@ -13,7 +13,7 @@
 //! client polls, and a client that stops polling is closed by the heartbeat.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::conn::Conn;
@@ -27,8 +27,9 @@ pub const SOCKET_BUFFER_BYTES: u64 = 2 * 1024 * 1024;
 pub struct Budget {
     /// Bytes handed to the socket.
     sent: AtomicU64,
-    /// The WebSocket connection, with `sent` and its `written` when attached.
-    websocket: Mutex<Option<(Conn, u64, u64)>>,
+    /// The WebSocket connection, with `sent` and its `written` when attached
+    /// (once: a socket has one WebSocket). Read on every delivery, so no lock.
+    websocket: OnceLock<(Conn, u64, u64)>,
 }
 
 impl Budget {
@@ -40,19 +41,24 @@ impl Budget {
     /// Starts measuring against the socket's WebSocket connection.
     pub fn attach(&self, conn: Conn) {
         let base = (conn.clone(), self.sent.load(Ordering::Acquire), conn.written());
-        *self.websocket.lock().unwrap_or_else(PoisonError::into_inner) = Some(base);
+        let _ = self.websocket.set(base);
     }
 
-    fn connection(&self) -> Option<(Conn, u64, u64)> {
-        self.websocket.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    fn connection(&self) -> Option<&(Conn, u64, u64)> {
+        self.websocket.get()
+    }
+
+    /// Whether a WebSocket connection is attached (else nothing is measured).
+    pub fn is_measured(&self) -> bool {
+        self.connection().is_some()
     }
 
     /// Bytes handed over and not yet written (0 when not measured).
     pub fn outstanding(&self) -> u64 {
         match self.connection() {
             Some((conn, sent, written)) => {
-                let handed = self.sent.load(Ordering::Acquire).saturating_sub(sent);
-                handed.saturating_sub(conn.written().saturating_sub(written))
+                let handed = self.sent.load(Ordering::Acquire).saturating_sub(*sent);
+                handed.saturating_sub(conn.written().saturating_sub(*written))
             }
             None => 0,
         }

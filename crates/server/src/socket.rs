@@ -407,7 +407,8 @@ impl FromMessageParts<LocalAdapter> for Ack {
 
 impl Ack {
     fn try_send<T: Serialize + ?Sized>(&self, body: &T) -> Result<(), SendError> {
-        let budget = self.socket.extensions.get::<Session>().map(|s| s.0.budget.clone());
+        // Only a budget measured against a WebSocket needs the ack's size.
+        let budget = self.socket.extensions.get::<Session>().map(|s| s.0.budget.clone()).filter(|b| b.is_measured());
         if budget.as_ref().is_some_and(|b| b.is_spent()) {
             return Err(SendError::Socket(SocketError::InternalChannelFull));
         }
@@ -516,6 +517,23 @@ fn expired(expires: Expiry) -> Option<AckError> {
         .then(|| AckError::new(ErrorCode::Unauthorized, "unauthorized: token expired; reconnect with a fresh token"))
 }
 
+/// What every subscribe does first: wait for its turn (requests apply in the
+/// order sent), parse, refuse after the token's `exp`, then wait for the
+/// socket's subscribe permit and byte budget. `None` once it has answered.
+async fn subscribe_start<T: Request>(
+    socket: &SocketRef,
+    data: Result<Value, socketioxide::ParserError>,
+    ack: Ack,
+    turn: &crate::order::Turn,
+) -> Option<(T, Ack, Session, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    turn.wait().await;
+    let (request, ack) = parse::<T>(data, ack)?;
+    let session = session(socket)?;
+    let ack = refuse_expired(&session, ack)?;
+    let permit = subscribe_turn(&session).await;
+    Some((request, ack, session, permit))
+}
+
 async fn subscribe_workspace(
     socket: SocketRef,
     TryData(data): TryData<Value>,
@@ -523,12 +541,10 @@ async fn subscribe_workspace(
     State(app): State<AppState>,
     turn: crate::order::Turn,
 ) {
-    // Applied in the order the client sent its requests.
-    turn.wait().await;
-    let Some((request, ack)) = parse::<SubscribeWorkspace>(data, ack) else { return };
-    let Some(session) = session(&socket) else { return };
-    let Some(ack) = refuse_expired(&session, ack) else { return };
-    let permit = subscribe_turn(&session).await;
+    let Some((request, ack, session, permit)) = subscribe_start::<SubscribeWorkspace>(&socket, data, ack, &turn).await
+    else {
+        return;
+    };
     if let Decision::Denied(denial) = authorize(&session.0.claims, Action::Read, &request.workspace_id) {
         return ack.refuse(ErrorCode::Forbidden, denial.reason);
     }
@@ -570,12 +586,9 @@ async fn subscribe_job(
     State(app): State<AppState>,
     turn: crate::order::Turn,
 ) {
-    // Applied in the order the client sent its requests.
-    turn.wait().await;
-    let Some((request, ack)) = parse::<SubscribeJob>(data, ack) else { return };
-    let Some(session) = session(&socket) else { return };
-    let Some(ack) = refuse_expired(&session, ack) else { return };
-    let permit = subscribe_turn(&session).await;
+    let Some((request, ack, session, permit)) = subscribe_start::<SubscribeJob>(&socket, data, ack, &turn).await else {
+        return;
+    };
     if !session.0.claims.scopes.contains(&jobstream_rooms::Scope::Subscribe) {
         return ack.refuse(ErrorCode::Forbidden, "the token lacks the `subscribe` scope");
     }
