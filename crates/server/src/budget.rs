@@ -13,7 +13,7 @@
 //! client polls, and a client that stops polling is closed by the heartbeat.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::conn::Conn;
@@ -27,9 +27,8 @@ pub const SOCKET_BUFFER_BYTES: u64 = 2 * 1024 * 1024;
 pub struct Budget {
     /// Bytes handed to the socket.
     sent: AtomicU64,
-    /// The WebSocket connection, with `sent` and its `written` when attached
-    /// (once: a socket has one WebSocket). Read on every delivery, so no lock.
-    websocket: OnceLock<(Conn, u64, u64)>,
+    /// The WebSocket connection, with `sent` and its `written` when attached.
+    websocket: Mutex<Option<(Conn, u64, u64)>>,
 }
 
 impl Budget {
@@ -41,11 +40,11 @@ impl Budget {
     /// Starts measuring against the socket's WebSocket connection.
     pub fn attach(&self, conn: Conn) {
         let base = (conn.clone(), self.sent.load(Ordering::Acquire), conn.written());
-        let _ = self.websocket.set(base);
+        *self.websocket.lock().unwrap_or_else(PoisonError::into_inner) = Some(base);
     }
 
-    fn connection(&self) -> Option<&(Conn, u64, u64)> {
-        self.websocket.get()
+    fn connection(&self) -> Option<(Conn, u64, u64)> {
+        self.websocket.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Whether a WebSocket connection is attached (else nothing is measured).
@@ -57,8 +56,8 @@ impl Budget {
     pub fn outstanding(&self) -> u64 {
         match self.connection() {
             Some((conn, sent, written)) => {
-                let handed = self.sent.load(Ordering::Acquire).saturating_sub(*sent);
-                handed.saturating_sub(conn.written().saturating_sub(*written))
+                let handed = self.sent.load(Ordering::Acquire).saturating_sub(sent);
+                handed.saturating_sub(conn.written().saturating_sub(written))
             }
             None => 0,
         }
