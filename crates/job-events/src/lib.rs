@@ -6,13 +6,12 @@
 //!   the snapshot columns; only after commit is the event handed to the
 //!   [`EventSink`]. The typed emit helpers (`emit_job_created` …) build each
 //!   payload in one place.
-//! - [`delivery`]: the per-node hub that turns committed events into ordered,
-//!   gap-free, exactly-once streams for each subscriber, repairing any gap from
-//!   the database. It knows outlets only through the [`delivery::Outlet`] trait,
-//!   so this crate knows nothing of Socket.IO or HTTP.
+//!
+//! Delivery (the hub that turns committed events into ordered streams per
+//! subscriber) lives in `jobstream-delivery`, which reads through [`EventStore`]
+//! and receives events as this crate's [`EventSink`].
 
 pub mod db;
-pub mod delivery;
 mod emit;
 pub mod entity;
 pub mod error;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Method};
 use axum::Router;
-use jobstream_job_events::delivery::{DeliveryConfig, Hub};
+use jobstream_delivery::{DeliveryConfig, Hub};
 use jobstream_job_events::{EventStore, JobEvents, OpenError};
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -159,12 +159,14 @@ impl Application {
         let metrics = crate::metrics::Metrics::default();
         let sink: Arc<dyn jobstream_job_events::EventSink> = match &config.redis_url {
             Some(url) => {
-                let bus = crate::bus::start(url, hub.clone(), metrics.clone())
-                    .map_err(|e| BuildError::Config(e.to_string()))?;
+                let driver = jobstream_delivery::bus::redis::RedisDriver::new(url)
+                    .map_err(|e| BuildError::Config(format!("invalid Redis URL: {e}")))?;
+                let bus = jobstream_delivery::bus::start(driver, hub.clone(), Arc::new(metrics.clone()));
                 Arc::new(CountingSink { inner: bus, metrics: metrics.clone() })
             }
             None if config.bus.as_deref() == Some("postgres") => {
-                let bus = crate::bus::start_postgres(&config.database_url, hub.clone(), metrics.clone());
+                let driver = jobstream_delivery::bus::postgres::PostgresDriver::new(&config.database_url, db.clone());
+                let bus = jobstream_delivery::bus::start(driver, hub.clone(), Arc::new(metrics.clone()));
                 Arc::new(CountingSink { inner: bus, metrics: metrics.clone() })
             }
             None => Arc::new(CountingSink { inner: hub.clone(), metrics: metrics.clone() }),

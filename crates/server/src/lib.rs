@@ -6,7 +6,6 @@
 pub mod app;
 pub mod auth;
 pub mod budget;
-pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod dashboard;

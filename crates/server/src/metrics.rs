@@ -87,6 +87,17 @@ fn new_histogram() -> RawHistogram {
     RawHistogram::new(BUCKETS)
 }
 
+/// The cluster bus reports its errors and lag here.
+impl jobstream_delivery::bus::BusMetrics for Metrics {
+    fn error(&self) {
+        self.bus_errors.inc();
+    }
+
+    fn lag(&self, seconds: f64) {
+        self.bus_lag.observe(seconds);
+    }
+}
+
 /// The labels of `jobstream_http_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HttpLabels {

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use jobstream_job_events::delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
+use jobstream_delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
 use jobstream_job_events::{Committed, ReadError};
 use jobstream_protocol::requests::Request;
 use jobstream_protocol::{
@@ -441,7 +441,7 @@ impl Ack {
 /// The answer to a `subscribe:job` whose `since` can no longer be honoured in
 /// order: the socket already got later events of the job (through its
 /// workspace subscription) after a gap it never got.
-fn unreachable_since(ack: &Ack, job_id: uuid::Uuid) -> jobstream_job_events::delivery::Refuse {
+fn unreachable_since(ack: &Ack, job_id: uuid::Uuid) -> jobstream_delivery::Refuse {
     let ack = Ack { socket: ack.socket.clone(), ack_id: ack.ack_id };
     Box::new(move |u: jobstream_rooms::Unreachable| {
         let message = format!(

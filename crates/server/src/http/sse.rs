@@ -19,7 +19,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use jobstream_job_events::delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
+use jobstream_delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
 use jobstream_job_events::entity::job_events;
 use jobstream_job_events::{Committed, EventStore, ReadError};
 use jobstream_protocol::{ErrorCode, EventType, JobSnapshot};

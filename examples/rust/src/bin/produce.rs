@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use jobstream_job_events::delivery::{DeliveryConfig, Hub, Outlet, OutletError};
+use jobstream_delivery::{DeliveryConfig, Hub, Outlet, OutletError};
 use jobstream_job_events::{Committed, EventStore, JobEvents};
 use jobstream_protocol::{
     CompleteStep, CreateJob, JobStatus, OutputStream, StartStep, StepPhase, StepStatus, StepType,

@@ -5,12 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../job-events/tests/support/mod.rs"]
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobstream_job_events::delivery::{DeliveryConfig, Hub, Outlet, OutletError};
+use jobstream_delivery::{DeliveryConfig, Hub, Outlet, OutletError};
 use jobstream_job_events::{Committed, EventStore, JobEvents, Prune};
 use jobstream_protocol::{BatchItem, CreateJob, JobStatus, StartStep, StepOutputRequest, StepPhase, StepType};
 use sea_orm::{ConnectionTrait, Statement};

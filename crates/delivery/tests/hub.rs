@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../job-events/tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobstream_job_events::delivery::{Announce, DeliveryConfig, Hub, Outlet, OutletError, Subscriber};
+use jobstream_delivery::{Announce, DeliveryConfig, Hub, Outlet, OutletError, Subscriber};
 use jobstream_job_events::{Committed, EventStore, JobEvents};
 use jobstream_protocol::{BatchItem, CreateJob, JobStatus, ProgressRequest};
 use support::TestDb;

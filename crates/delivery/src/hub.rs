@@ -37,9 +37,9 @@ use jobstream_rooms::{EventKey, Subscriptions, Verdict};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::error::ReadError;
-use crate::sink::{Committed, EventSink};
-use crate::store::{EventStore, WorkspaceSnapshot};
+use jobstream_job_events::{Committed, EventSink, ReadError, WorkspaceSnapshot};
+
+use crate::source::EventSource;
 
 /// Where a subscriber's events go.
 pub trait Outlet: Send + Sync + 'static {
@@ -124,7 +124,7 @@ impl std::fmt::Debug for Hub {
 }
 
 struct HubInner {
-    store: EventStore,
+    store: Arc<dyn EventSource>,
     config: DeliveryConfig,
     /// Subscribers by room, sharded by the room's hash: dispatch takes two
     /// shared locks (the job's room, the workspace's room), subscribing one
@@ -229,8 +229,14 @@ struct ActivateWorkspace {
 }
 
 impl Hub {
-    /// A hub reading catch-ups from `store`.
-    pub fn new(store: EventStore, config: DeliveryConfig) -> Self {
+    /// A hub reading snapshots and catch-ups from `store` (an
+    /// [`jobstream_job_events::EventStore`], or any other [`EventSource`]).
+    pub fn new(store: impl EventSource, config: DeliveryConfig) -> Self {
+        Self::with_source(Arc::new(store), config)
+    }
+
+    /// [`Hub::new`] with a shared source.
+    pub fn with_source(store: Arc<dyn EventSource>, config: DeliveryConfig) -> Self {
         let inner = HubInner {
             store,
             config,
@@ -368,8 +374,8 @@ impl Hub {
         }
     }
 
-    /// The store the hub reads from.
-    pub fn store(&self) -> &EventStore {
+    /// The source the hub reads from.
+    pub fn store(&self) -> &Arc<dyn EventSource> {
         &self.inner.store
     }
 
@@ -914,7 +920,7 @@ impl Worker {
     /// is closed if it stays so: its client resumes with `since` later).
     async fn read<T, F, Fut>(&self, op: F) -> Result<T, Stop>
     where
-        F: Fn(EventStore) -> Fut,
+        F: Fn(Arc<dyn EventSource>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ReadError>>,
     {
         for attempt in 0..5u32 {
