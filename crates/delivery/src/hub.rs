@@ -1,40 +1,49 @@
 //! Delivery: committed events to subscribers, per job in `seq` order, each once, without gaps.
 //!
 //! Each node has one [`Hub`]. A subscriber (a Socket.IO socket, an SSE stream)
-//! gets a [`Subscriber`] handle and a worker task that owns its
-//! [`Subscriptions`] (its cursor per job). The hub indexes subscribers by room;
-//! a committed event is offered to the mailbox of every subscriber whose rooms
-//! cover it — once, even when two of its rooms do. The worker classifies each
-//! event against the cursor:
+//! gets a [`Subscriber`] handle; the hub indexes subscribers by room, and a
+//! committed event is offered to every subscriber whose rooms cover it — once,
+//! even when two of its rooms do. Each offer is classified against the
+//! subscriber's [`Subscriptions`] (its cursor per job):
 //! - the next `seq` is sent;
 //! - an older one is a duplicate and dropped;
-//! - a later one shows a gap (writers committed out of order, a mailbox
-//!   overflowed, a bus message was lost): the worker reads the missing events
-//!   from the database — every event below a committed `seq` is committed —
-//!   in pages, sends them in order, then goes on.
+//! - a later one shows a gap (writers committed out of order, a queue
+//!   overflowed, a bus message was lost): the missing events are read from the
+//!   database — every event below a committed `seq` is committed — in pages,
+//!   sent in order, then delivery goes on.
+//!
+//! **Two paths.** A caught-up subscriber (nothing queued, no worker running)
+//! gets the next event of its job written to its outlet by the dispatching
+//! thread itself, under the subscriber's short lock: no queue, no task woken.
+//! The outlet encodes the event's JSON, which [`Committed`] holds encoded once
+//! for every subscriber. Everything else — a subscription being set up, a gap,
+//! a full outlet, a command — is queued, and a worker task is started that owns
+//! the cursors until the queue is empty, then hands them back and ends. While
+//! a worker runs, every later event is queued behind it, so order is kept. An
+//! idle subscriber holds no task, and a socket with no subscription holds no
+//! delivery state at all (its [`Subscriber`] is made on first subscribe).
 //!
 //! A workspace subscription holds cursors only for the workspace's unfinished
 //! jobs and for jobs active while it is subscribed; every other job's events
 //! are placed with the snapshot's commit horizon (`docs/delivery-design.md`
 //! has the design and the argument that nothing is lost or sent twice).
 //!
-//! Memory stays bounded: a mailbox holds at most `queue_limit` events; past
+//! Memory stays bounded: a queue holds at most `queue_limit` events; past
 //! that, the hub stops queueing for that subscriber and asks it to
 //! resynchronise from the database once it has caught up. A subscriber whose
-//! outlet is full waits (backing off) and never skips; a client that stopped
-//! reading for good is closed by its transport (the engine.io heartbeat), and
-//! resumes with `since` when it reconnects. Subscribing registers the room
-//! before the snapshot is read, and the announcement (ack) is sent by the worker
-//! before anything it announces, retried while the outlet is full.
+//! outlet is full waits (backing off) and never skips; one that stays full for
+//! `stall_timeout` is closed, and its client resumes with `since` when it
+//! reconnects. Subscribing registers the room before the snapshot is read, and
+//! the announcement (ack) is sent by the worker before anything it announces,
+//! retried while the outlet is full.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use jobstream_protocol::{JobSnapshot, Room};
 use jobstream_rooms::{EventKey, Subscriptions, Verdict};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use jobstream_job_events::{Committed, EventSink, ReadError, WorkspaceSnapshot};
@@ -100,6 +109,13 @@ impl Default for DeliveryConfig {
 pub struct DeliveryStats {
     /// Events sent to outlets.
     pub delivered: AtomicU64,
+    /// Of those, events written by the dispatching thread to a caught-up
+    /// subscriber (the fast path: no queue, no task woken).
+    pub fast: AtomicU64,
+    /// Subscribers handled by a worker task now (behind: setting up a
+    /// subscription, catching up, waiting on a full outlet); the others are
+    /// served by the fast path and hold no task.
+    pub behind: AtomicU64,
     /// Catch-up reads from the database (gaps, replays, resynchronisations).
     pub catch_ups: AtomicU64,
     /// Mailboxes that overflowed.
@@ -171,30 +187,131 @@ impl Shard {
     }
 }
 
+/// One subscriber as the hub sees it: its outlet, its rooms, and its delivery
+/// state behind one short lock.
+///
+/// **Fast path.** While nothing is queued and no worker runs, a dispatched
+/// event is classified against the cursors and written to the outlet right
+/// there, by the dispatching thread: no task is woken and nothing is queued.
+/// **Slow path.** Anything else (a subscription being set up, a gap, a full
+/// outlet, commands) is queued, and a worker task is started that owns the
+/// cursors until the queue is empty again; then it hands them back and ends.
+/// While a worker runs, every event is queued behind what it is doing, so
+/// order is kept. An idle subscriber holds no task.
 struct Mailbox {
     id: u64,
-    tx: mpsc::UnboundedSender<Msg>,
+    outlet: Arc<dyn Outlet>,
     /// The rooms this subscriber is indexed under: leaving touches only these.
     rooms: std::sync::Mutex<Vec<Room>>,
-    /// Events in the channel: bounded by `queue_limit`, commands are not counted.
-    queued: AtomicUsize,
+    state: std::sync::Mutex<MailboxState>,
+}
+
+struct MailboxState {
+    /// The cursors, when no worker has them (a worker runs exactly while this is `None`).
+    cursors: Option<Box<Cursors>>,
+    /// What waits for the worker.
+    queue: VecDeque<Msg>,
+    /// Events in `queue`: bounded by `queue_limit`, commands are not counted.
+    queued_events: usize,
     /// Set when an event was not queued; cleared by the worker when it resynchronises.
-    overflowed: AtomicBool,
+    overflowed: bool,
+    /// The subscriber has stopped: nothing more is taken.
+    closed: bool,
+}
+
+/// A subscriber's position in each followed job, and what waits on a
+/// subscription being set up.
+#[derive(Default)]
+struct Cursors {
+    subs: Subscriptions,
+    /// The number of cursors last added to [`DeliveryStats::cursors`].
+    counted: usize,
+    /// Events for subscriptions being set up, classified again at activation.
+    pending: Vec<Arc<Committed>>,
+    /// Some pending events were dropped: resynchronise at activation.
+    pending_overflow: bool,
+}
+
+impl Cursors {
+    fn count(&mut self, stats: &DeliveryStats) {
+        let held = self.subs.held();
+        if held != self.counted {
+            if held > self.counted {
+                stats.cursors.fetch_add((held - self.counted) as u64, Ordering::Relaxed);
+            } else {
+                stats.cursors.fetch_sub((self.counted - held) as u64, Ordering::Relaxed);
+            }
+            self.counted = held;
+        }
+    }
 }
 
 impl Mailbox {
-    fn offer(&self, event: &Arc<Committed>, limit: usize, stats: &DeliveryStats) {
-        if self.queued.load(Ordering::Acquire) >= limit {
-            if !self.overflowed.swap(true, Ordering::AcqRel) {
+    fn state(&self) -> std::sync::MutexGuard<'_, MailboxState> {
+        lock(&self.state)
+    }
+
+    /// Offers a committed event: written at once if the subscriber is caught
+    /// up on its job and the outlet has room, else queued for the worker.
+    fn offer(self: &Arc<Self>, hub: &Hub, event: &Arc<Committed>) {
+        let stats = &hub.inner.stats;
+        let mut state = self.state();
+        if state.closed {
+            return;
+        }
+        if state.queue.is_empty() {
+            if let Some(cursors) = state.cursors.as_mut() {
+                match cursors.subs.classify(key(event)) {
+                    Verdict::Ignore | Verdict::Duplicate => return,
+                    Verdict::Deliver => {
+                        if self.outlet.try_send(event).is_ok() {
+                            cursors.subs.advance(key(event));
+                            cursors.count(stats);
+                            stats.delivered.fetch_add(1, Ordering::Relaxed);
+                            stats.fast.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        // Full or gone: the worker waits, or stops.
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if state.queued_events >= hub.inner.config.queue_limit {
+            if !state.overflowed {
+                state.overflowed = true;
                 stats.overflows.fetch_add(1, Ordering::Relaxed);
-                let _ = self.tx.send(Msg::Resync);
+                self.push(hub, &mut state, Msg::Resync);
             }
             return;
         }
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(Msg::Event(event.clone())).is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        state.queued_events += 1;
+        self.push(hub, &mut state, Msg::Event(event.clone()));
+    }
+
+    /// Queues a message and makes sure a worker will take it.
+    fn push(self: &Arc<Self>, hub: &Hub, state: &mut MailboxState, msg: Msg) {
+        if state.closed {
+            return;
         }
+        state.queue.push_back(msg);
+        if let Some(cursors) = state.cursors.take() {
+            hub.inner.stats.behind.fetch_add(1, Ordering::Relaxed);
+            let worker = Worker {
+                id: self.id,
+                hub: hub.clone(),
+                mailbox: self.clone(),
+                outlet: self.outlet.clone(),
+                c: cursors,
+            };
+            tokio::spawn(worker.run());
+        }
+    }
+
+    /// Queues a command for the worker.
+    fn send(self: &Arc<Self>, hub: &Hub, msg: Msg) {
+        let mut state = self.state();
+        self.push(hub, &mut state, msg);
     }
 }
 
@@ -267,26 +384,16 @@ impl Hub {
     /// Registers a subscriber and starts its worker.
     pub fn subscriber(&self, outlet: Arc<dyn Outlet>) -> Subscriber {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mailbox = Arc::new(Mailbox {
-            id,
-            tx,
-            rooms: std::sync::Mutex::default(),
-            queued: AtomicUsize::new(0),
-            overflowed: AtomicBool::new(false),
-        });
-        write(&self.inner.mailboxes).insert(id, mailbox.clone());
-        let worker = Worker {
-            id,
-            hub: self.clone(),
-            mailbox: mailbox.clone(),
-            outlet,
-            subs: Subscriptions::default(),
-            counted: 0,
-            pending: Vec::new(),
-            pending_overflow: false,
+        let state = MailboxState {
+            cursors: Some(Box::default()),
+            queue: VecDeque::new(),
+            queued_events: 0,
+            overflowed: false,
+            closed: false,
         };
-        tokio::spawn(worker.run(rx));
+        let mailbox =
+            Arc::new(Mailbox { id, outlet, rooms: std::sync::Mutex::default(), state: std::sync::Mutex::new(state) });
+        write(&self.inner.mailboxes).insert(id, mailbox.clone());
         Subscriber { id, hub: self.clone(), mailbox, rooms: tokio::sync::Mutex::new(HashSet::new()) }
     }
 
@@ -315,7 +422,6 @@ impl Hub {
 
     /// Offers committed events to the subscribers whose rooms cover them.
     pub fn dispatch(&self, events: &[Arc<Committed>]) {
-        let limit = self.inner.config.queue_limit;
         for event in events {
             let (job, workspace) = (&event.event.job_id, event.event.workspace_id.as_str());
             let (job_shard, ws_shard) = (self.job_shard(job), self.workspace_shard(workspace));
@@ -327,12 +433,12 @@ impl Hub {
             let job_set = by_job.by_job.get(job);
             let ws_set = by_ws.by_workspace.get(workspace);
             for mailbox in job_set.into_iter().flat_map(HashMap::values) {
-                mailbox.offer(event, limit, &self.inner.stats);
+                mailbox.offer(self, event);
             }
             for (id, mailbox) in ws_set.into_iter().flatten() {
                 // Once per subscriber, even when both of its rooms cover the event.
                 if !job_set.is_some_and(|set| set.contains_key(id)) {
-                    mailbox.offer(event, limit, &self.inner.stats);
+                    mailbox.offer(self, event);
                 }
             }
         }
@@ -370,7 +476,7 @@ impl Hub {
     /// up (after events may have been missed, e.g. while a bus was down).
     pub fn resync_all(&self) {
         for mailbox in read(&self.inner.mailboxes).values() {
-            let _ = mailbox.tx.send(Msg::Resync);
+            mailbox.send(self, Msg::Resync);
         }
     }
 
@@ -465,7 +571,7 @@ impl std::fmt::Debug for Subscriber {
 
 impl Subscriber {
     fn send(&self, msg: Msg) {
-        let _ = self.mailbox.tx.send(msg);
+        self.mailbox.send(&self.hub, msg);
     }
 
     /// Registers `room` (if new) so that events committed from now on reach the worker.
@@ -611,13 +717,8 @@ struct Worker {
     hub: Hub,
     mailbox: Arc<Mailbox>,
     outlet: Arc<dyn Outlet>,
-    subs: Subscriptions,
-    /// The number of cursors last added to [`DeliveryStats::cursors`].
-    counted: usize,
-    /// Events for subscriptions being set up, classified again at activation.
-    pending: Vec<Arc<Committed>>,
-    /// Some pending events were dropped: resynchronise at activation.
-    pending_overflow: bool,
+    /// The subscriber's cursors, owned while this worker runs.
+    c: Box<Cursors>,
 }
 
 fn key(event: &Committed) -> EventKey<'_> {
@@ -630,95 +731,78 @@ fn key(event: &Committed) -> EventKey<'_> {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        while let Some(msg) = rx.recv().await {
-            // The common case inline: the next event of a followed job, and room in the outlet.
-            let msg = match msg {
-                Msg::Event(event) => match self.try_deliver_now(event) {
-                    Ok(None) => {
-                        self.count_cursors();
-                        continue;
+    /// Takes queued messages until there are none, then hands the cursors back
+    /// (the fast path resumes) and ends; or stops the subscriber.
+    async fn run(mut self) {
+        loop {
+            let msg = {
+                let mut state = self.mailbox.state();
+                match state.queue.pop_front() {
+                    Some(msg) => {
+                        if matches!(msg, Msg::Event(_)) {
+                            state.queued_events -= 1;
+                        }
+                        msg
                     }
-                    Ok(Some(event)) => Msg::Event(event),
-                    Err(Stop) => break,
-                },
-                other => other,
+                    None => {
+                        self.c.count(&self.hub.inner.stats);
+                        if !self.c.subs.has_pending() {
+                            self.c.pending = Vec::new();
+                        }
+                        state.cursors = Some(self.c);
+                        self.hub.inner.stats.behind.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
             };
-            // Boxed so that the idle task holds only the receiver, not the largest handler state.
+            // Boxed: the handlers' futures are large, the loop's is not.
             let stop = Box::pin(self.handle(msg)).await.is_err();
-            self.count_cursors();
+            self.c.count(&self.hub.inner.stats);
             if stop {
                 break;
             }
         }
-        self.subs = Subscriptions::default();
-        self.count_cursors();
+        {
+            let mut state = self.mailbox.state();
+            state.closed = true;
+            state.queue.clear();
+            state.queued_events = 0;
+        }
+        self.c.subs = Subscriptions::default();
+        self.c.count(&self.hub.inner.stats);
+        self.hub.inner.stats.behind.fetch_sub(1, Ordering::Relaxed);
         self.outlet.close();
         self.hub.forget(&self.mailbox);
     }
 
-    fn count_cursors(&mut self) {
-        let held = self.subs.held();
-        if held != self.counted {
-            let stats = &self.hub.inner.stats.cursors;
-            if held > self.counted {
-                stats.fetch_add((held - self.counted) as u64, Ordering::Relaxed);
-            } else {
-                stats.fetch_sub((self.counted - held) as u64, Ordering::Relaxed);
-            }
-            self.counted = held;
-        }
-    }
-
-    /// Delivers `event` without waiting if it is the next one and the outlet has
-    /// room; otherwise hands it back for [`Worker::handle`].
-    fn try_deliver_now(&mut self, event: Arc<Committed>) -> Result<Option<Arc<Committed>>, Stop> {
-        if self.subs.classify(key(&event)) != Verdict::Deliver {
-            return Ok(Some(event));
-        }
-        match self.outlet.try_send(&event) {
-            Ok(()) => {
-                self.mailbox.queued.fetch_sub(1, Ordering::AcqRel);
-                self.subs.advance(key(&event));
-                self.hub.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
-            }
-            Err(OutletError::Full) => Ok(Some(event)),
-            Err(OutletError::Closed) => Err(Stop),
-        }
-    }
-
     async fn handle(&mut self, msg: Msg) -> Result<(), Stop> {
         match msg {
-            Msg::Event(event) => {
-                self.mailbox.queued.fetch_sub(1, Ordering::AcqRel);
-                self.offer(event).await
-            }
+            Msg::Event(event) => self.offer(event).await,
             Msg::Resync => {
-                self.mailbox.overflowed.store(false, Ordering::Release);
+                self.mailbox.state().overflowed = false;
                 Box::pin(self.resync()).await
             }
             Msg::Begin(Room::Job(job)) => {
-                self.subs.begin_job(job);
+                self.c.subs.begin_job(job);
                 Ok(())
             }
             Msg::Begin(Room::Workspace(ws)) => {
-                self.subs.begin_workspace(&ws);
+                self.c.subs.begin_workspace(&ws);
                 Ok(())
             }
             Msg::Abort(room) => {
                 match room {
-                    Room::Job(job) => self.subs.abort_job(job),
-                    Room::Workspace(ws) => self.subs.abort_workspace(&ws),
+                    Room::Job(job) => self.c.subs.abort_job(job),
+                    Room::Workspace(ws) => self.c.subs.abort_workspace(&ws),
                 }
                 self.settle_pending().await
             }
             Msg::ActivateJob(activation) => {
                 let ActivateJob { job_id, workspace_id, last_seq, since, announce, refuse } = *activation;
-                let cursor = match (self.subs.activate_job(job_id, &workspace_id, last_seq, since), refuse) {
+                let cursor = match (self.c.subs.activate_job(job_id, &workspace_id, last_seq, since), refuse) {
                     (Ok(cursor), _) => cursor,
                     (Err(unreachable), Some(mut refuse)) => {
-                        self.subs.abort_job(job_id);
+                        self.c.subs.abort_job(job_id);
                         return self.wait_while_full(|| refuse(unreachable)).await;
                     }
                     (Err(unreachable), None) => unreachable.delivered,
@@ -732,14 +816,14 @@ impl Worker {
             }
             Msg::ActivateWorkspace(activation) => {
                 let ActivateWorkspace { workspace_id, cursors, horizon, announce } = *activation;
-                self.subs.activate_workspace(&workspace_id, cursors, Some(horizon));
+                self.c.subs.activate_workspace(&workspace_id, cursors, Some(horizon));
                 self.announce(announce).await?;
                 self.settle_pending().await
             }
             Msg::Unsubscribe(room, announce) => {
                 match room {
-                    Room::Job(job) => self.subs.unsubscribe_job(job),
-                    Room::Workspace(ws) => self.subs.unsubscribe_workspace(&ws),
+                    Room::Job(job) => self.c.subs.unsubscribe_job(job),
+                    Room::Workspace(ws) => self.c.subs.unsubscribe_workspace(&ws),
                 };
                 match announce {
                     Some(announce) => self.announce(announce).await,
@@ -756,38 +840,38 @@ impl Worker {
 
     /// Classifies the held events again now that a subscription changed state.
     async fn settle_pending(&mut self) -> Result<(), Stop> {
-        for event in std::mem::take(&mut self.pending) {
+        for event in std::mem::take(&mut self.c.pending) {
             self.offer(event).await?;
         }
-        if self.pending_overflow {
+        if self.c.pending_overflow {
             self.resync().await?;
-            self.pending_overflow = self.subs.has_pending();
+            self.c.pending_overflow = self.c.subs.has_pending();
         }
-        if !self.subs.has_pending() {
-            self.pending = Vec::new();
+        if !self.c.subs.has_pending() {
+            self.c.pending = Vec::new();
         }
         Ok(())
     }
 
     async fn offer(&mut self, event: Arc<Committed>) -> Result<(), Stop> {
-        match self.subs.classify(key(&event)) {
+        match self.c.subs.classify(key(&event)) {
             Verdict::Ignore | Verdict::Duplicate => Ok(()),
             Verdict::Pending => {
-                if self.pending.len() < self.hub.inner.config.pending_limit {
-                    self.pending.push(event);
+                if self.c.pending.len() < self.hub.inner.config.pending_limit {
+                    self.c.pending.push(event);
                 } else {
-                    self.pending_overflow = true;
+                    self.c.pending_overflow = true;
                 }
                 Ok(())
             }
             Verdict::Deliver => self.deliver(&event).await,
             Verdict::Resolve => {
                 self.resolve(event.event.job_id, &event.event.workspace_id).await?;
-                match self.subs.classify(key(&event)) {
+                match self.c.subs.classify(key(&event)) {
                     Verdict::Deliver => self.deliver(&event).await,
                     Verdict::Gap { .. } => {
                         Box::pin(self.catch_up(event.event.job_id)).await?;
-                        if self.subs.classify(key(&event)) == Verdict::Deliver {
+                        if self.c.subs.classify(key(&event)) == Verdict::Deliver {
                             self.deliver(&event).await?;
                         }
                         Ok(())
@@ -797,7 +881,7 @@ impl Worker {
             }
             Verdict::Gap { .. } => {
                 Box::pin(self.catch_up(event.event.job_id)).await?;
-                if self.subs.classify(key(&event)) == Verdict::Deliver {
+                if self.c.subs.classify(key(&event)) == Verdict::Deliver {
                     self.deliver(&event).await?;
                 }
                 Ok(())
@@ -808,7 +892,7 @@ impl Worker {
     async fn deliver(&mut self, event: &Committed) -> Result<(), Stop> {
         let outlet = self.outlet.clone();
         self.wait_while_full(|| outlet.try_send(event)).await?;
-        self.subs.advance(key(event));
+        self.c.subs.advance(key(event));
         self.hub.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -846,14 +930,14 @@ impl Worker {
         let mut page_size = max_page.min(64);
         self.hub.inner.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
         loop {
-            let cursor = self.subs.cursor(job_id).unwrap_or(0);
+            let cursor = self.c.subs.cursor(job_id).unwrap_or(0);
             let page = self.read(|store| async move { store.events_after(job_id, cursor, page_size).await }).await?;
             let full = page.len() as u64 == page_size;
             let bytes: usize = page.iter().map(|e| e.json.get().len()).sum();
             let per_event = (bytes / page.len().max(1)).max(1);
             page_size = ((PAGE_BYTES / per_event) as u64).clamp(1, max_page);
             for event in page {
-                match self.subs.classify(key(&event)) {
+                match self.c.subs.classify(key(&event)) {
                     Verdict::Deliver => self.deliver(&event).await?,
                     Verdict::Duplicate => {}
                     // Unsubscribed meanwhile, or a hole in the table: nothing more to send.
@@ -869,8 +953,8 @@ impl Worker {
     /// Starts the cursor of a job followed through `workspace_id` at the last
     /// `seq` the workspace's snapshot saw (see [`Verdict::Resolve`]).
     async fn resolve(&mut self, job_id: Uuid, workspace_id: &str) -> Result<(), Stop> {
-        let Some(horizon) = self.subs.horizon(workspace_id) else {
-            self.subs.start(job_id, workspace_id, 0);
+        let Some(horizon) = self.c.subs.horizon(workspace_id) else {
+            self.c.subs.start(job_id, workspace_id, 0);
             return Ok(());
         };
         let seq = self
@@ -879,7 +963,7 @@ impl Worker {
                 async move { store.last_seen_seq(job_id, &horizon).await }
             })
             .await?;
-        self.subs.start(job_id, workspace_id, seq);
+        self.c.subs.start(job_id, workspace_id, seq);
         Ok(())
     }
 
@@ -887,9 +971,9 @@ impl Worker {
     /// catches up. The jobs compared are those with a cursor and those of a
     /// followed workspace changed since its snapshot, never its whole history.
     async fn resync(&mut self) -> Result<(), Stop> {
-        let mut candidates: HashSet<Uuid> = self.subs.job_cursors().into_iter().map(|(job, _)| job).collect();
-        for workspace in self.subs.active_workspaces() {
-            let Some(horizon) = self.subs.horizon(&workspace) else { continue };
+        let mut candidates: HashSet<Uuid> = self.c.subs.job_cursors().into_iter().map(|(job, _)| job).collect();
+        for workspace in self.c.subs.active_workspaces() {
+            let Some(horizon) = self.c.subs.horizon(&workspace) else { continue };
             let changed = self
                 .read(|store| {
                     let (ws, horizon) = (workspace.clone(), horizon.clone());
@@ -897,7 +981,7 @@ impl Worker {
                 })
                 .await?;
             for job in changed {
-                if self.subs.cursor(job).is_none() {
+                if self.c.subs.cursor(job).is_none() {
                     self.resolve(job, &workspace).await?;
                 }
                 candidates.insert(job);
@@ -909,7 +993,7 @@ impl Worker {
             async move { store.last_seqs(ids).await }
         });
         for (job, last_seq) in last.await? {
-            if last_seq > self.subs.cursor(job).unwrap_or(0) {
+            if last_seq > self.c.subs.cursor(job).unwrap_or(0) {
                 self.catch_up(job).await?;
             }
         }

@@ -330,7 +330,7 @@ fn hub_registry(app: &AppState) -> Registry {
     let mut registry = Registry::default();
     registry.register(
         "jobstream_subscribers",
-        "Subscribers (sockets and SSE streams) with a delivery worker",
+        "Subscribers (sockets and SSE streams with at least one subscription)",
         ConstGauge::new(saturating_i64(subscribers)),
     );
     registry.register("jobstream_subscriptions", "Subscriptions by room kind", subscriptions);
@@ -338,6 +338,16 @@ fn hub_registry(app: &AppState) -> Registry {
         "jobstream_events_delivered",
         "Events sent to subscribers (each subscriber counts once)",
         ConstCounter::new(load(&stats.delivered)),
+    );
+    registry.register(
+        "jobstream_events_delivered_fast",
+        "Of the events delivered, those written straight to a caught-up subscriber (no queue, no task woken)",
+        ConstCounter::new(load(&stats.fast)),
+    );
+    registry.register(
+        "jobstream_subscribers_behind",
+        "Subscribers handled by a delivery worker now (setting up, catching up, or waiting on a full outlet)",
+        ConstGauge::new(i64::try_from(load(&stats.behind)).unwrap_or(i64::MAX)),
     );
     registry.register(
         "jobstream_catch_ups",

@@ -1,0 +1,179 @@
+//! The hub on the in-memory source: the fast path for caught-up subscribers,
+//! the worker for everything else, and the hand-over between them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobstream_delivery::memory::MemorySource;
+use jobstream_delivery::{Announce, DeliveryConfig, Hub, Outlet, OutletError, Subscriber};
+use jobstream_job_events::Committed;
+use uuid::Uuid;
+
+/// (job, seq) in the order the outlet took them.
+type Log = Arc<Mutex<Vec<(Uuid, i64)>>>;
+
+/// An outlet that refuses everything while `full` is set.
+struct Collector {
+    log: Log,
+    full: Arc<AtomicBool>,
+}
+
+impl Outlet for Collector {
+    fn try_send(&self, event: &Committed) -> Result<(), OutletError> {
+        if self.full.load(Ordering::Acquire) {
+            return Err(OutletError::Full);
+        }
+        self.log.lock().unwrap().push((event.event.job_id, event.event.seq));
+        Ok(())
+    }
+
+    fn close(&self) {}
+}
+
+fn setup() -> (Arc<MemorySource>, Hub) {
+    let source = Arc::new(MemorySource::new());
+    let hub = Hub::with_source(source.clone(), DeliveryConfig::default());
+    (source, hub)
+}
+
+fn subscriber(hub: &Hub) -> (Subscriber, Log, Arc<AtomicBool>) {
+    let (log, full): (Log, Arc<AtomicBool>) = Default::default();
+    (hub.subscriber(Arc::new(Collector { log: log.clone(), full: full.clone() })), log, full)
+}
+
+fn quiet() -> Announce {
+    Box::new(|| Ok(()))
+}
+
+/// Waits until no subscriber is handled by a worker.
+async fn settled(hub: &Hub) {
+    for _ in 0..5000 {
+        if hub.stats().behind.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("a worker is still running");
+}
+
+fn commit(source: &MemorySource, hub: &Hub, job: Uuid) -> Arc<Committed> {
+    let event = source.append(job).unwrap();
+    hub.dispatch(std::slice::from_ref(&event));
+    event
+}
+
+fn seqs(log: &Log, job: Uuid) -> Vec<i64> {
+    log.lock().unwrap().iter().filter(|(j, _)| *j == job).map(|(_, s)| *s).collect()
+}
+
+#[tokio::test]
+async fn a_caught_up_subscriber_gets_each_event_from_the_dispatching_thread_without_a_worker() {
+    let (source, hub) = setup();
+    let job = source.create_job("ws");
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    settled(&hub).await;
+    let fast_before = hub.stats().fast.load(Ordering::Relaxed);
+
+    for _ in 0..100 {
+        commit(&source, &hub, job);
+    }
+
+    // Delivered synchronously: nothing to wait for.
+    assert_eq!(seqs(&log, job), (1..=100).collect::<Vec<_>>());
+    assert_eq!(hub.stats().fast.load(Ordering::Relaxed) - fast_before, 100);
+    assert_eq!(hub.stats().behind.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_gap_is_filled_from_the_source_by_a_worker_and_the_fast_path_resumes_after_it() {
+    let (source, hub) = setup();
+    let job = source.create_job("ws");
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    settled(&hub).await;
+
+    commit(&source, &hub, job);
+    source.append(job).unwrap(); // seq 2 committed, its dispatch lost
+    commit(&source, &hub, job); // seq 3 shows the gap
+    settled(&hub).await;
+    let fast_before = hub.stats().fast.load(Ordering::Relaxed);
+    commit(&source, &hub, job);
+
+    assert_eq!(seqs(&log, job), vec![1, 2, 3, 4]);
+    assert_eq!(hub.stats().fast.load(Ordering::Relaxed) - fast_before, 1, "seq 4 took the fast path");
+}
+
+#[tokio::test]
+async fn events_for_a_full_outlet_wait_in_order_and_none_overtakes_them_through_the_fast_path() {
+    let (source, hub) = setup();
+    let job = source.create_job("ws");
+    let (sub, log, full) = subscriber(&hub);
+    sub.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    settled(&hub).await;
+
+    full.store(true, Ordering::Release);
+    for _ in 0..10 {
+        commit(&source, &hub, job);
+    }
+    assert!(seqs(&log, job).is_empty());
+    full.store(false, Ordering::Release);
+    // While the worker drains, later events queue behind it.
+    for _ in 0..10 {
+        commit(&source, &hub, job);
+    }
+    settled(&hub).await;
+
+    assert_eq!(seqs(&log, job), (1..=20).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_workspace_subscription_holds_no_cursor_for_finished_jobs_yet_gets_their_later_events_once() {
+    let (source, hub) = setup();
+    let mut finished = Vec::new();
+    for _ in 0..10_000 {
+        let job = source.create_job("ws");
+        source.append(job).unwrap();
+        source.finish(job);
+        finished.push(job);
+    }
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_workspace("ws", |_| quiet()).await.unwrap();
+    let created = source.create_job("ws");
+    commit(&source, &hub, created);
+    settled(&hub).await;
+    assert!(hub.stats().cursors.load(Ordering::Relaxed) <= 1, "cursors held: not one per finished job");
+
+    let old = finished[1234];
+    commit(&source, &hub, old);
+    commit(&source, &hub, old);
+    commit(&source, &hub, created);
+    settled(&hub).await;
+
+    assert_eq!(seqs(&log, old), vec![2, 3]);
+    assert_eq!(seqs(&log, created), vec![1, 2]);
+    assert_eq!(log.lock().unwrap().len(), 4, "nothing else arrives");
+}
+
+#[tokio::test]
+async fn after_an_unsubscribe_nothing_of_the_room_arrives_and_no_task_is_left() {
+    let (source, hub) = setup();
+    let (a, b) = (source.create_job("ws"), source.create_job("ws"));
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_job(a, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    sub.subscribe_job(b, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    commit(&source, &hub, a);
+    assert!(sub.unsubscribe(jobstream_protocol::Room::Job(a)).await);
+    commit(&source, &hub, a);
+    commit(&source, &hub, b); // the sentinel, on the same subscriber
+    settled(&hub).await;
+
+    assert_eq!(seqs(&log, a), vec![1]);
+    assert_eq!(seqs(&log, b), vec![1]);
+    drop(sub);
+    settled(&hub).await;
+    assert_eq!(hub.sizes(), (0, 0, 0));
+}
