@@ -263,16 +263,14 @@ impl Mailbox {
             if let Some(cursors) = state.cursors.as_mut() {
                 match cursors.subs.classify(key(event)) {
                     Verdict::Ignore | Verdict::Duplicate => return,
-                    Verdict::Deliver => {
-                        if self.outlet.try_send(event).is_ok() {
-                            cursors.subs.advance(key(event));
-                            cursors.count(stats);
-                            stats.delivered.fetch_add(1, Ordering::Relaxed);
-                            stats.fast.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                        // Full or gone: the worker waits, or stops.
+                    Verdict::Deliver if self.outlet.try_send(event).is_ok() => {
+                        cursors.subs.advance(key(event));
+                        cursors.count(stats);
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        stats.fast.fetch_add(1, Ordering::Relaxed);
+                        return;
                     }
+                    // The outlet is full or gone (the worker waits, or stops), or the event needs work.
                     _ => {}
                 }
             }
