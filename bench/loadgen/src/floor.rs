@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
@@ -237,7 +237,9 @@ async fn websocket(stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
     let open =
         format!(r#"0{{"sid":"f{sid}","upgrades":[],"pingInterval":600000,"pingTimeout":600000,"maxPayload":1000000}}"#);
     conn.send(&text_frame(open.as_bytes()));
-    let mut ws = WebSocketStream::from_raw_socket(Shared(stream), Role::Server, None).await;
+    // Clients send only small packets: a 1 KiB read chunk (tungstenite's default is 128 KiB).
+    let config = WebSocketConfig::default().read_buffer_size(1024);
+    let mut ws = WebSocketStream::from_raw_socket(Shared(stream), Role::Server, Some(config)).await;
     while let Some(Ok(message)) = ws.next().await {
         let Message::Text(text) = message else { continue };
         let text = text.as_str();
