@@ -19,6 +19,7 @@ pub mod order;
 pub mod serve;
 pub mod socket;
 pub mod telemetry;
+pub mod testing;
 
 pub use app::{AppState, Application};
 pub use config::Config;
