@@ -137,6 +137,11 @@ impl TestServer {
         &self.state
     }
 
+    /// The name of the PostgreSQL database made by [`TestServer::start_postgres`].
+    pub fn database_name(&self) -> Option<&str> {
+        self.database.as_ref().map(|(_, name)| name.as_str())
+    }
+
     /// The HS256 secret the server verifies tokens with.
     pub fn secret(&self) -> &str {
         &self.secret
