@@ -22,4 +22,10 @@ pub mod telemetry;
 pub mod testing;
 
 pub use app::{AppState, Application};
+
+/// The Rust snippets of the README, compiled and run as doctests
+/// (`cargo test --doc -p jobstream-server`, part of `scripts/test.sh`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 pub use config::Config;
