@@ -47,6 +47,9 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The admin URL and name of a PostgreSQL database made for this server.
     database: Option<(String, String)>,
+    /// One connection of an in-memory SQLite database, held so that the
+    /// database outlives the pool's idle timeout (it lives while a connection does).
+    memory: Option<sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Sqlite>>,
 }
 
 /// Why a test server could not start.
@@ -82,14 +85,21 @@ impl TestServer {
     /// one is set, so that [`TestServer::token`] can mint.
     pub async fn start_with(mut config: Config) -> Result<Self, StartError> {
         let secret = config.jwt_secret.get_or_insert_with(random_secret).clone();
+        let in_memory =
+            config.database_url.starts_with("sqlite::memory:") || config.database_url.contains("mode=memory");
         let app = Application::build(config).await?;
+        let memory = if in_memory {
+            app.state().store.connection().get_sqlite_connection_pool().acquire().await.ok()
+        } else {
+            None
+        };
         let addr = app.local_addr();
         let state = app.state().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, secret, state, stop: Some(stop), task: Some(task), database: None })
+        Ok(Self { addr, secret, state, stop: Some(stop), task: Some(task), database: None, memory })
     }
 
     /// Starts a server on a new, empty PostgreSQL database made on the server
@@ -184,6 +194,8 @@ impl TestServer {
     /// Stops the server gracefully and waits until it has stopped (and its
     /// PostgreSQL database, if it made one, is dropped).
     pub async fn stop(mut self) -> std::io::Result<()> {
+        // The server closes its pool on the way out, which waits for this connection.
+        self.memory = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -201,6 +213,7 @@ impl TestServer {
 impl Drop for TestServer {
     /// Asks the server to stop gracefully; the runtime finishes it.
     fn drop(&mut self) {
+        self.memory = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
