@@ -33,6 +33,8 @@ cargo build --workspace --all-targets --locked
 
 echo "== Rust tests =="
 cargo nextest run --workspace --locked --no-fail-fast
+# nextest runs no doctests: the server's (the README's Rust snippet, `testing`) run here.
+cargo test --doc -p jobstream-server --locked
 
 status=0
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/jobstream"

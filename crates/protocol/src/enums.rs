@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The life of a job. Transitions are checked by [`JobStatus::can_become`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Created, not yet queued.
@@ -70,6 +71,7 @@ impl std::fmt::Display for JobStatus {
 
 /// Which part of a job a step belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepPhase {
     /// Preparing the work.
@@ -84,6 +86,7 @@ pub enum StepPhase {
 
 /// What kind of work a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepType {
     /// A shell command.
@@ -98,6 +101,7 @@ pub enum StepType {
 
 /// The life of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Not started.
@@ -121,6 +125,7 @@ impl StepStatus {
 
 /// The output stream a `step:output` chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
     /// Standard output (the default).

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Stable, machine-readable error codes, shared by HTTP answers and Socket.IO acks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Unparseable JSON or a wrong content type.
@@ -75,6 +76,7 @@ impl ErrorCode {
 
 /// `{ "code": "…", "message": "…" }`: what a client is told of an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The stable code.
     pub code: ErrorCode,

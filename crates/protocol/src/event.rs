@@ -47,6 +47,7 @@ impl SocketEvent {
 
 /// Stored event types (the `type` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventType {
     #[serde(rename = "job.created")]
     JobCreated,
@@ -306,6 +307,7 @@ impl EventBody {
 
 /// `job:created`: the job as it was created.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobCreated {
     /// The snapshot right after creation, without `steps`.
@@ -314,6 +316,7 @@ pub struct JobCreated {
 
 /// `job:status`: a status transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StatusChanged {
     /// The new status.
@@ -330,6 +333,7 @@ pub struct StatusChanged {
 
 /// `job:progress`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobProgress {
     /// 0–100.
@@ -341,6 +345,7 @@ pub struct JobProgress {
 
 /// `step:started`. The step id is the event's `stepId`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepStarted {
     /// The step's name.
@@ -353,6 +358,7 @@ pub struct StepStarted {
 
 /// `step:progress`. The step id is the event's `stepId`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepProgress {
     /// 0–100.
@@ -364,6 +370,7 @@ pub struct StepProgress {
 
 /// `step:output`: a chunk of a step's live output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepOutput {
     /// The text, as the producer sent it (it may hold ANSI escapes and partial lines).
@@ -375,6 +382,7 @@ pub struct StepOutput {
 
 /// `step:completed`: a step finished (completed, failed or skipped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepFinished {
     /// `completed`, `failed` or `skipped`.
@@ -394,6 +402,7 @@ pub struct StepFinished {
 
 /// `job:event`: a free-form event (`ai.*`, `gate.*`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CustomEvent {
     /// The producer's object.

@@ -11,6 +11,8 @@ pub mod enums;
 pub mod error;
 pub mod event;
 pub mod json;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod requests;
 pub mod room;
 pub mod snapshot;

@@ -156,6 +156,7 @@ impl Request for UnsubscribeJob {}
 
 /// `POST /api/v1/jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CreateJob {
     /// A client-chosen id (creation is then idempotent); else the server makes a v7 UUID.
@@ -183,6 +184,7 @@ impl Request for CreateJob {
 
 /// `POST /api/v1/jobs/{jobId}/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRequest {
     /// The status to move to.
@@ -209,6 +211,7 @@ impl Request for StatusRequest {
 
 /// `POST …/progress` of a job or a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProgressRequest {
     /// 0–100.
@@ -226,6 +229,7 @@ impl Request for ProgressRequest {
 
 /// `POST /api/v1/jobs/{jobId}/steps`: starts a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StartStep {
     /// A client-chosen id; else a v7 UUID.
@@ -247,6 +251,7 @@ impl Request for StartStep {
 
 /// `POST …/steps/{stepId}/output`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepOutputRequest {
     /// The text. Its size limit is the server's (`413` over it).
@@ -260,6 +265,7 @@ impl Request for StepOutputRequest {}
 
 /// `POST …/steps/{stepId}/complete`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteStep {
     /// `completed`, `failed` or `skipped`.
@@ -287,6 +293,7 @@ impl Request for CompleteStep {
 
 /// `POST /api/v1/jobs/{jobId}/events`: a `job:event` type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CustomEventRequest {
     /// One of `ai.tool_called`, `ai.tokens_used`, `ai.artifact_created`, `gate.started`, `gate.passed`, `gate.failed`.
@@ -315,6 +322,7 @@ impl Request for CustomEventRequest {
 
 /// The kinds of write a batch item can be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BatchKind {
     /// Like `POST /jobs/{id}/status`.

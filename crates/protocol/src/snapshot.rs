@@ -9,6 +9,7 @@ use crate::time::Timestamp;
 
 /// The state of a job after its event `lastSeq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobSnapshot {
     /// The job id.
@@ -47,6 +48,7 @@ pub struct JobSnapshot {
 
 /// The state of one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepSnapshot {
     /// The step id.

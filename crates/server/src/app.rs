@@ -138,6 +138,17 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
     Ok(Some(layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true)))
 }
 
+/// Every route the server answers, before the state and the outer layers:
+/// the HTTP API and health checks (counted in `metrics`), `/metrics`, the
+/// dashboard, and the JSON 404 for the rest. Socket.IO is a layer around it.
+pub fn routes(metrics: crate::metrics::Metrics) -> Router<AppState> {
+    crate::http::router()
+        .route_layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track_http))
+        .route("/metrics", axum::routing::get(crate::metrics::render))
+        .merge(crate::dashboard::router())
+        .fallback(crate::http::not_found)
+}
+
 impl Application {
     /// Opens and migrates the database, wires the services and binds the listener.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
@@ -222,11 +233,7 @@ impl Application {
             .build_layer();
         crate::socket::register(&io);
 
-        let mut router = crate::http::router()
-            .route_layer(axum::middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track_http))
-            .route("/metrics", axum::routing::get(crate::metrics::render))
-            .merge(crate::dashboard::router())
-            .fallback(crate::http::not_found)
+        let mut router = routes(state.metrics.clone())
             .with_state(state.clone())
             .layer(socket_layer)
             .layer(axum::middleware::map_request(detach_socket_request))

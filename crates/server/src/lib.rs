@@ -18,6 +18,13 @@ pub mod order;
 pub mod serve;
 pub mod socket;
 pub mod telemetry;
+pub mod testing;
 
 pub use app::{AppState, Application};
+
+/// The Rust snippets of the README, compiled and run as doctests
+/// (`cargo test --doc -p jobstream-server`, part of `scripts/test.sh`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 pub use config::Config;

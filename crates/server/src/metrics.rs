@@ -387,7 +387,17 @@ fn saturating_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: Prometheus text exposition. No token needed (keep the port private).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The metrics in the Prometheus text format", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 500, description = "The metrics could not be encoded (no body)", content_type = "text/plain"),
+    ),
+)]
 pub async fn render(State(app): State<AppState>) -> Response {
     let mut out = String::with_capacity(8192);
     let encoded = prometheus_text::encode(&mut out, &app.metrics.registry)

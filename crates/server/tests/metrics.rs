@@ -7,10 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use futures::StreamExt as _;
-use jobstream_server::{Application, Config};
+use jobstream_server::testing::TestServer;
 use rand::Rng as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -31,48 +30,9 @@ fn known_paths(job: Uuid) -> Vec<(String, &'static str)> {
     ]
 }
 
-/// A running server on a fresh SQLite file, stopped and removed on drop.
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    db: PathBuf,
-}
-
-impl Server {
-    async fn start() -> Self {
-        let db = std::env::temp_dir().join(format!("jobstream-metrics-{}.db", Uuid::new_v4()));
-        let url = format!("sqlite://{}?mode=rwc", db.display());
-        let app = Application::build(Config::for_tests(url, "metrics-test-secret")).await.expect("build the server");
-        let addr = app.local_addr();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, stop: Some(stop), task: Some(task), db }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server ran");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.db.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
+/// A server on a fresh in-memory database.
+async fn start() -> TestServer {
+    TestServer::start().await.expect("start the server")
 }
 
 /// An answer: status, headers (lower-cased names) and body.
@@ -246,7 +206,7 @@ async fn send_all(addr: SocketAddr, requests: Vec<(String, String)>) -> Vec<u16>
 
 #[tokio::test]
 async fn random_methods_and_unknown_paths_leave_the_request_series_bounded() {
-    let server = Server::start().await;
+    let server = start().await;
     let job = Uuid::new_v4();
     let known = known_paths(job);
     let mut rng = rand::thread_rng();
@@ -264,9 +224,9 @@ async fn random_methods_and_unknown_paths_leave_the_request_series_bounded() {
     }
     let unknown_paths: Vec<String> =
         hostile.iter().filter(|(_, p)| p.starts_with("/zz-")).map(|(_, p)| p.clone()).collect();
-    send_all(server.addr, hostile.clone()).await;
+    send_all(server.addr(), hostile.clone()).await;
 
-    let (answer, exposition) = scrape(server.addr).await;
+    let (answer, exposition) = scrape(server.addr()).await;
     let series = exposition.series("jobstream_http_requests_total");
     assert!(!series.is_empty(), "requests to known routes are counted");
     assert!(series.len() <= 24, "{} request series after 1,200 hostile requests:\n{}", series.len(), answer.body);
@@ -297,29 +257,29 @@ async fn random_methods_and_unknown_paths_leave_the_request_series_bounded() {
         let path = if i % 2 == 0 { known[i / 2 % known.len()].0.clone() } else { random_unknown_path(&mut rng) };
         again.push((random_method(&mut rng), path));
     }
-    send_all(server.addr, again).await;
-    let (answer, exposition) = scrape(server.addr).await;
+    send_all(server.addr(), again).await;
+    let (answer, exposition) = scrape(server.addr()).await;
     let after = exposition.series("jobstream_http_requests_total");
     assert_eq!(after.len(), series.len(), "series grew:\n{}", answer.body);
-    server.stop().await;
+    server.stop().await.expect("the server stops");
 }
 
 #[tokio::test]
 async fn known_routes_are_labelled_by_their_template() {
-    let server = Server::start().await;
+    let server = start().await;
     let job = Uuid::new_v4();
     let job_path = format!("/api/v1/jobs/{job}");
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        statuses.push(send(server.addr, "GET", &job_path).await.status);
+        statuses.push(send(server.addr(), "GET", &job_path).await.status);
     }
     assert!(statuses.iter().all(|s| *s == statuses[0]), "the same answer each time: {statuses:?}");
     let job_status = statuses[0];
-    let healthz = send(server.addr, "GET", "/healthz").await.status;
-    let stream_status = send(server.addr, "PATCH", &format!("{job_path}/events/stream")).await.status;
+    let healthz = send(server.addr(), "GET", "/healthz").await.status;
+    let stream_status = send(server.addr(), "PATCH", &format!("{job_path}/events/stream")).await.status;
     assert_eq!(stream_status, 405);
 
-    let (answer, exposition) = scrape(server.addr).await;
+    let (answer, exposition) = scrape(server.addr()).await;
     let count = |route: &str, method: &str, status: u16| {
         exposition
             .series("jobstream_http_requests_total")
@@ -336,14 +296,14 @@ async fn known_routes_are_labelled_by_their_template() {
     let latency = exposition.series("jobstream_http_request_seconds_count");
     assert_eq!(latency.len(), 1);
     assert_eq!(latency[0].value, 5.0, "every tracked request is timed");
-    server.stop().await;
+    server.stop().await.expect("the server stops");
 }
 
 #[tokio::test]
 async fn the_exposition_is_prometheus_text_with_every_documented_family() {
-    let server = Server::start().await;
-    send(server.addr, "GET", "/healthz").await;
-    let (answer, exposition) = scrape(server.addr).await;
+    let server = start().await;
+    send(server.addr(), "GET", "/healthz").await;
+    let (answer, exposition) = scrape(server.addr()).await;
     assert_eq!(
         answer.headers.get("content-type").map(String::as_str),
         Some("text/plain; version=0.0.4; charset=utf-8")
@@ -438,5 +398,5 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
         assert_eq!((count.len(), sum.len()), (1, 1), "{family} {op:?}");
         assert_eq!(buckets[buckets.len() - 1].value, count[0].value, "{family} {op:?}");
     }
-    server.stop().await;
+    server.stop().await.expect("the server stops");
 }

@@ -2,12 +2,13 @@
 
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod sse;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use jobstream_job_events::{Applied, JobQuery};
 use jobstream_protocol::requests::Request as _;
@@ -25,41 +26,22 @@ use crate::app::AppState;
 use error::ApiError;
 use extract::{Auth, JsonBody};
 
-/// The routes of the HTTP API and health checks.
+/// The routes of the HTTP API, health checks and the OpenAPI document
+/// ([`openapi::ApiDoc`] describes each of them).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/api/v1/jobs", post(create_job).get(list_jobs))
         .route("/api/v1/jobs/{job_id}", get(get_job))
-        .route(
-            "/api/v1/jobs/{job_id}/status",
-            job_write(|id, b| Ok(BatchItem::Status(id, StatusRequest::parse(b)?)), OK),
-        )
-        .route(
-            "/api/v1/jobs/{job_id}/progress",
-            job_write(|id, b| Ok(BatchItem::Progress(id, ProgressRequest::parse(b)?)), OK),
-        )
-        .route(
-            "/api/v1/jobs/{job_id}/steps",
-            job_write(|id, b| Ok(BatchItem::Step(id, StartStep::parse(b)?)), CREATED_WITH_STEP),
-        )
-        .route(
-            "/api/v1/jobs/{job_id}/steps/{step_id}/progress",
-            step_write(|id, step, b| Ok(BatchItem::StepProgress(id, step, ProgressRequest::parse(b)?)), OK),
-        )
-        .route(
-            "/api/v1/jobs/{job_id}/steps/{step_id}/output",
-            step_write(|id, step, b| Ok(BatchItem::Output(id, step, StepOutputRequest::parse(b)?)), OK),
-        )
-        .route(
-            "/api/v1/jobs/{job_id}/steps/{step_id}/complete",
-            step_write(|id, step, b| Ok(BatchItem::StepComplete(id, step, CompleteStep::parse(b)?)), OK_WITH_STEP),
-        )
-        .route(
-            "/api/v1/jobs/{job_id}/events",
-            job_write(|id, b| Ok(BatchItem::Event(id, CustomEventRequest::parse(b)?)), CREATED).get(job_events),
-        )
+        .route("/api/v1/jobs/{job_id}/status", post(set_status))
+        .route("/api/v1/jobs/{job_id}/progress", post(job_progress))
+        .route("/api/v1/jobs/{job_id}/steps", post(start_step))
+        .route("/api/v1/jobs/{job_id}/steps/{step_id}/progress", post(step_progress))
+        .route("/api/v1/jobs/{job_id}/steps/{step_id}/output", post(step_output))
+        .route("/api/v1/jobs/{job_id}/steps/{step_id}/complete", post(complete_step))
+        .route("/api/v1/jobs/{job_id}/events", post(custom_event).get(job_events))
         // The two routes that also take `?token=` (see `extract::request_token`).
         .route(
             extract::JOB_STREAM_ROUTE,
@@ -77,11 +59,30 @@ pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; the API lives under /api/v1")
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+/// `GET /healthz`: the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The process serves", body = openapi::Health)),
+)]
+pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(app): State<AppState>) -> Response {
+/// `GET /readyz`: the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The database answers", body = openapi::Ready),
+        (status = 503, description = "The database does not answer"),
+    ),
+)]
+pub async fn readyz(State(app): State<AppState>) -> Response {
     match app.store.ping().await {
         Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(err) => {
@@ -125,7 +126,23 @@ fn int_param(
     }
 }
 
-async fn create_job(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+/// `POST /api/v1/jobs`: creates a job (appends `job.created`, seq 1).
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    request_body = jobstream_protocol::CreateJob,
+    responses(
+        (status = 201, description = "Created; the job's first event is `job.created`", body = jobstream_protocol::JobSnapshot),
+        (status = 200, description = "A job with this `id` already exists in this workspace: it is answered as it is now", body = jobstream_protocol::JobSnapshot),
+        (status = 409, description = "The `id` is taken by a job of another workspace"),
+    ),
+)]
+pub async fn create_job(
+    State(app): State<AppState>,
+    auth: Auth,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
     check_rate(&app, &auth)?;
     let request = CreateJob::parse(body)?;
@@ -137,7 +154,22 @@ async fn create_job(State(app): State<AppState>, auth: Auth, JsonBody(body): Jso
     Ok((status, Json(job)).into_response())
 }
 
-async fn list_jobs(
+/// `GET /api/v1/jobs`: the jobs the token may read, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    params(
+        ("workspaceId" = Option<String>, Query, description = "Only this workspace (default: every workspace of the token)"),
+        ("status" = Option<jobstream_protocol::JobStatus>, Query, description = "Only jobs in this status"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "At most this many jobs (default 50)"),
+    ),
+    responses(
+        (status = 200, description = "The jobs, newest first, without `steps`", body = openapi::JobList),
+        (status = 422, description = "A parameter is out of range or unknown"),
+    ),
+)]
+pub async fn list_jobs(
     State(app): State<AppState>,
     auth: Auth,
     Query(params): Query<HashMap<String, String>>,
@@ -170,7 +202,18 @@ async fn list_jobs(
     Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
 }
 
-async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// `GET /api/v1/jobs/{job_id}`: the job with its steps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{job_id}",
+    tag = "jobs",
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job with `steps`", body = jobstream_protocol::JobSnapshot),
+        (status = 404, description = "No such job, or one the token may not read"),
+    ),
+)]
+pub async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Response, ApiError> {
     auth.require_scope(Action::Read)?;
     let id = job_id(&id)?;
     let started = std::time::Instant::now();
@@ -182,7 +225,23 @@ async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<String>
     }
 }
 
-async fn job_events(
+/// `GET /api/v1/jobs/{job_id}/events`: a page of the job's history.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{job_id}/events",
+    tag = "events",
+    params(
+        JobPath,
+        ("since" = Option<i64>, Query, minimum = 0, description = "Only events with `seq > since` (default 0)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "At most this many events (default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "The events after `since`, ascending, and the job's newest seq", body = openapi::EventPage),
+        (status = 404, description = "No such job, or one the token may not read"),
+        (status = 422, description = "A parameter is out of range"),
+    ),
+)]
+pub async fn job_events(
     State(app): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -266,34 +325,229 @@ type JobWrite = fn(Uuid, serde_json::Value) -> Result<BatchItem, ValidationError
 type StepWrite = fn(Uuid, Uuid, serde_json::Value) -> Result<BatchItem, ValidationError>;
 
 /// `POST /api/v1/jobs/{jobId}/…`: scope check, path, body, then the write.
-fn job_write(make: JobWrite, answer: Answer) -> MethodRouter<AppState> {
-    post(move |State(app): State<AppState>, auth: Auth, Path(id): Path<String>, JsonBody(body): JsonBody| async move {
-        auth.require_scope(Action::Write)?;
-        check_rate(&app, &auth)?;
-        let id = job_id(&id)?;
-        let event_id = jobstream_protocol::requests::event_id(&body)?;
-        write(&app, &auth, (make(id, body)?, event_id), answer).await
-    })
+async fn job_write(
+    app: &AppState,
+    auth: &Auth,
+    (id, body): (&str, serde_json::Value),
+    make: JobWrite,
+    answer: Answer,
+) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    check_rate(app, auth)?;
+    let id = job_id(id)?;
+    let event_id = jobstream_protocol::requests::event_id(&body)?;
+    write(app, auth, (make(id, body)?, event_id), answer).await
 }
 
 /// `POST /api/v1/jobs/{jobId}/steps/{stepId}/…`.
-fn step_write(make: StepWrite, answer: Answer) -> MethodRouter<AppState> {
-    post(
-        move |State(app): State<AppState>,
-              auth: Auth,
-              Path((id, step)): Path<(String, String)>,
-              JsonBody(body): JsonBody| async move {
-            auth.require_scope(Action::Write)?;
-            check_rate(&app, &auth)?;
-            let id = job_id(&id)?;
-            let step = step_id(id, &step)?;
-            let event_id = jobstream_protocol::requests::event_id(&body)?;
-            write(&app, &auth, (make(id, step, body)?, event_id), answer).await
-        },
-    )
+async fn step_write(
+    app: &AppState,
+    auth: &Auth,
+    (id, step, body): (&str, &str, serde_json::Value),
+    make: StepWrite,
+    answer: Answer,
+) -> Result<Response, ApiError> {
+    auth.require_scope(Action::Write)?;
+    check_rate(app, auth)?;
+    let id = job_id(id)?;
+    let step = step_id(id, step)?;
+    let event_id = jobstream_protocol::requests::event_id(&body)?;
+    write(app, auth, (make(id, step, body)?, event_id), answer).await
 }
 
-async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+/// The `{job_id}` path parameter.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct JobPath {
+    /// The job id (a UUID; anything else names no job: 404).
+    job_id: Uuid,
+}
+
+/// The `{job_id}` and `{step_id}` path parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct StepPath {
+    /// The job id.
+    job_id: Uuid,
+    /// The step id, a step of that job.
+    step_id: Uuid,
+}
+
+/// `POST /api/v1/jobs/{job_id}/status`: moves the job to a status.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/status",
+    tag = "writes",
+    params(JobPath),
+    request_body = openapi::StatusBody,
+    responses(
+        (status = 200, description = "The `job.<status>` event appended (or the one stored for a repeated `eventId`)", body = openapi::EventAnswer),
+        (status = 404, description = "No such job, or one the token may not write"),
+        (status = 409, description = "The transition is refused (`invalid_transition`), or the `eventId` was used with another body (`conflict`)"),
+    ),
+)]
+pub async fn set_status(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    job_write(&app, &auth, (&id, body), |id, b| Ok(BatchItem::Status(id, StatusRequest::parse(b)?)), OK).await
+}
+
+/// `POST /api/v1/jobs/{job_id}/progress`: reports the job's progress.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/progress",
+    tag = "writes",
+    params(JobPath),
+    request_body = openapi::ProgressBody,
+    responses(
+        (status = 200, description = "The `job.progress` event", body = openapi::EventAnswer),
+        (status = 404, description = "No such job, or one the token may not write"),
+        (status = 409, description = "The job has finished, or the `eventId` was used with another body"),
+    ),
+)]
+pub async fn job_progress(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    job_write(&app, &auth, (&id, body), |id, b| Ok(BatchItem::Progress(id, ProgressRequest::parse(b)?)), OK).await
+}
+
+/// `POST /api/v1/jobs/{job_id}/steps`: starts a step.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/steps",
+    tag = "writes",
+    params(JobPath),
+    request_body = openapi::StartStepBody,
+    responses(
+        (status = 201, description = "The running step and its `step.started` event", body = openapi::StepEventAnswer),
+        (status = 200, description = "A repeated `eventId`: the step and the event stored", body = openapi::StepEventAnswer),
+        (status = 404, description = "No such job, or one the token may not write"),
+        (status = 409, description = "The job has finished, the step `id` is taken, or the `eventId` was used with another body"),
+    ),
+)]
+pub async fn start_step(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    job_write(&app, &auth, (&id, body), |id, b| Ok(BatchItem::Step(id, StartStep::parse(b)?)), CREATED_WITH_STEP).await
+}
+
+/// `POST /api/v1/jobs/{job_id}/steps/{step_id}/progress`: reports a running step's progress.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/steps/{step_id}/progress",
+    tag = "writes",
+    params(StepPath),
+    request_body = openapi::ProgressBody,
+    responses(
+        (status = 200, description = "The `step.progress` event", body = openapi::EventAnswer),
+        (status = 404, description = "No such job or step"),
+        (status = 409, description = "The step is not running, the job has finished, or the `eventId` was used with another body"),
+    ),
+)]
+pub async fn step_progress(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let make: StepWrite = |id, step, b| Ok(BatchItem::StepProgress(id, step, ProgressRequest::parse(b)?));
+    step_write(&app, &auth, (&id, &step, body), make, OK).await
+}
+
+/// `POST /api/v1/jobs/{job_id}/steps/{step_id}/output`: appends a chunk of a running step's output.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/steps/{step_id}/output",
+    tag = "writes",
+    params(StepPath),
+    request_body = openapi::OutputBody,
+    responses(
+        (status = 200, description = "The `step.output` event", body = openapi::EventAnswer),
+        (status = 404, description = "No such job or step"),
+        (status = 409, description = "The step is not running, the job has finished, or the `eventId` was used with another body"),
+        (status = 413, description = "The body, or the `chunk` (default limit 64 KiB), is over its limit"),
+    ),
+)]
+pub async fn step_output(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let make: StepWrite = |id, step, b| Ok(BatchItem::Output(id, step, StepOutputRequest::parse(b)?));
+    step_write(&app, &auth, (&id, &step, body), make, OK).await
+}
+
+/// `POST /api/v1/jobs/{job_id}/steps/{step_id}/complete`: finishes a running step.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/steps/{step_id}/complete",
+    tag = "writes",
+    params(StepPath),
+    request_body = openapi::CompleteStepBody,
+    responses(
+        (status = 200, description = "The finished step and its `step.completed` or `step.failed` event", body = openapi::StepEventAnswer),
+        (status = 404, description = "No such job or step"),
+        (status = 409, description = "The step is not running, the job has finished, or the `eventId` was used with another body"),
+    ),
+)]
+pub async fn complete_step(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let make: StepWrite = |id, step, b| Ok(BatchItem::StepComplete(id, step, CompleteStep::parse(b)?));
+    step_write(&app, &auth, (&id, &step, body), make, OK_WITH_STEP).await
+}
+
+/// `POST /api/v1/jobs/{job_id}/events`: appends a `job:event` (`ai.*`, `gate.*`), also to a finished job.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{job_id}/events",
+    tag = "writes",
+    params(JobPath),
+    request_body = openapi::CustomEventBody,
+    responses(
+        (status = 201, description = "The event", body = openapi::EventAnswer),
+        (status = 200, description = "A repeated `eventId`: the event stored", body = openapi::EventAnswer),
+        (status = 404, description = "No such job (or step), or one the token may not write"),
+        (status = 409, description = "The `eventId` was used with another body"),
+    ),
+)]
+pub async fn custom_event(
+    State(app): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    job_write(&app, &auth, (&id, body), |id, b| Ok(BatchItem::Event(id, CustomEventRequest::parse(b)?)), CREATED).await
+}
+
+/// `POST /api/v1/events/batch`: several writes, all or nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events/batch",
+    tag = "writes",
+    request_body = openapi::BatchBody,
+    responses(
+        (status = 200, description = "Every write was applied; the events in request order", body = openapi::BatchAnswer),
+        (status = 404, description = "A job or step of the batch does not exist (nothing was written)"),
+        (status = 409, description = "A write of the batch is refused by the job's state (nothing was written)"),
+    ),
+)]
+pub async fn batch(State(app): State<AppState>, auth: Auth, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     auth.require_scope(Action::Write)?;
     check_rate(&app, &auth)?;
     let event_ids = match body.get("events") {

@@ -193,6 +193,30 @@ fn resume_point(parts: &Parts, params: &HashMap<String, String>) -> Result<i64, 
 }
 
 /// `GET /api/v1/jobs/{jobId}/events/stream`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{job_id}/events/stream",
+    tag = "events",
+    security(("bearer" = []), ("queryToken" = [])),
+    params(
+        ("job_id" = uuid::Uuid, Path, description = "The job id"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "Resume after this seq (set by `EventSource` on reconnect); wins over `since`"),
+        ("since" = Option<i64>, Query, minimum = 0, description = "Resume after this seq (default 0: the whole history)"),
+    ),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, headers(
+            ("Cache-Control" = String, description = "`no-cache, no-transform`"),
+            ("X-Accel-Buffering" = String, description = "`no`"),
+        ), description = "Server-Sent Events: `id: <seq>`, `event: <Socket.IO event name>`, `data: <Event JSON>` \
+            (schema `Event`), in `seq` order, each once; keep-alive comments; the stream ends after the job's \
+            terminal event, and at the token's `exp`"),
+        (status = 204, description = "The job has finished and the resume point is at or after its terminal event: \
+            nothing more will ever come (`EventSource` stops reconnecting)"),
+        (status = 404, description = "No such job, or one the token may not read"),
+        (status = 422, description = "`since` or `Last-Event-ID` is not an integer ≥ 0 (`invalid_payload`), or is beyond \
+            the newest event of a running job (`invalid_cursor`)"),
+    ),
+)]
 pub async fn job_stream(
     State(app): State<AppState>,
     auth: Auth,
@@ -252,6 +276,23 @@ pub async fn job_stream(
 }
 
 /// `GET /api/v1/workspaces/{workspaceId}/events/stream`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workspaces/{workspace_id}/events/stream",
+    tag = "events",
+    security(("bearer" = []), ("queryToken" = [])),
+    params(("workspace_id" = String, Path, description = "The workspace id")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, headers(
+            ("Cache-Control" = String, description = "`no-cache, no-transform`"),
+            ("X-Accel-Buffering" = String, description = "`no`"),
+        ), description = "Server-Sent Events, with the rule of `subscribe:workspace:jobs`: a first `event: snapshot` \
+            frame `{ \"jobs\": [JobSnapshot] }` (the live jobs), then the events of the workspace's jobs, per job in \
+            `seq` order, each once (`id: <seq>`, `event: <Socket.IO event name>`, `data: <Event JSON>`); ends at the \
+            token's `exp`"),
+        (status = 422, description = "The workspace id is not valid"),
+    ),
+)]
 pub async fn workspace_stream(
     State(app): State<AppState>,
     auth: Auth,
