@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Stable, machine-readable error codes, shared by HTTP answers and Socket.IO acks.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -74,6 +75,7 @@ impl ErrorCode {
 }
 
 /// `{ "code": "…", "message": "…" }`: what a client is told of an error.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The stable code.

@@ -46,6 +46,7 @@ impl SocketEvent {
 }
 
 /// Stored event types (the `type` field).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "job.created")]
@@ -184,6 +185,7 @@ impl std::fmt::Display for EventType {
 }
 
 /// One stored event. `seq` is per job, from 1, without gaps.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", try_from = "RawEvent")]
 pub struct Event {
@@ -250,6 +252,7 @@ impl Event {
 /// The type-specific fields of an event. Which variant goes with which
 /// [`EventType`] is fixed by [`EventBody::fits`]; it is read with
 /// [`EventBody::from_stored`], since two bodies can have the same fields.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EventBody {
@@ -305,6 +308,7 @@ impl EventBody {
 }
 
 /// `job:created`: the job as it was created.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobCreated {
@@ -313,6 +317,7 @@ pub struct JobCreated {
 }
 
 /// `job:status`: a status transition.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusChanged {
@@ -322,13 +327,16 @@ pub struct StatusChanged {
     pub previous_status: JobStatus,
     /// The job's result, on `completed` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub result: Option<Value>,
     /// Why, on `failed` and `cancelled` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub error: Option<String>,
 }
 
 /// `job:progress`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobProgress {
@@ -336,10 +344,12 @@ pub struct JobProgress {
     pub progress: u8,
     /// What is happening, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub message: Option<String>,
 }
 
 /// `step:started`. The step id is the event's `stepId`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepStarted {
@@ -352,6 +362,7 @@ pub struct StepStarted {
 }
 
 /// `step:progress`. The step id is the event's `stepId`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepProgress {
@@ -359,10 +370,12 @@ pub struct StepProgress {
     pub progress: u8,
     /// What is happening, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub message: Option<String>,
 }
 
 /// `step:output`: a chunk of a step's live output.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepOutput {
@@ -374,6 +387,7 @@ pub struct StepOutput {
 }
 
 /// `step:completed`: a step finished (completed, failed or skipped).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepFinished {
@@ -383,16 +397,20 @@ pub struct StepFinished {
     pub duration_ms: i64,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub error: Option<String>,
     /// AI input tokens used by the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub tokens_input: Option<i64>,
     /// AI output tokens used by the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub tokens_output: Option<i64>,
 }
 
 /// `job:event`: a free-form event (`ai.*`, `gate.*`).
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomEvent {

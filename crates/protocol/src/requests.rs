@@ -108,6 +108,7 @@ fn check_count(field: &str, value: Option<i64>) -> Result<(), ValidationError> {
 }
 
 /// `subscribe:workspace:jobs` `{ workspaceId }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeWorkspace {
@@ -125,6 +126,8 @@ impl Request for SubscribeWorkspace {
 pub type UnsubscribeWorkspace = SubscribeWorkspace;
 
 /// `subscribe:job` `{ jobId, since? }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeJob {
@@ -145,6 +148,7 @@ impl Request for SubscribeJob {
 }
 
 /// `unsubscribe:job` `{ jobId }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnsubscribeJob {
@@ -155,6 +159,8 @@ pub struct UnsubscribeJob {
 impl Request for UnsubscribeJob {}
 
 /// `POST /api/v1/jobs`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateJob {
@@ -182,6 +188,8 @@ impl Request for CreateJob {
 }
 
 /// `POST /api/v1/jobs/{jobId}/status`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusRequest {
@@ -208,6 +216,8 @@ impl Request for StatusRequest {
 }
 
 /// `POST …/progress` of a job or a step.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProgressRequest {
@@ -225,6 +235,8 @@ impl Request for ProgressRequest {
 }
 
 /// `POST /api/v1/jobs/{jobId}/steps`: starts a step.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartStep {
@@ -246,6 +258,8 @@ impl Request for StartStep {
 }
 
 /// `POST …/steps/{stepId}/output`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepOutputRequest {
@@ -259,6 +273,8 @@ pub struct StepOutputRequest {
 impl Request for StepOutputRequest {}
 
 /// `POST …/steps/{stepId}/complete`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteStep {
@@ -286,6 +302,8 @@ impl Request for CompleteStep {
 }
 
 /// `POST /api/v1/jobs/{jobId}/events`: a `job:event` type.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomEventRequest {
@@ -314,6 +332,7 @@ impl Request for CustomEventRequest {
 }
 
 /// The kinds of write a batch item can be.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchKind {
