@@ -11,6 +11,8 @@ import { fileURLToPath } from "node:url";
 export interface StartServerOptions {
   /** The `jobstream` binary. Default: `JOBSTREAM_BIN`, then `jobstream` on `PATH`, then this repository's `target/release`, then `target/debug`. */
   bin?: string;
+  /** The port on 127.0.0.1 (default 0: any free port); give the previous `port` to restart a server where its clients reconnect. */
+  port?: number;
   /** The database (default `sqlite::memory:`, gone with the process). */
   databaseUrl?: string;
   /** The HS256 secret (default: 32 random bytes). */
@@ -41,6 +43,8 @@ export interface TokenClaims {
 export interface TestServer {
   /** `http://127.0.0.1:PORT`: the Socket.IO, HTTP API and SSE base URL. */
   url: string;
+  /** The port it listens on. */
+  port: number;
   /** The process id. */
   pid: number;
   /** The secret tokens are signed with. */
@@ -144,7 +148,7 @@ export async function startServer(options: StartServerOptions = {}): Promise<Tes
   const databaseUrl = options.databaseUrl ?? "sqlite::memory:";
   const readyTimeoutMs = options.readyTimeoutMs ?? 20_000;
   hookExit();
-  const child = spawn(bin, ["serve", "--listen", "127.0.0.1:0", "--database-url", databaseUrl, ...(options.args ?? [])], {
+  const child = spawn(bin, ["serve", "--listen", `127.0.0.1:${options.port ?? 0}`, "--database-url", databaseUrl, ...(options.args ?? [])], {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn", ...options.env, JOBSTREAM_JWT_SECRET: secret },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -200,6 +204,7 @@ export async function startServer(options: StartServerOptions = {}): Promise<Tes
   let stopping: Promise<void> | null = null;
   return {
     url,
+    port: Number(new URL(url).port),
     pid: child.pid ?? -1,
     secret,
     token: (claims) => signToken(secret, claims),
