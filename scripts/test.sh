@@ -3,7 +3,9 @@
 # tests (cargo nextest), then the end-to-end suite with the stock socket.io-client
 # against the built server, on SQLite and, when JOBSTREAM_TEST_POSTGRES_URL is
 # set, on PostgreSQL; then the browser tests (Debian's chromium, installed with
-# apt-get if missing, driven by playwright-core). Exits non-zero if anything fails.
+# apt-get if missing, driven by playwright-core); then the clients/js package
+# (its TypeScript types checked against crates/protocol, its build, and its
+# tests against the built server). Exits non-zero if anything fails.
 #
 #   scripts/test.sh
 #   JOBSTREAM_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test scripts/test.sh
@@ -27,6 +29,7 @@ fi
 echo "== installing end-to-end test dependencies (npm ci) =="
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== building =="
 cargo build --workspace --all-targets --locked
@@ -35,6 +38,8 @@ echo "== Rust tests =="
 cargo nextest run --workspace --locked --no-fail-fast
 # nextest runs no doctests: the server's (the README's Rust snippet, `testing`) run here.
 cargo test --doc -p jobstream-server --locked
+echo "== TypeScript types of clients/js are those crates/protocol generates =="
+cargo nextest run -p jobstream-protocol --features ts --locked --test typescript
 
 status=0
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/jobstream"
@@ -47,4 +52,7 @@ python3 tests/deploy/check.py || status=1
 
 echo "== browser tests (Debian chromium, playwright-core) =="
 JOBSTREAM_BIN="$bin" tests/browser/run.sh || status=1
+
+echo "== clients/js (build, type checks, tests against the server) =="
+(cd clients/js && JOBSTREAM_BIN="$bin" npm test) || status=1
 exit "$status"

@@ -6,9 +6,11 @@ use crate::error::{ErrorBody, ErrorCode};
 use crate::snapshot::JobSnapshot;
 
 /// `{ ok: false, error }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AckError {
     /// Always false.
+    #[cfg_attr(feature = "ts", ts(type = "false"))]
     pub ok: bool,
     /// What went wrong.
     pub error: ErrorBody,
@@ -22,9 +24,11 @@ impl AckError {
 }
 
 /// The ok ack of `subscribe:workspace:jobs`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkspaceSubscribed {
     /// Always true.
+    #[cfg_attr(feature = "ts", ts(type = "true"))]
     pub ok: bool,
     /// `workspace:{id}:jobs`.
     pub room: String,
@@ -33,9 +37,11 @@ pub struct WorkspaceSubscribed {
 }
 
 /// The ok ack of `subscribe:job`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSubscribed {
     /// Always true.
+    #[cfg_attr(feature = "ts", ts(type = "true"))]
     pub ok: bool,
     /// `job:{id}`.
     pub room: String,
@@ -44,9 +50,11 @@ pub struct JobSubscribed {
 }
 
 /// The ok ack of the unsubscribe events: `{ ok: true }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unsubscribed {
     /// Always true.
+    #[cfg_attr(feature = "ts", ts(type = "true"))]
     pub ok: bool,
 }
 

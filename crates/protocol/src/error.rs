@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Stable, machine-readable error codes, shared by HTTP answers and Socket.IO acks.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -75,6 +76,7 @@ impl ErrorCode {
 }
 
 /// `{ "code": "…", "message": "…" }`: what a client is told of an error.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {

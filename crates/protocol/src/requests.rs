@@ -108,6 +108,7 @@ fn check_count(field: &str, value: Option<i64>) -> Result<(), ValidationError> {
 }
 
 /// `subscribe:workspace:jobs` `{ workspaceId }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeWorkspace {
@@ -125,6 +126,8 @@ impl Request for SubscribeWorkspace {
 pub type UnsubscribeWorkspace = SubscribeWorkspace;
 
 /// `subscribe:job` `{ jobId, since? }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscribeJob {
@@ -145,6 +148,7 @@ impl Request for SubscribeJob {
 }
 
 /// `unsubscribe:job` `{ jobId }`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnsubscribeJob {
@@ -155,6 +159,8 @@ pub struct UnsubscribeJob {
 impl Request for UnsubscribeJob {}
 
 /// `POST /api/v1/jobs`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -183,6 +189,8 @@ impl Request for CreateJob {
 }
 
 /// `POST /api/v1/jobs/{jobId}/status`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -210,6 +218,8 @@ impl Request for StatusRequest {
 }
 
 /// `POST …/progress` of a job or a step.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -228,6 +238,8 @@ impl Request for ProgressRequest {
 }
 
 /// `POST /api/v1/jobs/{jobId}/steps`: starts a step.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -250,6 +262,8 @@ impl Request for StartStep {
 }
 
 /// `POST …/steps/{stepId}/output`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -264,6 +278,8 @@ pub struct StepOutputRequest {
 impl Request for StepOutputRequest {}
 
 /// `POST …/steps/{stepId}/complete`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -292,6 +308,8 @@ impl Request for CompleteStep {
 }
 
 /// `POST /api/v1/jobs/{jobId}/events`: a `job:event` type.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[cfg_attr(feature = "ts", ts(optional_fields))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -321,6 +339,7 @@ impl Request for CustomEventRequest {
 }
 
 /// The kinds of write a batch item can be.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]

@@ -8,6 +8,7 @@ use crate::enums::{JobStatus, StepPhase, StepStatus, StepType};
 use crate::time::Timestamp;
 
 /// The state of a job after its event `lastSeq`.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -43,10 +44,12 @@ pub struct JobSnapshot {
     pub last_seq: i64,
     /// Its steps in creation order, where the answer includes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
     pub steps: Option<Vec<StepSnapshot>>,
 }
 
 /// The state of one step.
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]

@@ -1,0 +1,7 @@
+// Generated from crates/protocol by crates/protocol/tests/typescript.rs: do not edit.
+// Regenerate: JOBSTREAM_UPDATE_TS=1 cargo test -p jobstream-protocol --features ts --test typescript
+
+/**
+ * The life of a job. Transitions are checked by [`JobStatus::can_become`].
+ */
+export type JobStatus = "pending" | "queued" | "running" | "completed" | "failed" | "cancelled";

@@ -1,0 +1,25 @@
+// Generated from crates/protocol by crates/protocol/tests/typescript.rs: do not edit.
+// Regenerate: JOBSTREAM_UPDATE_TS=1 cargo test -p jobstream-protocol --features ts --test typescript
+import type { StepPhase } from "./StepPhase.js";
+import type { StepType } from "./StepType.js";
+
+/**
+ * `POST /api/v1/jobs/{jobId}/steps`: starts a step.
+ */
+export type StartStep = { 
+/**
+ * A client-chosen id; else a v7 UUID.
+ */
+id?: string, 
+/**
+ * The step's name.
+ */
+name: string, 
+/**
+ * Its phase.
+ */
+phase: StepPhase, 
+/**
+ * Its type.
+ */
+stepType: StepType, };

@@ -1,0 +1,4 @@
+// Generated from crates/protocol by crates/protocol/tests/typescript.rs: do not edit.
+// Regenerate: JOBSTREAM_UPDATE_TS=1 cargo test -p jobstream-protocol --features ts --test typescript
+
+export type JsonValue = number | string | boolean | Array<JsonValue> | { [key in string]: JsonValue } | null;
