@@ -311,10 +311,20 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
 
     let expected = [
         ("jobstream_connections", "gauge", "Socket.IO connections open now."),
-        ("jobstream_subscribers", "gauge", "Subscribers (sockets and SSE streams) with a delivery worker."),
+        ("jobstream_subscribers", "gauge", "Subscribers (sockets and SSE streams with at least one subscription)."),
+        (
+            "jobstream_subscribers_behind",
+            "gauge",
+            "Subscribers handled by a delivery worker now (setting up, catching up, or waiting on a full outlet).",
+        ),
         ("jobstream_subscriptions", "gauge", "Subscriptions by room kind."),
         ("jobstream_events_appended_total", "counter", "Events committed through this node."),
         ("jobstream_events_delivered_total", "counter", "Events sent to subscribers (each subscriber counts once)."),
+        (
+            "jobstream_events_delivered_fast_total",
+            "counter",
+            "Of the events delivered, those written straight to a caught-up subscriber (no queue, no task woken).",
+        ),
         (
             "jobstream_catch_ups_total",
             "counter",
@@ -357,6 +367,8 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
         "jobstream_subscribers",
         "jobstream_events_appended_total",
         "jobstream_events_delivered_total",
+        "jobstream_events_delivered_fast_total",
+        "jobstream_subscribers_behind",
         "jobstream_catch_ups_total",
         "jobstream_mailbox_overflows_total",
         "jobstream_stalled_subscribers_total",
