@@ -132,6 +132,16 @@ enum Scenario {
         #[arg(long, default_value = "bench-history")]
         workspace: String,
     },
+    /// One socket replays a job's stored events from seq 0 (`bench/run replay`
+    /// seeds the job): events/s and the server's peak RSS while it streams.
+    Replay {
+        /// The job's id.
+        #[arg(long)]
+        job: String,
+        /// Events stored for it (the replay ends when all have arrived).
+        #[arg(long)]
+        events: u64,
+    },
     /// N subscribers, a steady producer, each connection force-closed every 10–20 s and resumed with `since`.
     Jitter {
         #[arg(long, default_value_t = 1000)]
@@ -398,6 +408,33 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::SeedHistory { database_url, jobs, workspace } => {
             history::seed(&database_url, jobs, &workspace).await?;
+        }
+        Scenario::Replay { job, events } => {
+            let before = proc_stats(common.pid);
+            let started = Instant::now();
+            let fleet = connect(clients(&common, 1, |_| vec![Sub::JobSince(job.clone(), 0)])?, &delivery).await?;
+            let mut peak = before.rss;
+            while delivery.received.load(Ordering::Relaxed) < events && started.elapsed() < Duration::from_secs(900) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                peak = peak.max(proc_stats(common.pid).rss);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let after = proc_stats(common.pid);
+            let received = delivery.received.load(Ordering::Relaxed);
+            let rate = received as f64 / secs;
+            let cpu = (after.cpu_secs - before.cpu_secs) / secs * 100.0;
+            println!(
+                "replay: {received} of {events} events to one socket in {secs:.2} s = {rate:.0} events/s; duplicates {}, out of order {}; server RSS {:.1} MiB before, peak {:.1} MiB; server CPU {cpu:.0}%",
+                delivery.duplicates.load(Ordering::Relaxed),
+                delivery.out_of_order.load(Ordering::Relaxed),
+                mib(before.rss),
+                mib(peak)
+            );
+            println!(
+                "RESULT {}",
+                json!({ "scenario": "replay", "events": received, "secs": secs, "events_per_s": rate, "rss_before": before.rss, "rss_peak": peak })
+            );
+            fleet.shutdown().await;
         }
         Scenario::Jitter { subscribers, rate, secs } => {
             let (job, step, _) = api.running_job("bench").await?;

@@ -24,6 +24,8 @@ use crate::stats::{now_us, Delivery};
 pub enum Sub {
     /// `subscribe:job`.
     Job(String),
+    /// `subscribe:job` with `since` on the first subscribe (a replay).
+    JobSince(String, i64),
     /// `subscribe:workspace:jobs`.
     Workspace(String),
 }
@@ -243,6 +245,10 @@ async fn session(
                     payload["since"] = (*seq).into();
                 }
                 ("subscribe:job", payload)
+            }
+            Sub::JobSince(job, since) => {
+                let since = cursors.last.get(job).copied().unwrap_or(*since);
+                ("subscribe:job", serde_json::json!({ "jobId": job, "since": since }))
             }
             Sub::Workspace(ws) => ("subscribe:workspace:jobs", serde_json::json!({ "workspaceId": ws })),
         };

@@ -3,7 +3,8 @@
 //! - [`EventStore`]: reads (snapshots, lists, replay pages) over sea-orm.
 //! - [`JobEvents`]: the writer. Each write is one transaction that locks the job
 //!   row, checks the rules, takes the next `seq`, inserts the event and updates
-//!   the snapshot columns; only after commit is the event handed to the
+//!   the snapshot columns (on SQLite, writes that arrive together share one
+//!   transaction, each in its own savepoint: group commit); only after commit is the event handed to the
 //!   [`EventSink`]. The typed emit helpers (`emit_job_created` …) build each
 //!   payload in one place.
 //!

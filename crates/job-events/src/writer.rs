@@ -1,4 +1,5 @@
-//! Writes: job creation and event appends, each in one transaction that assigns `seq`.
+//! Writes: job creation and event appends, each in one transaction that assigns `seq`
+//! (on SQLite, concurrent writes share one transaction: see "Group commit" below).
 //!
 //! Under the lock of the job row (`SELECT … FOR UPDATE` on PostgreSQL; SQLite
 //! has a single writer, which this process queues for), a write reads the job,
@@ -6,6 +7,22 @@
 //! event, updates the snapshot columns, and commits. Commits of one job are
 //! therefore in `seq` order, and every event below a committed `seq` is
 //! committed too — the property delivery relies on to fill a gap from the database.
+//!
+//! # Group commit (SQLite)
+//!
+//! SQLite has one writer and syncs once per commit, so writes that arrive
+//! while a commit is under way queue up, and the next holder of the writer's
+//! turn runs them all in one transaction with one sync (`docs/behaviour.md`,
+//! "Group commit"). Each write runs inside its own `SAVEPOINT`: its rules
+//! (`seq` per job, status transitions, all-or-nothing batches, `eventId`) are
+//! checked against everything applied before it, and a refused write rolls
+//! back to its savepoint alone. Every write is answered only after the group's
+//! commit; a storage fault, in a write or in the commit, fails every write of
+//! the group (503), after the same read-back by event id as a single commit.
+//! Committed events reach the sink after the commit, write by write, in the
+//! order the writes were applied (one commit order for the whole group).
+//! PostgreSQL commits each write on its own: row locks let writers of
+//! different jobs commit side by side.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -37,6 +54,8 @@ pub struct JobEvents {
     sink: Arc<dyn EventSink>,
     /// SQLite allows one writer at a time; queueing here avoids `database is locked`.
     write_queue: Option<Arc<Mutex<()>>>,
+    /// SQLite: writes waiting for the next group commit.
+    group: Option<Arc<GroupQueue>>,
     retention: Arc<crate::retention::RetentionStats>,
 }
 
@@ -58,6 +77,116 @@ pub struct Applied {
     pub repeated: bool,
 }
 
+/// A write's check of the job's workspace (see [`JobEvents::write`]).
+type MayWrite = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Where a write's answer goes once its group has committed.
+type Reply = tokio::sync::oneshot::Sender<Result<Done, WriteError>>;
+
+/// Requests and writes per group commit, at most (a write is never split).
+const GROUP_ITEMS: usize = 4_000;
+
+/// A write as it waits for its transaction.
+enum Work {
+    Create(CreateJob),
+    Apply { items: Vec<(BatchItem, Option<Uuid>)>, may_write: MayWrite, name_items: bool },
+}
+
+impl Work {
+    fn items(&self) -> usize {
+        match self {
+            Work::Create(_) => 1,
+            Work::Apply { items, .. } => items.len().max(1),
+        }
+    }
+}
+
+/// A write applied inside a transaction that has not committed yet.
+enum Staged {
+    Created(Created),
+    Applied(Vec<Event>, Vec<Outcome>),
+}
+
+impl Staged {
+    /// The new events it appended.
+    fn events(&self) -> &[Event] {
+        match self {
+            Staged::Created(Created::New(_, event)) => std::slice::from_ref(event),
+            Staged::Created(Created::Existing(_)) => &[],
+            Staged::Applied(events, _) => events,
+        }
+    }
+}
+
+/// What a job creation came to.
+enum Created {
+    /// The job existed (the same request repeated).
+    Existing(Box<JobSnapshot>),
+    /// A new job and its `job.created`.
+    New(Box<JobSnapshot>, Box<Event>),
+}
+
+/// A write's answer.
+enum Done {
+    Created(Box<JobSnapshot>, bool),
+    Applied(Vec<Applied>),
+}
+
+/// A write waiting in the group-commit queue with where its answer goes.
+struct Pending {
+    work: Work,
+    reply: Reply,
+}
+
+/// SQLite's group-commit queue: writes that arrived while the writer's turn
+/// was taken, run together by the next holder of the turn.
+#[derive(Default)]
+struct GroupQueue(std::sync::Mutex<std::collections::VecDeque<Pending>>);
+
+impl GroupQueue {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    }
+
+    fn push(&self, pending: Pending) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(pending);
+    }
+
+    /// The next group: queued writes in arrival order, up to [`GROUP_ITEMS`]
+    /// items (at least one write).
+    fn take(&self) -> Vec<Pending> {
+        let mut queue = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut group = Vec::new();
+        let mut items = 0;
+        while let Some(next) = queue.front() {
+            items += next.work.items();
+            if !group.is_empty() && items > GROUP_ITEMS {
+                break;
+            }
+            group.extend(queue.pop_front());
+        }
+        group
+    }
+}
+
+/// Answers every write in `replies` with `err` (the first with `err` itself,
+/// the others with an error of the same kind: 503 for a storage fault).
+fn fail_all(replies: impl Iterator<Item = Reply>, err: WriteError) {
+    let mut err = Some(err);
+    let mut copy = None;
+    for reply in replies {
+        let this = match err.take() {
+            Some(first) => {
+                copy = Some(matches!(first, WriteError::Unavailable(_)));
+                first
+            }
+            None if copy == Some(true) => WriteError::Unavailable(DbErr::Custom("the group commit failed".into())),
+            None => WriteError::Internal(DbErr::Custom("the group commit failed".into())),
+        };
+        let _ = reply.send(Err(this));
+    }
+}
+
 /// What one item of a write came to.
 enum Outcome {
     /// Appended; its event is the next new one.
@@ -69,8 +198,10 @@ enum Outcome {
 impl JobEvents {
     /// A writer over `db` that hands committed events to `sink`.
     pub fn new(db: DatabaseConnection, sink: Arc<dyn EventSink>) -> Self {
-        let write_queue = (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Self { store: EventStore::new(db), sink, write_queue, retention: Arc::default() }
+        let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+        let write_queue = sqlite.then(|| Arc::new(Mutex::new(())));
+        let group = sqlite.then(Arc::default);
+        Self { store: EventStore::new(db), sink, write_queue, group, retention: Arc::default() }
     }
 
     /// The read side.
@@ -99,6 +230,19 @@ impl JobEvents {
         self.begin().await
     }
 
+    /// Writes waiting for the next group commit (SQLite; always 0 on PostgreSQL).
+    pub fn queued_writes(&self) -> usize {
+        self.group.as_ref().map_or(0, |group| group.len())
+    }
+
+    /// Holds the writer's turn (SQLite; `None` on PostgreSQL) until the guard
+    /// is dropped: writes queue behind it and then run as one group. For tests
+    /// of group commit.
+    #[doc(hidden)]
+    pub async fn hold_writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.write_turn().await
+    }
+
     /// Totals of what retention deleted.
     pub fn retention_stats(&self) -> &crate::retention::RetentionStats {
         &self.retention
@@ -116,23 +260,30 @@ impl JobEvents {
     }
 
     async fn create_job_now(&self, request: CreateJob) -> Result<(JobSnapshot, bool), WriteError> {
+        let id = request.id;
+        let outcome = match self.run(Work::Create(request.clone())).await {
+            Ok(Done::Created(job, created)) => return Ok((*job, created)),
+            Ok(Done::Applied(_)) => return Err(WriteError::Internal(DbErr::Custom("mismatched write".into()))),
+            Err(err) => err,
+        };
+        match (outcome, id) {
+            // Another writer created the same id first: answer as for a repeat.
+            (WriteError::Internal(err), Some(id))
+                if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
+            {
+                let existing = self.existing_job(&self.store.db, id, &request).await?;
+                existing.map(|job| (job, false)).ok_or(WriteError::Internal(err))
+            }
+            (err, _) => Err(err),
+        }
+    }
+
+    /// Creates the job of `request` inside `tx` (nothing is committed here):
+    /// the existing job for a repeated id, else the new row and its `job.created`.
+    async fn create_in(&self, tx: &DatabaseTransaction, order: i64, request: CreateJob) -> Result<Created, WriteError> {
         let id = request.id.unwrap_or_else(Uuid::now_v7);
-        let (guard, tx) = self.begin().await?;
-        // First statement: takes SQLite's write lock before anything is read
-        // (see `commit_order`).
-        let order = match commit_order(&tx, self.store.backend()).await {
-            Ok(order) => order,
-            Err(err) => return Err(rollback(tx, err).await),
-        };
-        let existing = match self.existing_job(&tx, id, &request).await {
-            Ok(existing) => existing,
-            Err(err) => return Err(rollback(tx, err).await),
-        };
-        if let Some(existing) = existing {
-            return match tx.commit().await {
-                Ok(()) => Ok((existing, false)),
-                Err(err) => Err(err.into()),
-            };
+        if let Some(existing) = self.existing_job(tx, id, &request).await? {
+            return Ok(Created::Existing(Box::new(existing)));
         }
         let now = Timestamp::now();
         let row = jobs::Model {
@@ -151,10 +302,7 @@ impl JobEvents {
             completed_at: None,
             last_seq: 1,
         };
-        let snapshot = match job_snapshot(row.clone(), None) {
-            Ok(snapshot) => snapshot,
-            Err(_) => return Err(rollback(tx, WriteError::Conflict("invalid job".into())).await),
-        };
+        let snapshot = job_snapshot(row.clone(), None).map_err(|_| WriteError::Conflict("invalid job".into()))?;
         let event = Event {
             event_id: Uuid::now_v7(),
             seq: 1,
@@ -165,30 +313,10 @@ impl JobEvents {
             timestamp: now,
             body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
         };
-        let inserted = async {
-            insert_job(&tx, self.store.backend(), row).await?;
-            insert_events(&tx, self.store.backend(), std::slice::from_ref(&event), order).await?;
-            Ok::<_, DbErr>(order)
-        }
-        .await;
-        let (outcome, order) = match inserted {
-            Ok(order) => (self.commit(tx, &[&event]).await, order),
-            Err(err) => (Err(rollback(tx, err).await), 0),
-        };
-        drop(guard);
-        match outcome {
-            Ok(()) => {}
-            // Another writer created the same id first: answer as for a repeat.
-            Err(WriteError::Internal(err)) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                let existing = self.existing_job(&self.store.db, id, &request).await?;
-                return existing.map(|job| (job, false)).ok_or(WriteError::Internal(err));
-            }
-            Err(err) => return Err(err),
-        }
-        self.publish(vec![event], order);
-        Ok((snapshot, true))
+        insert_job(tx, self.store.backend(), row).await?;
+        insert_events(tx, self.store.backend(), std::slice::from_ref(&event), order).await?;
+        Ok(Created::New(Box::new(snapshot), Box::new(event)))
     }
-
     /// Commits `tx`. A commit that reports an error may still have committed
     /// (the connection dropped after the server committed): the outcome is then
     /// read back by the first event's id, so that a committed write is answered
@@ -303,17 +431,18 @@ impl JobEvents {
         name_items: bool,
     ) -> Result<Vec<Applied>, WriteError> {
         let this = self.clone();
+        let may_write: MayWrite = Arc::new(may_write);
         detached(async move {
             if items.iter().all(|(_, id)| id.is_none()) {
-                return this.apply_all_now(items, &may_write, name_items).await;
+                return this.apply_all_now(items, may_write, name_items).await;
             }
-            match this.apply_all_now(items.clone(), &may_write, name_items).await {
+            match this.apply_all_now(items.clone(), may_write.clone(), name_items).await {
                 // Two writers inserted the same new event id at once: the
                 // second sees the first's event now (a repeat or a conflict).
                 Err(WriteError::Internal(err))
                     if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
                 {
-                    this.apply_all_now(items, &may_write, name_items).await
+                    this.apply_all_now(items, may_write, name_items).await
                 }
                 outcome => outcome,
             }
@@ -324,34 +453,180 @@ impl JobEvents {
     async fn apply_all_now(
         &self,
         items: Vec<(BatchItem, Option<Uuid>)>,
-        may_write: &(dyn Fn(&str) -> bool + Sync),
+        may_write: MayWrite,
         name_items: bool,
     ) -> Result<Vec<Applied>, WriteError> {
+        match self.run(Work::Apply { items, may_write, name_items }).await? {
+            Done::Applied(applied) => Ok(applied),
+            Done::Created(..) => Err(WriteError::Internal(DbErr::Custom("mismatched write".into()))),
+        }
+    }
+
+    /// Applies `items` inside `tx` (nothing is committed here): every rule is
+    /// checked against what `tx` sees, and the events to publish after the
+    /// commit are returned with what each item came to.
+    async fn apply_in(
+        &self,
+        tx: &DatabaseTransaction,
+        order: i64,
+        items: Vec<(BatchItem, Option<Uuid>)>,
+        may_write: &(dyn Fn(&str) -> bool + Sync),
+        name_items: bool,
+    ) -> Result<Staged, WriteError> {
+        let mut batch = Batch::new(tx, self.store.backend());
+        batch.lock_jobs(items.iter().map(|(item, _)| item.job_id()).collect()).await?;
+        let mut steps = Vec::with_capacity(items.len());
+        for (index, (item, event_id)) in items.into_iter().enumerate() {
+            let applied = batch.apply_once(item, event_id, may_write).await.map_err(|err| match err {
+                WriteError::Unavailable(_) | WriteError::Internal(_) => err,
+                err if name_items => WriteError::InBatch { index, source: Box::new(err) },
+                err => err,
+            })?;
+            steps.push(applied);
+        }
+        Ok(Staged::Applied(batch.flush(order).await?, steps))
+    }
+
+    /// Runs one write: in a group commit on SQLite, alone on PostgreSQL (where
+    /// row locks let writers of different jobs commit side by side).
+    async fn run(&self, work: Work) -> Result<Done, WriteError> {
+        match &self.group {
+            Some(group) => self.run_grouped(group, work).await,
+            None => self.run_alone(work).await,
+        }
+    }
+
+    /// Runs `work` inside `tx` at commit order `order`.
+    async fn run_in(&self, tx: &DatabaseTransaction, order: i64, work: Work) -> Result<Staged, WriteError> {
+        match work {
+            Work::Create(request) => self.create_in(tx, order, request).await.map(Staged::Created),
+            Work::Apply { items, may_write, name_items } => {
+                self.apply_in(tx, order, items, may_write.as_ref(), name_items).await
+            }
+        }
+    }
+
+    /// One write in its own transaction.
+    async fn run_alone(&self, work: Work) -> Result<Done, WriteError> {
         let (guard, tx) = self.begin().await?;
-        let applied = async {
+        let staged = async {
             // First statement: takes SQLite's write lock before anything is read.
             let order = commit_order(&tx, self.store.backend()).await?;
-            let mut batch = Batch::new(&tx, self.store.backend());
-            batch.lock_jobs(items.iter().map(|(item, _)| item.job_id()).collect()).await?;
-            let mut steps = Vec::with_capacity(items.len());
-            for (index, (item, event_id)) in items.into_iter().enumerate() {
-                let applied = batch.apply_once(item, event_id, may_write).await.map_err(|err| match err {
-                    WriteError::Unavailable(_) | WriteError::Internal(_) => err,
-                    err if name_items => WriteError::InBatch { index, source: Box::new(err) },
-                    err => err,
-                })?;
-                steps.push(applied);
-            }
-            Ok::<_, WriteError>((batch.flush(order).await?, steps, order))
+            Ok::<_, WriteError>((self.run_in(&tx, order, work).await?, order))
         }
         .await;
-        let (events, steps, order) = match applied {
-            Ok(applied) => applied,
+        let (staged, order) = match staged {
+            Ok(staged) => staged,
             Err(err) => return Err(rollback(tx, err).await),
         };
-        let outcome = self.commit(tx, &events.iter().collect::<Vec<_>>()).await;
+        let outcome = self.commit(tx, &staged.events().iter().collect::<Vec<_>>()).await;
         drop(guard);
         outcome?;
+        self.finish(staged, order)
+    }
+
+    /// Group commit (SQLite): `work` joins the queue, and whoever holds the
+    /// writer's turn runs everything queued so far as one group — one
+    /// transaction and one sync. A write is answered only once its group has
+    /// committed (or failed); an earlier holder of the turn may have run it.
+    async fn run_grouped(&self, group: &GroupQueue, work: Work) -> Result<Done, WriteError> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        group.push(Pending { work, reply });
+        let answered = |answer: &mut tokio::sync::oneshot::Receiver<Result<Done, WriteError>>| match answer.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                Some(Err(WriteError::Internal(DbErr::Custom("a group commit ended without an answer".into()))))
+            }
+        };
+        loop {
+            let guard = self.write_turn().await;
+            if let Some(outcome) = answered(&mut answer) {
+                return outcome;
+            }
+            let pending = group.take();
+            self.run_group(pending).await;
+            drop(guard);
+            if let Some(outcome) = answered(&mut answer) {
+                return outcome;
+            }
+        }
+    }
+
+    /// Runs a group in one transaction, each write inside its own savepoint:
+    /// a refused write rolls back to its savepoint and is answered with its
+    /// refusal; the others go on. Then one commit. If the commit fails (and the
+    /// read-back finds it did not commit), or a storage fault breaks the
+    /// transaction part-way, every write of the group is answered with the
+    /// error. After a commit, the group's events reach the sink write by write,
+    /// in the order they were applied.
+    async fn run_group(&self, group: Vec<Pending>) {
+        let (tx, order) = match self.begin_group().await {
+            Ok(begun) => begun,
+            Err(err) => return fail_all(group.into_iter().map(|p| p.reply), err),
+        };
+        let mut staged: Vec<(Reply, Result<Staged, WriteError>)> = Vec::with_capacity(group.len());
+        let mut rest = group.into_iter();
+        while let Some(Pending { work, reply }) = rest.next() {
+            let outcome = match tx.execute_unprepared("SAVEPOINT write").await {
+                Ok(_) => self.run_in(&tx, order, work).await,
+                Err(err) => Err(err.into()),
+            };
+            let kept = match &outcome {
+                Ok(_) => tx.execute_unprepared("RELEASE write").await.map_err(WriteError::from),
+                // A storage fault (disk full, I/O) fails the whole group.
+                Err(WriteError::Unavailable(_)) => Err(WriteError::Unavailable(DbErr::Custom("storage fault".into()))),
+                Err(_) => match tx.execute_unprepared("ROLLBACK TO write").await {
+                    Ok(_) => tx.execute_unprepared("RELEASE write").await.map_err(WriteError::from),
+                    Err(err) => Err(err.into()),
+                },
+            };
+            match kept {
+                Ok(_) => staged.push((reply, outcome)),
+                Err(fault) => {
+                    let err = match outcome {
+                        Err(err @ WriteError::Unavailable(_)) => err,
+                        _ => fault,
+                    };
+                    tracing::warn!(error = %err, "a group commit failed part-way; every write in it is refused");
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::warn!(error = %rollback, "rollback of a failed group failed; the connection is discarded");
+                    }
+                    let replies = staged.into_iter().map(|(reply, _)| reply).chain(std::iter::once(reply));
+                    return fail_all(replies.chain(rest.map(|p| p.reply)), err);
+                }
+            }
+        }
+        let events: Vec<&Event> =
+            staged.iter().filter_map(|(_, s)| s.as_ref().ok()).flat_map(|s| s.events().iter()).collect();
+        if let Err(err) = self.commit(tx, &events).await {
+            return fail_all(staged.into_iter().map(|(reply, _)| reply), err);
+        }
+        for (reply, outcome) in staged {
+            let _ = reply.send(outcome.and_then(|staged| self.finish(staged, order)));
+        }
+    }
+
+    /// Begins a group's transaction with its commit order (the first
+    /// statement, which takes SQLite's write lock).
+    async fn begin_group(&self) -> Result<(DatabaseTransaction, i64), WriteError> {
+        let tx = self.store.db.begin().await?;
+        match commit_order(&tx, self.store.backend()).await {
+            Ok(order) => Ok((tx, order)),
+            Err(err) => Err(rollback(tx, err).await),
+        }
+    }
+
+    /// After the commit: hands a write's new events to the sink and answers it.
+    fn finish(&self, staged: Staged, order: i64) -> Result<Done, WriteError> {
+        let (events, steps) = match staged {
+            Staged::Created(Created::Existing(job)) => return Ok(Done::Created(job, false)),
+            Staged::Created(Created::New(job, event)) => {
+                self.publish(vec![*event], order);
+                return Ok(Done::Created(job, true));
+            }
+            Staged::Applied(events, steps) => (events, steps),
+        };
         let mut committed = self.publish(events, order).into_iter();
         steps
             .into_iter()
@@ -365,9 +640,9 @@ impl JobEvents {
                     .map(|c| Applied { event: Arc::new(c), step, repeated: true })
                     .map_err(|e| WriteError::Internal(DbErr::Custom(format!("stored event: {e}")))),
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map(Done::Applied)
     }
-
     /// Encodes committed events and hands them to the sink.
     fn publish(&self, events: Vec<Event>, order: i64) -> Vec<Arc<Committed>> {
         let committed: Vec<Arc<Committed>> = events
