@@ -6,7 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_jobs;
 mod m20261130_000002_commit_order;
-mod m20261210_000003_job_list_indexes;
+mod m20261130_000003_job_list_indexes;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -18,7 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_jobs::Migration),
             Box::new(m20261130_000002_commit_order::Migration),
-            Box::new(m20261210_000003_job_list_indexes::Migration),
+            Box::new(m20261130_000003_job_list_indexes::Migration),
         ]
     }
 }
