@@ -56,7 +56,16 @@ pub trait Outlet: Send + Sync + 'static {
     fn try_send(&self, event: &Committed) -> Result<(), OutletError>;
     /// Ends the connection (the client may reconnect and resume).
     fn close(&self);
+    /// After [`OutletError::Full`]: resolves when the outlet may have room
+    /// again (its connection wrote something). `None` when it cannot tell;
+    /// the worker then retries after a backoff (2 ms doubling to 50 ms).
+    fn ready(&self) -> Option<ReadyFuture> {
+        None
+    }
 }
+
+/// See [`Outlet::ready`].
+pub type ReadyFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Why an outlet did not take an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -899,22 +908,32 @@ impl Worker {
     /// stops when the outlet is gone, or has stayed full for `stall_timeout`
     /// (the worker then closes it: a client that stopped reading is let go).
     async fn wait_while_full(&self, mut send: impl FnMut() -> Result<(), OutletError>) -> Result<(), Stop> {
+        const LONGEST_PAUSE: Duration = Duration::from_millis(50);
         let stall_timeout = self.hub.inner.config.stall_timeout;
-        let mut waited = Duration::ZERO;
+        let mut since: Option<tokio::time::Instant> = None;
         let mut pause = Duration::from_millis(2);
         loop {
             match send() {
                 Ok(()) => return Ok(()),
                 Err(OutletError::Closed) => return Err(Stop),
                 Err(OutletError::Full) => {
+                    let waited = since.get_or_insert_with(tokio::time::Instant::now).elapsed();
                     if waited >= stall_timeout {
                         self.hub.inner.stats.stalls.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(subscriber = self.id, "subscriber has not read for {waited:?}; closing it");
                         return Err(Stop);
                     }
-                    tokio::time::sleep(pause).await;
-                    waited += pause;
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                    match self.outlet.ready() {
+                        // Woken by the connection's progress; the timeout only
+                        // covers a wake-up that came between the send and now.
+                        Some(ready) => {
+                            let _ = tokio::time::timeout(LONGEST_PAUSE, ready).await;
+                        }
+                        None => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(LONGEST_PAUSE);
+                        }
+                    }
                 }
             }
         }

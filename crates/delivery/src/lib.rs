@@ -18,6 +18,7 @@ pub mod memory;
 pub mod source;
 
 pub use hub::{
-    Announce, DeliveryConfig, DeliveryStats, Hub, Outlet, OutletError, Refuse, SubscribeError, Subscriber, PAGE_BYTES,
+    Announce, DeliveryConfig, DeliveryStats, Hub, Outlet, OutletError, ReadyFuture, Refuse, SubscribeError, Subscriber,
+    PAGE_BYTES,
 };
 pub use source::EventSource;

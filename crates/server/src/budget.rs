@@ -68,6 +68,13 @@ impl Budget {
         self.outstanding() >= SOCKET_BUFFER_BYTES
     }
 
+    /// Resolves at the attached connection's next write that makes progress;
+    /// `None` when no connection is attached (long-polling).
+    pub fn progress(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let (conn, ..) = self.connection()?;
+        Some(async move { conn.progressed().await })
+    }
+
     /// Waits until the budget has room (or the connection closes).
     pub async fn room(&self) {
         while self.is_spent() {

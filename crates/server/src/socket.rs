@@ -384,6 +384,11 @@ impl Outlet for SocketOutlet {
     fn close(&self) {
         close_transport(&self.0);
     }
+
+    /// Over WebSocket, a full socket makes room when its connection writes.
+    fn ready(&self) -> Option<jobstream_delivery::ReadyFuture> {
+        self.1.progress().map(|ready| Box::pin(ready) as jobstream_delivery::ReadyFuture)
+    }
 }
 
 /// An ack that can be sent again when the socket's buffer is full
