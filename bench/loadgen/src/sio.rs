@@ -247,7 +247,8 @@ async fn session(
                 ("subscribe:job", payload)
             }
             Sub::JobSince(job, since) => {
-                let since = cursors.last.get(job).copied().unwrap_or(*since);
+                // The replay starts after `since`: the ack's `lastSeq` is where it ends, not where it starts.
+                let since = *cursors.last.entry(job.clone()).or_insert(*since);
                 ("subscribe:job", serde_json::json!({ "jobId": job, "since": since }))
             }
             Sub::Workspace(ws) => ("subscribe:workspace:jobs", serde_json::json!({ "workspaceId": ws })),

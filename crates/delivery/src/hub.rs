@@ -109,7 +109,7 @@ pub const PAGE_BYTES: usize = 1024 * 1024;
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        Self { queue_limit: 1024, pending_limit: 4096, page_size: 500, stall_timeout: Duration::from_secs(30) }
+        Self { queue_limit: 1024, pending_limit: 4096, page_size: 2000, stall_timeout: Duration::from_secs(30) }
     }
 }
 
