@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_jobs;
 mod m20261130_000002_commit_order;
+mod m20261201_000003_step_log_lines;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -14,6 +15,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_create_jobs::Migration), Box::new(m20261130_000002_commit_order::Migration)]
+        vec![
+            Box::new(m20261124_000001_create_jobs::Migration),
+            Box::new(m20261130_000002_commit_order::Migration),
+            Box::new(m20261201_000003_step_log_lines::Migration),
+        ]
     }
 }

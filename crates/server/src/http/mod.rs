@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod log;
 pub mod sse;
 
 use axum::extract::{Path, Query, State};
@@ -70,6 +71,7 @@ pub fn router() -> Router<AppState> {
             get(sse::workspace_stream).layer(axum::middleware::map_response(sse::stream_headers)),
         )
         .route("/api/v1/events/batch", post(batch))
+        .merge(log::router())
 }
 
 /// The answer for paths that match no route.
