@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them all: the Rust unit and integration
-# tests (cargo nextest), then the end-to-end suite with the stock socket.io-client
+# tests (cargo nextest), the dashboard's module unit tests (node --test), then the end-to-end suite with the stock socket.io-client
 # against the built server, on SQLite and, when JOBSTREAM_TEST_POSTGRES_URL is
 # set, on PostgreSQL; then the browser tests (Debian's chromium, installed with
 # apt-get if missing, driven by playwright-core). Exits non-zero if anything fails.
@@ -35,6 +35,9 @@ echo "== Rust tests =="
 cargo nextest run --workspace --locked --no-fail-fast
 
 status=0
+echo "== dashboard unit tests (node --test: ANSI parser, sections, log window, event reducer) =="
+node --test tests/dashboard/ || status=1
+
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/jobstream"
 echo "== end-to-end tests =="
 JOBSTREAM_BIN="$bin" tests/e2e/run.sh || status=1
