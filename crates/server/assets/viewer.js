@@ -70,7 +70,6 @@ export class LogViewer {
     this.layDirty = true;
     this.frame = 0;
     this.loading = false;
-    this.programmatic = 0;
     /** @type {[number, number] | null} */
     this.selection = null;
     this.query = '';
@@ -104,8 +103,8 @@ export class LogViewer {
     };
     const prev = button('↑', 'log-prev', 'Previous match (Shift+Enter)');
     const next = button('↓', 'log-next', 'Next match (Enter)');
-    this.tsButton = button('🕒', 'log-timestamps', 'Show timestamps (t)');
-    const download = button('⤓', 'log-download', 'Download the raw log');
+    this.tsButton = button('Time', 'log-timestamps', 'Show timestamps (t)');
+    const download = button('Download', 'log-download', 'Download the raw log');
     const raw = button('Raw', 'log-raw', 'Open the raw log');
     t.replaceChildren(this.search, this.count, prev, next, this.tsButton, download, raw);
     this.search.addEventListener('keydown', (ev) => {
@@ -272,14 +271,12 @@ export class LogViewer {
     const g = this.geometry();
     const target = Math.max(0, Math.min(row, Math.max(0, g.rows - g.visible)));
     const top = g.scaled ? (target / Math.max(1, g.rows - g.visible)) * Math.max(1, g.height - g.view) : target * ROW_H;
-    this.programmatic += 1;
     this.o.pane.scrollTop = top;
     this.render();
   }
 
   toBottom() {
     this.render();
-    this.programmatic += 1;
     this.o.pane.scrollTop = this.o.pane.scrollHeight;
     this.render();
   }
@@ -309,7 +306,7 @@ export class LogViewer {
     this.spacer.style.height = `${g.height}px`;
     if (this.follow && holdsTail(this.log) && !this.loading) {
       const bottom = Math.max(0, g.height - g.view);
-      if (Math.abs(pane.scrollTop - bottom) > 1) { this.programmatic += 1; pane.scrollTop = bottom; }
+      if (Math.abs(pane.scrollTop - bottom) > 1) pane.scrollTop = bottom;
     }
     const top = this.topRow();
     const first = Math.max(0, top - OVERSCAN);
@@ -423,8 +420,9 @@ export class LogViewer {
 
   // ------------------------------------------------------------ interaction
 
+  // Following is where the reader is: at the bottom of a log whose tail is
+  // held, it follows; anywhere else, it does not.
   onScroll() {
-    if (this.programmatic > 0) { this.programmatic -= 1; this.schedule(); return; }
     const pane = this.o.pane;
     const atBottom = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - ROW_H;
     this.follow = atBottom && holdsTail(this.log);
