@@ -77,6 +77,12 @@ export class LogViewer {
     this.matches = [];
     this.matchAt = -1;
     this.generation = 0;
+    this.lastTop = 0;
+    /** @type {Map<number, {key: string, node: HTMLElement}>} */
+    this.cache = new Map();
+    this.look = '';
+    /** @type {ReturnType<typeof layout> | null} */
+    this.layVersion = null;
     this.buildTools();
     opts.pane.addEventListener('scroll', () => this.onScroll(), { passive: true });
     opts.pane.addEventListener('click', (ev) => this.onClick(ev));
@@ -146,7 +152,7 @@ export class LogViewer {
     this.o.jump.hidden = true;
     this.loading = false;
     this.note.hidden = true;
-    this.o.pane.scrollTop = 0;
+    this.setTop(0);
     const gen = this.generation;
     this.loading = true;
     // The tail first: its counts place live chunks; then the lines linked to.
@@ -271,13 +277,13 @@ export class LogViewer {
     const g = this.geometry();
     const target = Math.max(0, Math.min(row, Math.max(0, g.rows - g.visible)));
     const top = g.scaled ? (target / Math.max(1, g.rows - g.visible)) * Math.max(1, g.height - g.view) : target * ROW_H;
-    this.o.pane.scrollTop = top;
+    this.setTop(top);
     this.render();
   }
 
   toBottom() {
     this.render();
-    this.o.pane.scrollTop = this.o.pane.scrollHeight;
+    this.setTop(this.o.pane.scrollHeight);
     this.render();
   }
 
@@ -304,18 +310,35 @@ export class LogViewer {
     const pane = this.o.pane;
     const g = this.geometry();
     this.spacer.style.height = `${g.height}px`;
-    if (this.follow && holdsTail(this.log) && !this.loading) {
+    // A hidden pane has no view: draw (and fetch) when it shows (ResizeObserver).
+    if (!pane.clientHeight) return;
+    if (this.follow && holdsTail(this.log)) {
       const bottom = Math.max(0, g.height - g.view);
-      if (Math.abs(pane.scrollTop - bottom) > 1) pane.scrollTop = bottom;
+      if (Math.abs(pane.scrollTop - bottom) > 1) this.setTop(bottom);
     }
     const top = this.topRow();
     const first = Math.max(0, top - OVERSCAN);
     const last = Math.min(g.rows - 1, top + g.visible + OVERSCAN);
     const offset = g.scaled ? pane.scrollTop - (top - first) * ROW_H : first * ROW_H;
     this.rowsBox.style.transform = `translateY(${Math.max(0, offset)}px)`;
+    // Rows are rebuilt only when what they show changed, so that a row under
+    // the pointer stays the same node while the view scrolls.
+    const look = `${this.query}|${this.timestamps}|${this.selection}|${this.matches[this.matchAt]}|${this.failed}`;
+    if (look !== this.look || this.layVersion !== this.lay) { this.cache.clear(); this.look = look; this.layVersion = this.lay; }
     const nodes = [];
-    for (let row = first; row <= last; row += 1) nodes.push(this.rowNode(this.lineOfRow(row)));
-    this.rowsBox.replaceChildren(...nodes);
+    const keep = new Map();
+    for (let row = first; row <= last; row += 1) {
+      const n = this.lineOfRow(row);
+      const line = lineAt(this.log, n);
+      const key = line ? `${line.text.length}|${line.ended}` : '-';
+      const cached = this.cache.get(n);
+      const node = cached && cached.key === key ? cached.node : this.rowNode(n);
+      keep.set(n, { key, node });
+      nodes.push(node);
+    }
+    this.cache = keep;
+    const children = this.rowsBox.children;
+    if (children.length !== nodes.length || nodes.some((node, i) => children[i] !== node)) this.rowsBox.replaceChildren(...nodes);
     this.o.onMeta(`${this.log.total.toLocaleString('en-US')} line${this.log.total === 1 ? '' : 's'}`);
     this.fetchMissing(this.lineOfRow(first), this.lineOfRow(Math.max(first, last)));
   }
@@ -420,14 +443,24 @@ export class LogViewer {
 
   // ------------------------------------------------------------ interaction
 
-  // Following is where the reader is: at the bottom of a log whose tail is
-  // held, it follows; anywhere else, it does not.
+  // Scrolling up leaves the tail; reaching the bottom follows it again. (A
+  // scroll to where the view already was, as when the pane is shown again,
+  // changes nothing.)
   onScroll() {
     const pane = this.o.pane;
-    const atBottom = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - ROW_H;
-    this.follow = atBottom && holdsTail(this.log);
+    const top = pane.scrollTop;
+    const atBottom = top + pane.clientHeight >= pane.scrollHeight - ROW_H;
+    if (atBottom && holdsTail(this.log)) this.follow = true;
+    else if (top < this.lastTop - 2) this.follow = false;
+    this.lastTop = top;
     this.o.jump.hidden = this.follow;
     this.schedule();
+  }
+
+  /** @param {number} top */
+  setTop(top) {
+    this.o.pane.scrollTop = top;
+    this.lastTop = this.o.pane.scrollTop;
   }
 
   /** @param {MouseEvent} ev */
