@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them all: the Rust unit and integration
-# tests (cargo nextest), then the end-to-end suite with the stock socket.io-client
+# tests (cargo nextest), the dashboard's module unit tests (node --test), then the end-to-end suite with the stock socket.io-client
 # against the built server, on SQLite and, when JOBSTREAM_TEST_POSTGRES_URL is
 # set, on PostgreSQL; then the browser tests (Debian's chromium, installed with
 # apt-get if missing, driven by playwright-core); then the clients/js package
@@ -42,6 +42,9 @@ echo "== TypeScript types of clients/js are those crates/protocol generates =="
 cargo nextest run -p jobstream-protocol --features ts --locked --test typescript
 
 status=0
+echo "== dashboard unit tests (node --test: ANSI parser, sections, log window, event reducer) =="
+node --test tests/dashboard/ || status=1
+
 bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/jobstream"
 echo "== end-to-end tests =="
 JOBSTREAM_BIN="$bin" tests/e2e/run.sh || status=1

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_jobs;
 mod m20261130_000002_commit_order;
 mod m20261130_000003_job_list_indexes;
+mod m20261130_000004_step_log_lines;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_jobs::Migration),
             Box::new(m20261130_000002_commit_order::Migration),
             Box::new(m20261130_000003_job_list_indexes::Migration),
+            Box::new(m20261130_000004_step_log_lines::Migration),
         ]
     }
 }

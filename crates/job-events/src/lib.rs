@@ -1,6 +1,7 @@
 //! jobstream-job-events: durable job events and their delivery.
 //!
 //! - [`EventStore`]: reads (snapshots, lists, replay pages) over sea-orm.
+//! - [`log`]: a step's output read back in pages, and its numbered lines.
 //! - [`JobEvents`]: the writer. Each write is one transaction that locks the job
 //!   row, checks the rules, takes the next `seq`, inserts the event and updates
 //!   the snapshot columns (on SQLite, writes that arrive together share one
@@ -16,6 +17,7 @@ pub mod db;
 mod emit;
 pub mod entity;
 pub mod error;
+pub mod log;
 pub mod retention;
 pub mod sink;
 pub mod store;
@@ -23,6 +25,7 @@ pub mod writer;
 
 pub use db::{backend_of, migrate, open, redact, OpenError};
 pub use error::{ReadError, WriteError};
+pub use log::{LineAssembler, LogChunk, LogCursor, LogLine, StepLogInfo};
 pub use retention::{run_retention, Prune, PruneReport, RetentionStats};
 pub use sea_orm::DbBackend;
 pub use sink::{Committed, EventSink, NullSink};

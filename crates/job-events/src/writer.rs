@@ -314,7 +314,7 @@ impl JobEvents {
             body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
         };
         insert_job(tx, self.store.backend(), row).await?;
-        insert_events(tx, self.store.backend(), std::slice::from_ref(&event), order).await?;
+        insert_events(tx, self.store.backend(), std::slice::from_ref(&event), &HashMap::new(), order).await?;
         Ok(Created::New(Box::new(snapshot), Box::new(event)))
     }
     /// Commits `tx`. A commit that reports an error may still have committed
@@ -761,11 +761,12 @@ async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i6
 /// Inserts events. Their data goes in as JSON text: on PostgreSQL it is cast to
 /// `json`, which keeps the text as sent (a `\u0000` in an output chunk
 /// included), where a bound JSON value would pass through `jsonb`, which cannot
-/// hold U+0000.
+/// hold U+0000. `lines` holds the `line` of each `step.output` event, by id.
 async fn insert_events(
     tx: &DatabaseTransaction,
     backend: DbBackend,
     events: &[Event],
+    lines: &HashMap<Uuid, i64>,
     order: i64,
 ) -> Result<(), DbErr> {
     use sea_orm::sea_query::{Alias, Expr, Query, SimpleExpr};
@@ -781,7 +782,7 @@ async fn insert_events(
             DbBackend::Postgres => Expr::val(data).cast_as(Alias::new("json")),
             _ => Expr::val(data).into(),
         };
-        let row: [SimpleExpr; 9] = [
+        let row: [SimpleExpr; 10] = [
             Expr::val(event.event_id).into(),
             Expr::val(event.job_id).into(),
             Expr::val(event.seq).into(),
@@ -791,6 +792,7 @@ async fn insert_events(
             Expr::val(event.timestamp.as_datetime()).into(),
             data,
             Expr::val(order).into(),
+            Expr::val(lines.get(&event.event_id).copied()).into(),
         ];
         insert.values(row).map_err(|e| DbErr::Custom(format!("event insert: {e}")))?;
     }
@@ -813,6 +815,8 @@ struct Batch<'a> {
     jobs: HashMap<Uuid, (jobs::Model, bool)>,
     steps: HashMap<Uuid, StepRow>,
     events: Vec<Event>,
+    /// The `line` of each `step.output` event of the batch, by event id.
+    lines: HashMap<Uuid, i64>,
     now: Timestamp,
     /// The id the next event takes (a client's `eventId`), else a new one.
     next_id: Option<Uuid>,
@@ -826,6 +830,7 @@ impl<'a> Batch<'a> {
             jobs: HashMap::new(),
             steps: HashMap::new(),
             events: Vec::new(),
+            lines: HashMap::new(),
             now: Timestamp::now(),
             next_id: None,
         }
@@ -937,6 +942,7 @@ impl<'a> Batch<'a> {
         let seq = self.jobs.get(&job_id).map_or(1, |(job, _)| job.last_seq + 1);
         let mut change = JobChange::None;
         let mut step_out = None;
+        let mut line = None;
         let (event_type, step_id, body) = match item {
             BatchItem::Status(_, request) => {
                 let next = request.status;
@@ -990,6 +996,7 @@ impl<'a> Batch<'a> {
                     error: None,
                     tokens_input: None,
                     tokens_output: None,
+                    output_lines: 0,
                 };
                 step_out = Some(step_snapshot(row.clone()).map_err(|_| WriteError::Conflict("invalid step".into()))?);
                 self.steps.insert(step_id, StepRow { row, new: true, dirty: true });
@@ -1002,7 +1009,11 @@ impl<'a> Batch<'a> {
                 (EventType::StepProgress, Some(step_id), EventBody::StepProgress(body))
             }
             BatchItem::Output(_, step_id, request) => {
-                self.running_step(job_id, step_id, "output").await?;
+                let step = self.running_step(job_id, step_id, "output").await?;
+                // Numbers the step's lines (see `job_events.line`).
+                line = Some(step.row.output_lines);
+                step.row.output_lines += request.chunk.bytes().filter(|&b| b == b'\n').count() as i64;
+                step.dirty = true;
                 let body = StepOutput { chunk: request.chunk, stream: request.stream.unwrap_or_default() };
                 (EventType::StepOutput, Some(step_id), EventBody::StepOutput(body))
             }
@@ -1044,16 +1055,11 @@ impl<'a> Batch<'a> {
             job.updated_at = now.as_datetime();
             *dirty = true;
         }
-        self.events.push(Event {
-            event_id: self.next_id.take().unwrap_or_else(Uuid::now_v7),
-            seq,
-            event_type,
-            job_id,
-            workspace_id,
-            step_id,
-            timestamp: now,
-            body,
-        });
+        let event_id = self.next_id.take().unwrap_or_else(Uuid::now_v7);
+        if let Some(line) = line {
+            self.lines.insert(event_id, line);
+        }
+        self.events.push(Event { event_id, seq, event_type, job_id, workspace_id, step_id, timestamp: now, body });
         Ok(step_out)
     }
 
@@ -1071,7 +1077,7 @@ impl<'a> Batch<'a> {
             job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).exec(self.tx).await?;
         }
         for chunk in self.events.chunks(INSERT_CHUNK) {
-            insert_events(self.tx, self.backend, chunk, order).await?;
+            insert_events(self.tx, self.backend, chunk, &self.lines, order).await?;
         }
         for (id, (job, dirty)) in self.jobs {
             if dirty {

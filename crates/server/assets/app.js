@@ -1,17 +1,18 @@
+// @ts-nocheck
 // jobstream dashboard: reads the HTTP API and the SSE streams only. It keeps a
 // token in sessionStorage, lists a workspace's jobs live, and shows one job's
-// steps and their output (ANSI colours, batched per animation frame, resumed
-// from the last applied seq after any reconnect, so no line is lost or doubled).
+// steps and the log of one step (viewer.js: any size, from the log routes,
+// live chunks counted once by seq, resumed from the last applied seq after
+// any reconnect, so no line is lost or doubled).
+import { ACTIVE, TERMINAL, loadSnapshot, newDetail, reduceDetail, reduceListJob } from './reducer.js';
+import { LogViewer } from './viewer.js';
+
 (() => {
   'use strict';
 
-  const LINE_CAP = 5000;          // output lines kept per step
   const LIST_CAP = 300;           // jobs kept in the list
-  const CHUNK_CARRY_MAX = 256;    // longest unfinished escape sequence held over
   const EVENT_NAMES = ['job:created', 'job:status', 'job:progress', 'step:started',
     'step:progress', 'step:output', 'step:completed', 'job:event'];
-  const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
-  const ACTIVE = new Set(['pending', 'queued', 'running']);
   const STEP_ICON = { pending: '○', running: '●', completed: '✓', failed: '✕', skipped: '–' };
   const TOKEN_KEY = 'jobstream.token';
   const WS_KEY = 'jobstream.workspace';
@@ -53,7 +54,7 @@
     wsStream: null,
     reconnects: 0,             // outages recovered from since the page loaded
     outage: false,
-    dirty: { list: false, detail: false, term: false },
+    dirty: { list: false, detail: false },
   };
 
   // ---------------------------------------------------------------- formatting
@@ -112,6 +113,9 @@
     throw Object.assign(new Error((body && body.error && body.error.message) || `HTTP ${response.status}`),
       { status: response.status });
   }
+
+  // The raw log with the token (a download must not put it in a URL).
+  const apiRaw = (path) => fetch(path, { headers: { authorization: `Bearer ${state.token}` }, cache: 'no-store' });
 
   // ---------------------------------------------------------------- streams
 
@@ -269,24 +273,9 @@
       fetchIntoList(e.jobId, name, e);
       return;
     }
-    if (e.seq <= job.lastSeq) return;
-    job = { ...job, lastSeq: e.seq, updatedAt: e.timestamp };
-    if (name === 'job:status') {
-      applyStatus(job, e);
-      if (TERMINAL.has(e.status)) job.stepName = null;
-    } else if (name === 'job:progress') {
-      job.progress = e.progress;
-    } else if (name === 'step:started') {
-      job.stepName = e.name;
-    }
+    job = reduceListJob(job, name, e);
+    if (!job) return;
     state.jobs.set(job.id, job);
-  }
-  function applyStatus(job, e) {
-    job.status = e.status;
-    if (e.status === 'running' && !job.startedAt) job.startedAt = e.timestamp;
-    if (TERMINAL.has(e.status)) job.completedAt = e.timestamp;
-    if ('error' in e) job.error = e.error;
-    if ('result' in e) job.result = e.result;
   }
   function fetchIntoList(jobId, name, e) {
     const waiting = state.pendingFetch.get(jobId);
@@ -304,131 +293,58 @@
     }, () => state.pendingFetch.delete(jobId));
   }
 
-  // ---------------------------------------------------------------- ANSI output
-
-  const ESCAPES = /\x1b\[([0-?]*)[ -/]*([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]?|\r\n|\n|\r|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/g;
-  const COMPLETE_ESCAPE = /^\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])/;
-
-  function newOutput() {
-    return { lines: [], base: 0, open: false, carry: '', sgr: { fg: -1, bg: -1, b: 0, d: 0, i: 0, u: 0 }, dirtyFrom: 0 };
-  }
-  const SGR_FLAGS = { 1: { b: 1 }, 2: { d: 1 }, 3: { i: 1 }, 4: { u: 1 }, 22: { b: 0, d: 0 }, 23: { i: 0 }, 24: { u: 0 } };
-  function sgrClass(s) {
-    return [s.fg >= 0 && `f${s.fg}`, s.bg >= 0 && `b${s.bg}`, s.b && 'a-b', s.d && 'a-d', s.i && 'a-i', s.u && 'a-u']
-      .filter(Boolean).join(' ');
-  }
-  function applySgr(s, params) {
-    const codes = params === '' ? [0] : params.split(/[;:]/).map((p) => (p === '' ? 0 : Number(p)));
-    for (let k = 0; k < codes.length; k += 1) {
-      const n = codes[k];
-      if (n === 0) Object.assign(s, { fg: -1, bg: -1, b: 0, d: 0, i: 0, u: 0 });
-      else if (SGR_FLAGS[n]) Object.assign(s, SGR_FLAGS[n]);
-      else if (n >= 30 && n <= 37) s.fg = n - 30;
-      else if (n >= 90 && n <= 97) s.fg = n - 82;
-      else if (n === 39) s.fg = -1;
-      else if (n >= 40 && n <= 47) s.bg = n - 40;
-      else if (n >= 100 && n <= 107) s.bg = n - 92;
-      else if (n === 49) s.bg = -1;
-      else if (n === 38 || n === 48) {
-        // 256-colour and true-colour: map the basic 16, skip the rest.
-        const mode = codes[k + 1];
-        if (mode === 5) {
-          const idx = codes[k + 2];
-          if (idx >= 0 && idx < 16) { if (n === 38) s.fg = idx; else s.bg = idx; }
-          k += 2;
-        } else if (mode === 2) k += 4;
-      }
-    }
-  }
-  function currentLine(out, stream) {
-    if (!out.open) {
-      out.lines.push({ segs: [], err: stream === 'stderr', meta: false });
-      out.open = true;
-    }
-    return out.lines[out.lines.length - 1];
-  }
-  function markDirty(out, absIndex) {
-    out.dirtyFrom = Math.min(out.dirtyFrom, absIndex);
-  }
-  function pushText(out, text, stream) {
-    if (!text) return;
-    const line = currentLine(out, stream);
-    markDirty(out, out.base + out.lines.length - 1);
-    const cls = sgrClass(out.sgr);
-    const last = line.segs[line.segs.length - 1];
-    if (last && last[1] === cls) last[0] += text;
-    else line.segs.push([text, cls]);
-  }
-  function endLine(out, stream) {
-    currentLine(out, stream);
-    markDirty(out, out.base + out.lines.length - 1);
-    out.open = false;
-  }
-  function trim(out) {
-    const extra = out.lines.length - LINE_CAP;
-    if (extra > 0) { out.lines.splice(0, extra); out.base += extra; }
-  }
-  // Parses a chunk into lines of styled segments. Only SGR is interpreted;
-  // every other escape and control character is dropped.
-  function appendOutput(out, chunk, stream) {
-    let text = out.carry + chunk;
-    out.carry = '';
-    const esc = text.lastIndexOf('\x1b');
-    if (esc >= 0 && text.length - esc < CHUNK_CARRY_MAX && !COMPLETE_ESCAPE.test(text.slice(esc))) {
-      out.carry = text.slice(esc);
-      text = text.slice(0, esc);
-    } else if (text.endsWith('\r')) {
-      out.carry = '\r';
-      text = text.slice(0, -1);
-    }
-    ESCAPES.lastIndex = 0;
-    let at = 0;
-    let m;
-    while ((m = ESCAPES.exec(text))) {
-      pushText(out, text.slice(at, m.index), stream);
-      at = ESCAPES.lastIndex;
-      const tok = m[0];
-      if (m[2] === 'm') applySgr(out.sgr, m[1]);
-      else if (tok === '\n' || tok === '\r\n') endLine(out, stream);
-      else if (tok === '\r' && out.open) {
-        // A carriage return rewrites the line (progress bars).
-        out.lines[out.lines.length - 1].segs = [];
-        markDirty(out, out.base + out.lines.length - 1);
-      }
-    }
-    pushText(out, text.slice(at), stream);
-    trim(out);
-  }
-  function appendMeta(out, text) {
-    if (out.open) endLine(out, 'stdout');
-    out.lines.push({ segs: [[text, '']], err: false, meta: true });
-    markDirty(out, out.base + out.lines.length - 1);
-    trim(out);
-  }
-
   // ---------------------------------------------------------------- job detail
 
-  function openJob(jobId) {
+  // The log viewer of the selected step.
+  const viewer = new LogViewer({
+    pane: $('term'),
+    jump: $('jump'),
+    tools: $('log-tools'),
+    getJson: (path) => api(path),
+    getRaw: (path) => apiRaw(path),
+    onMeta: (text) => {
+      const d = state.detail;
+      const step = d && d.selected && d.steps.get(d.selected);
+      const live = step && step.status === 'running' && d.job && !TERMINAL.has(d.job.status);
+      setText($('term-meta'), `${text}${live ? ' · live' : ''}`);
+    },
+    onSelect: (range) => {
+      const d = state.detail;
+      if (!d || !d.selected) return;
+      const anchor = `step-${d.selected}-L${range[0]}${range[1] !== range[0] ? `-L${range[1]}` : ''}`;
+      d.anchor = anchor;
+      history.replaceState(null, '', `#/${encodeURIComponent(state.workspace || '')}/${d.id}/${anchor}`);
+    },
+  });
+
+  // `step-<id>-L10` or `step-<id>-L10-L20`.
+  function parseAnchor(text) {
+    const m = /^step-([0-9a-fA-F-]{36})(?:-L(\d+)(?:-L(\d+))?)?$/.exec(text || '');
+    if (!m) return null;
+    const from = m[2] ? Number(m[2]) : null;
+    const to = m[3] ? Number(m[3]) : from;
+    return { stepId: m[1].toLowerCase(), range: from ? [Math.min(from, to), Math.max(from, to)] : null };
+  }
+
+  function openJob(jobId, anchor) {
     closeJob();
     if (!jobId) return;
-    const d = {
-      id: jobId, job: null, baseSeq: 0, lastSeq: 0, steps: new Map(), order: [],
-      selected: null, autoSelect: true, stream: null, finished: false, error: null,
-    };
+    const d = Object.assign(newDetail(jobId), { selected: null, autoSelect: true, stream: null, error: null, anchor });
     state.detail = d;
-    resetTerminal();
+    viewer.close();
     redraw('detail', 'list');
     const jobUrl = `/api/v1/jobs/${encodeURIComponent(jobId)}`;
     const load = () => api(jobUrl).then((job) => {
       if (state.detail !== d) return;
-      const { steps = [], ...snapshot } = job;
-      d.job = snapshot;
+      loadSnapshot(d, job);
       d.error = null;
-      d.baseSeq = snapshot.lastSeq;
-      for (const s of steps) { d.steps.set(s.id, { ...s, progress: null, out: newOutput() }); d.order.push(s.id); }
+      const linked = parseAnchor(d.anchor);
+      const steps = d.order.map((id) => d.steps.get(id));
       const running = steps.filter((s) => s.status === 'running').pop();
-      d.selected = (running || steps[steps.length - 1] || {}).id || null;
-      // Replay from the start for the output; the snapshot already holds the state up to baseSeq.
+      if (linked && d.steps.has(linked.stepId)) { d.selected = linked.stepId; d.autoSelect = false; }
+      else d.selected = (running || steps[steps.length - 1] || {}).id || null;
+      showStep(d, linked && linked.stepId === d.selected ? linked.range : null);
+      // The snapshot holds the state up to its lastSeq; the stream goes on from there.
       d.stream = new Stream(
         () => streamUrl(`/api/v1/jobs/${encodeURIComponent(jobId)}/events/stream`, { since: String(d.lastSeq) }),
         EVENT_NAMES,
@@ -444,9 +360,10 @@
             });
           },
         },
-      ).start();
+      );
+      if (!d.finished) d.stream.start();
       updateConnection();
-      redraw('detail', 'term');
+      redraw('detail');
     }, (err) => {
       if (state.detail !== d) return;
       if (err.status === 401) { refused(err); return; }
@@ -463,67 +380,24 @@
     updateConnection();
   }
 
-  // Applies one job event exactly once, in seq order. Events up to the
-  // snapshot's seq only contribute output; later ones update the state too.
+  // Applies one job event exactly once, in seq order (reducer.js).
   function applyJobEvent(d, name, e) {
-    if (state.detail !== d || !e || e.jobId !== d.id || !(e.seq > d.lastSeq)) return;
-    d.lastSeq = e.seq;
-    const fresh = e.seq > d.baseSeq;
-    const job = d.job;
-    let step = e.stepId ? d.steps.get(e.stepId) : null;
-    if (fresh) {
-      job.lastSeq = e.seq;
-      job.updatedAt = e.timestamp;
-      applyListEvent(name, e);
-    }
-    switch (name) {
-      case 'job:status':
-        if (fresh) {
-          applyStatus(job, e);
-          announce(`Job ${job.type} is now ${e.status}.`);
-        }
-        if (TERMINAL.has(e.status)) {
-          d.finished = true;
-          if (d.stream) d.stream.stop();
-        }
-        break;
-      case 'job:progress':
-        if (fresh) { job.progress = e.progress; job.progressMessage = e.message || null; }
-        break;
-      case 'step:started':
-        if (!step) {
-          step = { id: e.stepId, jobId: d.id, name: e.name, phase: e.phase, stepType: e.stepType, status: 'running',
-            startedAt: e.timestamp, completedAt: null, durationMs: null, error: null, progress: null, out: newOutput() };
-          d.steps.set(step.id, step);
-          d.order.push(step.id);
-        }
-        if (fresh && d.autoSelect) selectStep(d, step.id, true);
-        break;
-      case 'step:progress':
-        if (fresh && step) step.progress = e.progress;
-        break;
-      case 'step:output':
-        if (step) {
-          appendOutput(step.out, String(e.chunk == null ? '' : e.chunk), e.stream);
-          if (step.id === d.selected) state.dirty.term = true;
-        }
-        break;
-      case 'step:completed':
-        if (fresh && step) {
-          Object.assign(step, { status: e.status, durationMs: e.durationMs ?? null, error: e.error || null,
-            completedAt: e.timestamp, tokensInput: e.tokensInput ?? null, tokensOutput: e.tokensOutput ?? null });
-        }
-        break;
-      case 'job:event':
-        if (step) {
-          const payload = e.payload && Object.keys(e.payload).length ? ` ${JSON.stringify(e.payload)}` : '';
-          appendMeta(step.out, `▸ ${e.type}${payload}`.slice(0, 300));
-          if (step.id === d.selected) state.dirty.term = true;
-        }
-        break;
-      default:
-    }
+    if (state.detail !== d) return;
+    const effect = reduceDetail(d, name, e);
+    if (!effect.applied) return;
+    applyListEvent(name, e);
+    if (effect.announce) announce(effect.announce);
+    if (d.finished && d.stream) d.stream.stop();
+    if (effect.startedStep && d.autoSelect) selectStep(d, effect.startedStep, true);
+    if (effect.output && effect.output.stepId === d.selected) viewer.onChunk(effect.output);
+    if (name === 'step:completed' && e.stepId === d.selected) viewer.setFailed(e.status === 'failed');
     redraw('detail');
+  }
+
+  function showStep(d, range) {
+    const step = d.selected && d.steps.get(d.selected);
+    if (!step) { viewer.close(); return; }
+    viewer.open({ jobId: d.id, stepId: step.id, name: step.name, failed: step.status === 'failed', range });
   }
 
   function selectStep(d, stepId, auto) {
@@ -533,8 +407,10 @@
     }
     if (d.selected === stepId) return;
     d.selected = stepId;
-    resetTerminal();
-    redraw('detail', 'term');
+    d.anchor = null;
+    if (!auto) history.replaceState(null, '', `#/${encodeURIComponent(state.workspace || '')}/${d.id}`);
+    showStep(d, null);
+    redraw('detail');
   }
 
   // ---------------------------------------------------------------- rendering
@@ -552,7 +428,6 @@
     const now = Date.now();
     if (state.dirty.list) { state.dirty.list = false; renderList(now); }
     if (state.dirty.detail) { state.dirty.detail = false; renderDetail(now); }
-    if (state.dirty.term) { state.dirty.term = false; renderTerminal(); }
   }
 
   const listItems = new Map(); // job id -> { li, a, name, badge, stepNow, dur, bar }
@@ -664,7 +539,9 @@
         Object.assign(btn.dataset, { testid: 'step', stepId: id });
         btn.addEventListener('click', () => selectStep(d, id, false));
         const err = h('div', 'step-error');
-        row = { li: h('li', null, btn, err), btn, icon, name, phase, type, dur, err };
+        const events = h('div', 'step-events');
+        events.dataset.testid = 'step-events';
+        row = { li: h('li', null, btn, err, events), btn, icon, name, phase, type, dur, err, events };
         stepRows.set(id, row);
       }
       row.btn.className = `step st-${step.status}`;
@@ -679,6 +556,8 @@
       setText(row.dur, pct + fmtDuration(stepDuration(step, ended || now)));
       row.err.hidden = !step.error;
       setText(row.err, step.error);
+      row.events.hidden = !step.events.length;
+      setText(row.events, step.events.join('\n'));
       if (ol.children[i] !== row.li) ol.insertBefore(row.li, ol.children[i] || null);
     });
     $('steps-empty').hidden = d.order.length > 0;
@@ -687,74 +566,9 @@
     const step = d.selected && d.steps.get(d.selected);
     if (step) {
       setText($('term-title'), `${step.name} — output`);
-      const count = step.out.base + step.out.lines.length;
-      setText($('term-meta'), `${count} line${count === 1 ? '' : 's'}${step.status === 'running' && !ended ? ' · live' : ''}`);
+      viewer.setFailed(step.status === 'failed');
     }
   }
-
-  // The terminal pane keeps DOM lines [paneBase, paneBase + children) of the selected step.
-  const term = { stepId: null, base: 0, follow: true, lines: null, note: null };
-  function resetTerminal() {
-    const pane = $('term');
-    term.lines = h('div', 'lines');
-    term.note = h('div', 'trimmed');
-    term.note.hidden = true;
-    pane.replaceChildren(term.note, term.lines);
-    term.stepId = null;
-    term.base = 0;
-    term.follow = true;
-    $('jump').hidden = true;
-  }
-  function lineNode(line, n) {
-    const div = h('div', `ln${line.err ? ' err' : ''}${line.meta ? ' meta' : ''}`);
-    div.dataset.n = n;
-    div.append(...line.segs.map(([text, cls]) => (cls ? h('span', cls, text) : text)));
-    return div;
-  }
-  function renderTerminal() {
-    const d = state.detail;
-    const step = d && d.selected && d.steps.get(d.selected);
-    if (!step) return;
-    const out = step.out;
-    const box = term.lines;
-    if (term.stepId !== step.id) {
-      box.replaceChildren();
-      term.stepId = step.id;
-      term.base = out.base;
-      out.dirtyFrom = out.base;
-    }
-    // Lines trimmed from the front.
-    if (term.base < out.base) {
-      let drop = Math.min(out.base - term.base, box.childElementCount);
-      while (drop-- > 0) box.firstChild.remove();
-      term.base = out.base;
-    }
-    // Re-render from the first changed line (an open line that grew).
-    const from = Math.max(out.dirtyFrom, out.base);
-    while (term.base + box.childElementCount > from && box.lastChild) box.lastChild.remove();
-    const fragment = document.createDocumentFragment();
-    for (let abs = term.base + box.childElementCount; abs < out.base + out.lines.length; abs += 1) {
-      fragment.append(lineNode(out.lines[abs - out.base], abs + 1));
-    }
-    box.append(fragment);
-    out.dirtyFrom = Infinity;
-    term.note.hidden = out.base === 0;
-    setText(term.note, out.base ? `${out.base} earlier line${out.base === 1 ? '' : 's'} not shown (the last ${LINE_CAP} are kept)` : '');
-    const pane = $('term');
-    if (term.follow) pane.scrollTop = pane.scrollHeight;
-  }
-  $('term').addEventListener('scroll', () => {
-    const pane = $('term');
-    term.follow = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - 24;
-    $('jump').hidden = term.follow;
-  }, { passive: true });
-  $('jump').addEventListener('click', () => {
-    term.follow = true;
-    const pane = $('term');
-    pane.scrollTop = pane.scrollHeight;
-    $('jump').hidden = true;
-    pane.focus({ preventScroll: true });
-  });
 
   const announce = (text) => setText($('announce'), text);
 
@@ -807,7 +621,7 @@
     const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map((p) => {
       try { return decodeURIComponent(p); } catch { return p; }
     });
-    return { ws: parts[0] || null, job: parts[1] || null };
+    return { ws: parts[0] || null, job: parts[1] || null, anchor: parts[2] || null };
   }
   function navigate(ws, jobId) {
     const hash = ws ? `#/${encodeURIComponent(ws)}${jobId ? `/${jobId}` : ''}` : '#/';
@@ -826,7 +640,7 @@
   }
   function route() {
     if (!state.token) return;
-    let { ws, job } = parseHash();
+    let { ws, job, anchor } = parseHash();
     let refusedWs = null;
     if (!ws) ws = defaultWorkspace();
     if (ws && !canRead(ws)) {
@@ -847,8 +661,18 @@
     if (ws !== state.workspace || !state.wsStream) startWorkspace(ws);
     if (refusedWs) showNotice(`This token cannot read workspace “${refusedWs}”; showing “${ws}”.`);
     const currentJob = state.detail ? state.detail.id : null;
+    if (job && job === currentJob && anchor && anchor !== state.detail.anchor && state.detail.job) {
+      // Another line or step of the open job.
+      const linked = parseAnchor(anchor);
+      const d = state.detail;
+      d.anchor = anchor;
+      if (linked && d.steps.has(linked.stepId)) {
+        if (d.selected !== linked.stepId) { d.selected = linked.stepId; d.autoSelect = false; showStep(d, linked.range); }
+        else if (linked.range) viewer.open({ jobId: d.id, stepId: d.selected, name: '', failed: false, range: linked.range });
+      }
+    }
     if (job !== currentJob) {
-      openJob(job);
+      openJob(job, anchor);
       // One column: the view changes under the focus, so move it along.
       if (matchMedia('(max-width: 860px)').matches) {
         requestAnimationFrame(() => {
@@ -919,7 +743,6 @@
       if (response.ok) state.config = { ...state.config, ...(await response.json()) };
     } catch { /* served without config: no demo */ }
     $('demo-tag').hidden = !state.config.demo;
-    resetTerminal();
     const saved = store.get(TOKEN_KEY);
     const initial = saved || (state.config.demo ? state.config.token : null);
     const error = initial ? applyToken(initial) : null;

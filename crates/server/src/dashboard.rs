@@ -27,7 +27,8 @@ fn asset(body: &'static str, content_type: &'static str) -> impl IntoResponse {
     ([(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")], body)
 }
 
-/// `/`, `/assets/*` and `/dashboard/config.json`.
+/// `/`, `/assets/*` and `/dashboard/config.json`. The scripts are ES modules,
+/// served as they are (no build step): `app.js` imports the others.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { asset(include_str!("../assets/index.html"), "text/html; charset=utf-8") }))
@@ -35,6 +36,26 @@ pub fn router() -> Router<AppState> {
         .route(
             "/assets/app.js",
             get(|| async { asset(include_str!("../assets/app.js"), "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/ansi.js",
+            get(|| async { asset(include_str!("../assets/ansi.js"), "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/groups.js",
+            get(|| async { asset(include_str!("../assets/groups.js"), "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/logmodel.js",
+            get(|| async { asset(include_str!("../assets/logmodel.js"), "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/reducer.js",
+            get(|| async { asset(include_str!("../assets/reducer.js"), "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/viewer.js",
+            get(|| async { asset(include_str!("../assets/viewer.js"), "text/javascript; charset=utf-8") }),
         )
         .route("/assets/favicon.svg", get(|| async { asset(include_str!("../assets/favicon.svg"), "image/svg+xml") }))
         .route("/dashboard/config.json", get(|State(app): State<AppState>| async move { Json(app.dashboard.clone()) }))

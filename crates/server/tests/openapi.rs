@@ -263,6 +263,9 @@ const EVENTS: &str = "/api/v1/jobs/{job_id}/events";
 const JOB_STREAM: &str = "/api/v1/jobs/{job_id}/events/stream";
 const WORKSPACE_STREAM: &str = "/api/v1/workspaces/{workspace_id}/events/stream";
 const BATCH: &str = "/api/v1/events/batch";
+const LOG: &str = "/api/v1/jobs/{job_id}/steps/{step_id}/log";
+const LOG_LINES: &str = "/api/v1/jobs/{job_id}/steps/{step_id}/log/lines";
+const LOG_SEARCH: &str = "/api/v1/jobs/{job_id}/steps/{step_id}/log/search";
 
 /// Exercises every route of `server`, checking each answer against the document.
 async fn every_route_answers_as_documented(server: &TestServer) {
@@ -410,6 +413,21 @@ async fn every_route_answers_as_documented(server: &TestServer) {
     expect(addr, &mut doc, history("limit=10001"), 422).await;
     let missing = Call::get(EVENTS, job_path(EVENTS, &Uuid::now_v7())).bearer(&reader);
     expect(addr, &mut doc, missing, 404).await;
+
+    // The step's log: raw, as numbered lines, searched.
+    let log = |route: &'static str, query: &str| {
+        Call::get(route, format!("{}?{query}", step_path(route, &step))).bearer(&reader)
+    };
+    expect(addr, &mut doc, log(LOG, ""), 200).await;
+    expect(addr, &mut doc, log(LOG, "stream=stderr"), 200).await;
+    expect(addr, &mut doc, log(LOG, "stream=both"), 422).await;
+    expect(addr, &mut doc, log(LOG_LINES, "from=1&limit=10"), 200).await;
+    expect(addr, &mut doc, log(LOG_LINES, "tail=5"), 200).await;
+    expect(addr, &mut doc, log(LOG_LINES, "limit=5001"), 422).await;
+    expect(addr, &mut doc, log(LOG_SEARCH, "q=a"), 200).await;
+    expect(addr, &mut doc, log(LOG_SEARCH, "q="), 422).await;
+    let unknown_step = Call::get(LOG, step_path(LOG, &Uuid::now_v7())).bearer(&reader);
+    expect(addr, &mut doc, unknown_step, 404).await;
 
     // The job stream of a finished job: the whole history, then its end.
     let stream = |query: &str| Call::get(JOB_STREAM, format!("{}?{query}", job_path(JOB_STREAM, &job)));
@@ -608,7 +626,9 @@ async fn every_route_of_the_server_is_in_the_document_with_each_of_its_methods()
     let documented = doc.operations();
     let routes = router_paths();
     let documented_paths: BTreeSet<String> = documented.iter().map(|(p, _)| p.clone()).collect();
-    let api_routes: BTreeSet<String> = routes.iter().filter(|p| !DASHBOARD.contains(&p.as_str())).cloned().collect();
+    // The dashboard's pages and its ES modules (`/assets/…`) are not the API.
+    let api_routes: BTreeSet<String> =
+        routes.iter().filter(|p| !DASHBOARD.contains(&p.as_str()) && !p.starts_with("/assets/")).cloned().collect();
     assert_eq!(api_routes, documented_paths, "routes of the server vs paths of the document");
     for page in DASHBOARD {
         assert!(routes.contains(page), "the dashboard list is out of date: {page} is not a route");

@@ -20,6 +20,9 @@ pub struct Model {
     /// PostgreSQL transaction id, or SQLite's commit counter. `None` for rows
     /// written before it was kept.
     pub commit_order: Option<i64>,
+    /// On a `step.output` row, how many `\n` the step's output held before
+    /// this chunk (its first byte is on line `line + 1`); `None` otherwise.
+    pub line: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -21,6 +21,8 @@ pub struct Model {
     pub error: Option<String>,
     pub tokens_input: Option<i64>,
     pub tokens_output: Option<i64>,
+    /// How many `\n` the step's `step.output` chunks hold so far.
+    pub output_lines: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod log;
 pub mod openapi;
 pub mod sse;
 
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
             get(sse::workspace_stream).layer(axum::middleware::map_response(sse::stream_headers)),
         )
         .route("/api/v1/events/batch", post(batch))
+        .merge(log::router())
 }
 
 /// The answer for paths that match no route.
@@ -368,7 +370,7 @@ struct JobPath {
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
-struct StepPath {
+pub(crate) struct StepPath {
     /// The job id.
     job_id: Uuid,
     /// The step id, a step of that job.
