@@ -9,6 +9,10 @@ test('GitHub and GitLab markers are recognised', () => {
   assert.deepEqual(classify('section_start:1700000000:build[collapsed=true]\r\x1b[0K\x1b[36mBuilding\x1b[0m'),
     { kind: 'start', name: 'build', title: 'Building', collapsed: true });
   assert.deepEqual(classify('section_end:1700000001:build\r\x1b[0K'), { kind: 'end', name: 'build' });
+  // As GitLab's runner writes them: each marker after an erase-line sequence.
+  assert.deepEqual(classify('\x1b[0Ksection_start:1700000000:test[collapsed=true]\r\x1b[0KTesting'),
+    { kind: 'start', name: 'test', title: 'Testing', collapsed: true });
+  assert.deepEqual(classify('\x1b[0Ksection_end:1700000001:test\r\x1b[0K'), { kind: 'end', name: 'test' });
   assert.deepEqual(classify('\x1b[31mERROR\x1b[0m: no'), { kind: 'error' });
   assert.equal(classify('terrorist mirrors'), null);
 });

@@ -150,6 +150,28 @@ describe('the step log routes', { skip: skipReason(), timeout: 180_000 }, () => 
     assert.deepEqual(await search({ q: 'not there' }), { matches: [], next: null });
   });
 
+  it('keeps a lines answer within its byte bound, from any line and from the tail, counting escaped control characters', async () => {
+    const { job, step } = await runningStep();
+    // 150 lines of 60,000 bytes (about 9 MB), then 60 lines of 30,000 control
+    // characters (1.8 MB of text, 10.8 MB once escaped in JSON).
+    const long = Array.from({ length: 150 }, (_, i) => [`${String(i + 1).padStart(6, '0')}${'x'.repeat(59_993)}\n`, 'stdout']);
+    const control = Array.from({ length: 60 }, () => [`${'\x01'.repeat(30_000)}\n`, 'stdout']);
+    for (let i = 0; i < long.length; i += 10) await writeChunks(job, step, long.slice(i, i + 10));
+    for (let i = 0; i < control.length; i += 4) await writeChunks(job, step, control.slice(i, i + 4));
+    const bound = 8 * 1024 * 1024 + 6 * 65_536;
+
+    const forward = await ok(producer.request('GET', logPath(job, step, '/lines?from=1&limit=5000')));
+    assert.equal(forward.end, false, 'the answer stops early');
+    assert.ok(forward.lines.length < 150 && forward.lines.length > 100, String(forward.lines.length));
+    assert.equal(forward.lines[0].n, 1);
+    assert.ok(JSON.stringify(forward).length <= bound, String(JSON.stringify(forward).length));
+
+    const tail = await ok(producer.request('GET', logPath(job, step, '/lines?tail=5000')));
+    assert.equal(tail.lines.at(-1).n, 210, 'a tail answer keeps the last lines');
+    assert.ok(tail.lines.length < 210, String(tail.lines.length));
+    assert.ok(JSON.stringify(tail).length <= bound, String(JSON.stringify(tail).length));
+  });
+
   it('refuses bad parameters with 422 and unknown jobs or steps with 404', async () => {
     const { job, step } = await runningStep();
     assertHttpError(await producer.request('GET', logPath(job, step, '?stream=both')), 422, 'invalid_payload');

@@ -35,8 +35,8 @@
 const ESC_STRIP = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]?/g;
 const GH_START = /^::group::(.*)$/;
 const GH_END = /^::endgroup::\s*$/;
-const GL_START = /^section_start:\d+:([A-Za-z0-9_.-]+)(\[[^\]]*\])?\r(?:\x1b\[0?K)?(.*)$/;
-const GL_END = /^section_end:\d+:([A-Za-z0-9_.-]+)\r?(?:\x1b\[0?K)?\s*$/;
+const GL_START = /^(?:\x1b\[0?K)?section_start:\d+:([A-Za-z0-9_.-]+)(\[[^\]]*\])?\r(?:\x1b\[0?K)?(.*)$/;
+const GL_END = /^(?:\x1b\[0?K)?section_end:\d+:([A-Za-z0-9_.-]+)\r?(?:\x1b\[0?K)?\s*$/;
 const ERROR_LINE = /(^|[^a-z])(error|fatal|failed|panicked)([^a-z]|$)|^::error/i;
 
 /**

@@ -429,13 +429,15 @@ export class LogViewer {
     const q = this.query;
     const frag = document.createDocumentFragment();
     if (!q) { frag.append(text); return frag; }
-    const lower = text.toLowerCase();
+    // Matched on the text itself (not a lower-cased copy, whose length can
+    // differ), so the marks land on the right characters.
+    const pattern = new RegExp(q.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'giu');
     let at = 0;
-    for (;;) {
-      const i = lower.indexOf(q, at);
-      if (i < 0) break;
-      frag.append(text.slice(at, i), el('mark', '', text.slice(i, i + q.length)));
-      at = i + q.length;
+    for (const match of text.matchAll(pattern)) {
+      const i = match.index ?? 0;
+      if (!match[0]) break;
+      frag.append(text.slice(at, i), el('mark', '', match[0]));
+      at = i + match[0].length;
     }
     frag.append(text.slice(at));
     return frag;
@@ -525,7 +527,7 @@ export class LogViewer {
    * @param {number} step
    */
   async runSearch(step) {
-    const q = this.search.value.trim().toLowerCase().slice(0, 200);
+    const q = utf8Prefix(this.search.value.trim().toLowerCase(), 200);
     if (!q) { this.query = ''; this.matches = []; this.count.textContent = ''; this.render(); return; }
     const gen = this.generation;
     if (q !== this.query) {
@@ -605,4 +607,22 @@ function formatTime(iso) {
   if (!Number.isFinite(d.getTime())) return '';
   const p = (/** @type {number} */ n, w = 2) => String(n).padStart(w, '0');
   return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
+}
+
+/**
+ * The longest prefix of `text` whose UTF-8 encoding fits in `max` bytes (the
+ * server's limit on a search query is in bytes).
+ * @param {string} text
+ * @param {number} max
+ */
+export function utf8Prefix(text, max) {
+  const encoder = new TextEncoder();
+  let out = '';
+  let bytes = 0;
+  for (const ch of text) {
+    bytes += encoder.encode(ch).length;
+    if (bytes > max) break;
+    out += ch;
+  }
+  return out;
 }

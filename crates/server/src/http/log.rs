@@ -241,14 +241,15 @@ pub async fn log_lines(
         let page = store.log_chunks(step, cursor, PAGE_CHUNKS).await?;
         for chunk in &page {
             assembler.push(chunk, |line| {
-                bytes += line.text.len();
+                bytes += json_len(&line.text);
                 lines.push_back(line.into());
             });
             last_seq = chunk.seq;
             if tail.is_some() {
-                while lines.len() as i64 > want {
+                // The last `want` lines, within the byte bound.
+                while lines.len() as i64 > want || (bytes > MAX_PAGE_BYTES && lines.len() > 1) {
                     if let Some(line) = lines.pop_front() {
-                        bytes -= line.text.len();
+                        bytes -= json_len(&line.text);
                     }
                 }
             }
@@ -268,15 +269,21 @@ pub async fn log_lines(
     if end {
         if let Some(line) = assembler.finish() {
             last_number = line.number;
+            bytes += json_len(&line.text);
             lines.push_back(line.into());
         }
     }
-    while lines.len() as i64 > want {
-        if tail.is_some() {
-            lines.pop_front();
+    // At most `want` lines, and at most MAX_PAGE_BYTES of (escaped) text, but
+    // always one line: a tail answer keeps the last lines, a forward one the first.
+    while lines.len() as i64 > want || (bytes > MAX_PAGE_BYTES && lines.len() > 1) {
+        let dropped = if tail.is_some() {
+            lines.pop_front()
         } else {
-            lines.pop_back();
             end = false;
+            lines.pop_back()
+        };
+        if let Some(line) = dropped {
+            bytes = bytes.saturating_sub(json_len(&line.text));
         }
     }
     // Past the end, nothing was numbered: the count of ended lines is all there is.
@@ -287,6 +294,21 @@ pub async fn log_lines(
     };
     let answer = LinesAnswer { lines: lines.into(), total, end, last_seq, status: info.status };
     Ok(([(CACHE_CONTROL, "no-cache")], Json(answer)).into_response())
+}
+
+/// The size of `text` as a JSON string (a control character is written as
+/// `\u00XX`, a quote or backslash escaped): what the byte bound of an answer counts.
+fn json_len(text: &str) -> usize {
+    text.len()
+        + text
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+        + 2
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
