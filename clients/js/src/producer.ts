@@ -33,8 +33,14 @@ export interface ProducerOptions {
   lingerMs?: number;
   /** Most output chunks in one batch (default 500, at most 1000). */
   maxBatchEvents?: number;
-  /** Most chunk bytes in one batch (default 256 KiB; the server takes bodies up to 1 MiB). */
+  /** Most bytes of output in one batch, counted as encoded in the request (default 256 KiB; the server takes bodies up to 1 MiB). */
   maxBatchBytes?: number;
+  /**
+   * The server's largest `chunk`, in UTF-8 bytes (default 65536, its default
+   * `JOBSTREAM_MAX_CHUNK_BYTES`): a longer `output` is sent as several
+   * consecutive chunks, cut between characters.
+   */
+  maxChunkBytes?: number;
   /** Bytes of queued writes past which calls wait (default 4 MiB): the backpressure bound. */
   maxBufferedBytes?: number;
   /** Retry timing (network errors, 408, 429, 502, 503, 504). */
@@ -69,6 +75,26 @@ interface Lane {
 const utf8 = new TextEncoder();
 const byteLength = (text: string) => utf8.encode(text).length;
 
+/** `text` cut into pieces of at most `max` UTF-8 bytes, between characters (an empty text is one empty piece). */
+export function splitUtf8(text: string, max: number): string[] {
+  if (text.length * 3 <= max || byteLength(text) <= max) return [text];
+  const pieces: string[] = [];
+  let piece = "";
+  let bytes = 0;
+  for (const ch of text) {
+    const size = byteLength(ch);
+    if (bytes + size > max) {
+      pieces.push(piece);
+      piece = "";
+      bytes = 0;
+    }
+    piece += ch;
+    bytes += size;
+  }
+  if (piece) pieces.push(piece);
+  return pieces;
+}
+
 /**
  * Writes job events to jobstream over HTTP.
  *
@@ -90,6 +116,7 @@ export class Producer {
   private readonly lingerMs: number;
   private readonly maxBatchEvents: number;
   private readonly maxBatchBytes: number;
+  private readonly maxChunkBytes: number;
   private readonly maxBufferedBytes: number;
   private readonly onError: ProducerOptions["onError"];
   private readonly lanes = new Map<string, Lane>();
@@ -116,6 +143,7 @@ export class Producer {
     this.lingerMs = options.lingerMs ?? 5;
     this.maxBatchEvents = Math.min(options.maxBatchEvents ?? 500, MAX_BATCH_EVENTS);
     this.maxBatchBytes = options.maxBatchBytes ?? 256 * 1024;
+    this.maxChunkBytes = Math.max(4, options.maxChunkBytes ?? 65536);
     this.maxBufferedBytes = options.maxBufferedBytes ?? 4 * 1024 * 1024;
     this.onError = options.onError;
   }
@@ -164,10 +192,13 @@ export class Producer {
    */
   async output(jobId: string, stepId: string, chunk: string, stream: OutputStream = "stdout"): Promise<void> {
     this.checkOpen();
-    const item: BatchItem = { jobId, kind: "output", stepId, chunk, stream, eventId: uuidv7() };
-    const bytes = byteLength(chunk) + 200;
-    await this.room(bytes);
-    this.enqueue(jobId, { item, bytes });
+    for (const piece of splitUtf8(chunk, this.maxChunkBytes)) {
+      const item: BatchItem = { jobId, kind: "output", stepId, chunk: piece, stream, eventId: uuidv7() };
+      // As encoded in the request body: escapes (a control character is 6 bytes) count.
+      const bytes = byteLength(JSON.stringify(piece)) + 200;
+      await this.room(bytes);
+      this.enqueue(jobId, { item, bytes });
+    }
   }
 
   /** Ends a step as `completed`, `failed` or `skipped` (`POST …/steps/{stepId}/complete`). */

@@ -190,6 +190,11 @@ export async function startServer(options: StartServerOptions = {}): Promise<Tes
     child.once("exit", () => fail("jobstream exited before it was ready"));
   });
 
+  // The server does not keep the test process alive: it is killed when the process ends.
+  child.unref();
+  (child.stdout as unknown as { unref?: () => void }).unref?.();
+  (child.stderr as unknown as { unref?: () => void }).unref?.();
+
   const deadline = Date.now() + readyTimeoutMs;
   for (;;) {
     const ready = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);

@@ -118,6 +118,25 @@ describe("Producer", () => {
     }
   });
 
+  it("sends an output longer than the server's chunk limit as consecutive chunks, and batches within the body limit once escaped", async () => {
+    const { server } = ctx;
+    const producer = new Producer({ url: server.url, token: server.token() });
+    const job = await producer.createJob({ workspaceId: "ws-big", type: "build" });
+    await producer.setStatus(job.id, "queued");
+    await producer.setStatus(job.id, "running");
+    const { step } = await producer.startStep(job.id, { name: "dump", phase: "execution", stepType: "command" });
+    const big = "é".repeat(40_000) + "😀".repeat(20_000) + "\n"; // 160,001 bytes
+    const escaped = "\x1b".repeat(60_000); // 60,000 bytes, 360,000 once escaped in JSON
+    const outputs = ["small before\n", big, ...Array(5).fill(escaped), "small after\n"];
+    for (const chunk of outputs) await producer.output(job.id, step.id, chunk);
+    await producer.close();
+
+    const chunks = (await storedEvents(server, job.id)).filter((e) => e.type === "step.output").map((e) => e.chunk);
+    assert.equal(chunks.join(""), outputs.join(""), "every byte once, in order");
+    assert.ok(chunks.every((c) => Buffer.byteLength(c) <= 65_536), "each chunk within the server's limit");
+    assert.ok(chunks.length > outputs.length, "the long output was cut");
+  });
+
   it("makes output calls wait while more than maxBufferedBytes are queued", async () => {
     const { server } = ctx;
     // A proxy that answers slowly, so that the queue fills.

@@ -91,4 +91,11 @@ describe("startServer", () => {
     assert.equal(run.code, 0);
     await gone(run.pid);
   });
+
+  it("lets the process that started it end by itself when nothing else is left to do, and leaves no server behind", async () => {
+    const run = await runScript(`/* no stop(), no exit: the event loop just runs dry */`);
+    assert.equal(run.code, 0);
+    assert.ok(run.pid, `the script printed its server's pid: ${run.err}`);
+    await gone(run.pid);
+  });
 });
