@@ -184,6 +184,14 @@ describe('log viewer', () => {
     await page.locator('[data-testid=terminal] .ln[data-n="16"] a.lnum').click({ modifiers: ['Shift'] });
     await page.waitForFunction((id) => location.hash.endsWith(`step-${id}-L12-L16`), big.step.id);
     assert.deepEqual(await page.$$eval('[data-testid=terminal] .ln.sel', (els) => els.map((e) => Number(e.dataset.n))), [12, 13, 14, 15, 16]);
+    // A second shift-click spans from the same first click: the range can shrink.
+    await page.locator('[data-testid=terminal] .ln[data-n="14"] a.lnum').click({ modifiers: ['Shift'] });
+    await page.waitForFunction((id) => location.hash.endsWith(`step-${id}-L12-L14`), big.step.id);
+    // Each line number links to its line from anywhere (copy link, middle-click).
+    const href = await page.locator('[data-testid=terminal] .ln[data-n="13"] a.lnum').getAttribute('href');
+    assert.equal(href, `#/${WS}/${big.job.id}/step-${big.step.id}-L13`);
+    await page.locator('[data-testid=terminal] .ln[data-n="16"] a.lnum').click({ modifiers: ['Shift'] });
+    await page.waitForFunction((id) => location.hash.endsWith(`step-${id}-L12-L16`), big.step.id);
     await screenshot(page, 'log-viewer-deep-link.png');
   });
 

@@ -70,3 +70,11 @@ test('javascript: and other schemes never become links', () => {
 test('other escapes and control characters are dropped', () => {
   assert.equal(plainText('a\x1b[2Jb\x1b(Bc\x07d\x00e\x1b]0;title\x07f'), 'abcdef');
 });
+
+test('a URL keeps a closing bracket it opened, and loses sentence punctuation after it', async () => {
+  const { trimUrl } = await import('../../crates/server/assets/ansi.js');
+  assert.equal(trimUrl('https://en.wikipedia.org/wiki/Rust_(programming_language)'), 'https://en.wikipedia.org/wiki/Rust_(programming_language)');
+  assert.equal(trimUrl('https://example.com/a(b)).'), 'https://example.com/a(b)');
+  assert.equal(trimUrl('https://example.com/x.'), 'https://example.com/x');
+  assert.equal(trimUrl('https://example.com/y)'), 'https://example.com/y');
+});

@@ -183,6 +183,22 @@ export function parseLine(line) {
  * @param {Segment[]} segments
  * @returns {Segment[]}
  */
+/**
+ * Drops trailing punctuation that ends the sentence rather than the URL; a
+ * closing bracket stays when the URL opened it (`…/Foo_(bar)`).
+ * @param {string} url
+ */
+export function trimUrl(url) {
+  let out = url;
+  for (;;) {
+    const last = out.at(-1);
+    if (last === undefined || !'.,;:!?)]}'.includes(last)) return out;
+    const open = { ')': '(', ']': '[', '}': '{' }[last];
+    if (open && out.split(open).length - 1 >= out.split(last).length - 1) return out;
+    out = out.slice(0, -1);
+  }
+}
+
 function linkUrls(segments) {
   /** @type {Segment[]} */
   const out = [];
@@ -193,7 +209,7 @@ function linkUrls(segments) {
     let m;
     while ((m = URL_RE.exec(seg.text))) {
       // Trailing punctuation usually ends the sentence, not the URL.
-      const url = m[0].replace(/[.,;:!?)\]}]+$/, '');
+      const url = trimUrl(m[0]);
       const href = safeUrl(url);
       if (!href) continue;
       if (m.index > at) out.push({ ...seg, text: seg.text.slice(at, m.index) });

@@ -308,6 +308,10 @@ import { LogViewer } from './viewer.js';
       const live = step && step.status === 'running' && d.job && !TERMINAL.has(d.job.status);
       setText($('term-meta'), `${text}${live ? ' · live' : ''}`);
     },
+    lineHref: (n) => {
+      const d = state.detail;
+      return d && d.selected ? `#/${encodeURIComponent(state.workspace || '')}/${d.id}/step-${d.selected}-L${n}` : `#L${n}`;
+    },
     onSelect: (range) => {
       const d = state.detail;
       if (!d || !d.selected) return;

@@ -45,6 +45,7 @@ function el(tag, className, text) {
  * @property {(path: string) => Promise<Response>} getRaw
  * @property {(text: string) => void} onMeta  the line count and state, for the header
  * @property {(range: [number, number] | null) => void} onSelect  lines selected (for the URL)
+ * @property {(n: number) => string} [lineHref]  the deep link of line `n`
  */
 
 export class LogViewer {
@@ -72,6 +73,8 @@ export class LogViewer {
     this.loading = false;
     /** @type {[number, number] | null} */
     this.selection = null;
+    /** @type {number | undefined} the line of the last plain click: where a shift-click range starts */
+    this.anchorLine = undefined;
     this.query = '';
     /** @type {number[]} */
     this.matches = [];
@@ -148,6 +151,7 @@ export class LogViewer {
     this.search.value = '';
     this.count.textContent = '';
     this.selection = what.range || null;
+    this.anchorLine = what.range ? what.range[0] : undefined;
     this.follow = !what.range;
     this.o.jump.hidden = true;
     this.loading = false;
@@ -383,7 +387,8 @@ export class LogViewer {
     const row = el('div', 'ln');
     row.dataset.n = String(n);
     const num = /** @type {HTMLAnchorElement} */ (el('a', 'lnum', String(n)));
-    num.href = `#L${n}`;
+    // A link that opens this line from anywhere (copy, middle-click).
+    num.href = this.o.lineHref ? this.o.lineHref(n) : `#L${n}`;
     num.dataset.line = String(n);
     row.append(num);
     if (this.selection && n >= this.selection[0] && n <= this.selection[1]) row.classList.add('sel');
@@ -483,8 +488,10 @@ export class LogViewer {
     if (num instanceof HTMLElement) {
       ev.preventDefault();
       const n = Number(num.dataset.line);
-      const range = /** @type {[number, number]} */ (ev.shiftKey && this.selection
-        ? [Math.min(this.selection[0], n), Math.max(this.selection[1], n)] : [n, n]);
+      // Shift-click spans from the last plain click (it can grow or shrink the range).
+      if (!ev.shiftKey || this.anchorLine === undefined) this.anchorLine = n;
+      const from = this.anchorLine;
+      const range = /** @type {[number, number]} */ ([Math.min(from, n), Math.max(from, n)]);
       this.select(range, false);
     }
   }
