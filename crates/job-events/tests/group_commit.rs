@@ -7,30 +7,15 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use jobstream_job_events::{Committed, DbBackend, EventSink, JobEvents, WriteError};
+use jobstream_job_events::{Committed, DbBackend, JobEvents, WriteError};
 use jobstream_protocol::{
     BatchItem, CreateJob, JobStatus, ProgressRequest, StartStep, StatusRequest, StepOutputRequest, StepPhase, StepType,
 };
 use sea_orm::ConnectionTrait;
-use support::TestDb;
+use support::{writer, Recorder, TestDb};
 use uuid::Uuid;
-
-/// Records what reaches the sink, in the order it arrives.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Arc<Committed>>>);
-
-impl EventSink for Recorder {
-    fn publish(&self, events: &[Arc<Committed>]) {
-        self.0.lock().unwrap().extend(events.iter().cloned());
-    }
-}
-
-fn writer(db: &TestDb) -> (JobEvents, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    (JobEvents::new(db.db.clone(), recorder.clone()), recorder)
-}
 
 /// A running job with one running step.
 async fn running_job_with_step(writer: &JobEvents) -> (Uuid, Uuid) {

@@ -5,30 +5,14 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
-use jobstream_job_events::{Committed, EventSink, JobEvents, WriteError};
+use jobstream_job_events::{JobEvents, WriteError};
 use jobstream_protocol::{
     BatchItem, CompleteStep, CreateJob, JobStatus, OutputStream, ProgressRequest, StartStep, StatusRequest, StepPhase,
     StepStatus, StepType,
 };
-use support::TestDb;
+use support::{writer, TestDb};
 use uuid::Uuid;
-
-/// Records what reaches the sink.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Arc<Committed>>>);
-
-impl EventSink for Recorder {
-    fn publish(&self, events: &[Arc<Committed>]) {
-        self.0.lock().unwrap().extend(events.iter().cloned());
-    }
-}
-
-fn writer(db: &TestDb) -> (JobEvents, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    (JobEvents::new(db.db.clone(), recorder.clone()), recorder)
-}
 
 fn new_job(workspace: &str) -> CreateJob {
     CreateJob { id: None, workspace_id: workspace.into(), job_type: "build".into(), priority: None, metadata: None }

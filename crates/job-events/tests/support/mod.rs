@@ -2,8 +2,27 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::{Arc, Mutex};
+
+use jobstream_job_events::{Committed, EventSink, JobEvents};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use uuid::Uuid;
+
+/// A sink that records what reaches it, in the order it arrives.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<Arc<Committed>>>);
+
+impl EventSink for Recorder {
+    fn publish(&self, events: &[Arc<Committed>]) {
+        self.0.lock().unwrap().extend(events.iter().cloned());
+    }
+}
+
+/// A writer on `db` whose events go to a [`Recorder`].
+pub fn writer(db: &TestDb) -> (JobEvents, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    (JobEvents::new(db.db.clone(), recorder.clone()), recorder)
+}
 
 /// Which engine a test runs on.
 #[derive(Debug, Clone, Copy)]
