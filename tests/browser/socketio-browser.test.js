@@ -295,6 +295,7 @@ describe('socket.io-client browser bundle across origins', () => {
       // its browser hands the answer to no script, with or without credentials.
       const other = await corsOf(url, { origin: 'https://elsewhere.example', headers });
       assert.equal(other.allowOrigin, null, url);
+      assert.equal(other.allowCredentials, null, url);
       assert.match(other.vary, /origin/, url);
     }
   });

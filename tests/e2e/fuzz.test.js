@@ -161,6 +161,32 @@ describe('generated hostile input', { skip: skipReason(), timeout: 300_000 }, ()
     socket.close();
   });
 
+  it('answers a URL whose percent-encoding is not UTF-8 with 400 bad_request on every route, and writes nothing', async () => {
+    const before = (await producer.getJob(jobId)).body.lastSeq;
+    const bad = ['%FF', '%C3', '%ED%A0%80', 'a%80b'];
+    const step = `/api/v1/jobs/${jobId}/steps/${stepId}`;
+    const cases = [];
+    for (const b of bad) {
+      cases.push(
+        ['GET', `/api/v1/jobs/${b}`], ['GET', `/api/v1/jobs/${jobId}/events?since=${b}`],
+        ['GET', `/api/v1/jobs?workspaceId=${workspace}&status=${b}`], ['GET', `/api/v1/jobs?${b}=1`],
+        ['GET', `${step}/log/search?q=${b}`], ['GET', `${step}/log/lines?from=${b}`],
+        ['GET', `/api/v1/jobs/${b}/steps/${stepId}/log/search?q=x`], ['GET', `/api/v1/workspaces/${b}/events/stream`],
+        ['POST', `/api/v1/jobs/${b}/progress`, '{"progress":1}'], ['POST', `${step}/output?x=${b}`, '{"chunk":"no"}'],
+        ['POST', `/api/v1/jobs/${jobId}/steps/${b}/output`, '{"chunk":"no"}'],
+      );
+    }
+    for (const [method, route, text] of cases) {
+      const response = await rawRequest(ctx.server.url, token, method, route, text);
+      assertCleanAnswer(response, `${method} ${route}`);
+      if (route.includes('%')) {
+        assert.equal(response.status, 400, `${method} ${route} → ${response.status} ${response.text}`);
+        assert.equal(response.body.error.code, 'bad_request', route);
+      }
+    }
+    assert.equal((await producer.getJob(jobId)).body.lastSeq, before, 'nothing was written');
+  });
+
   it('acks every generated Socket.IO payload cleanly and keeps the socket up', async () => {
     const gen = generator(prng(SEED + 1));
     const socket = await connect(ctx.server.url, token);

@@ -138,6 +138,17 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
     Ok(Some(layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true)))
 }
 
+/// Drops `Access-Control-Allow-Credentials` from an answer that allows no
+/// origin (tower-http's `CorsLayer` sends it to every origin): an origin not in
+/// the list learns nothing about the server's CORS settings.
+async fn credentials_only_with_origin(mut response: axum::response::Response) -> axum::response::Response {
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+    }
+    response
+}
+
 /// Every route the server answers, before the state and the outer layers:
 /// the HTTP API and health checks (counted in `metrics`), `/metrics`, the
 /// dashboard, and the JSON 404 for the rest. Socket.IO is a layer around it.
@@ -147,6 +158,7 @@ pub fn routes(metrics: crate::metrics::Metrics) -> Router<AppState> {
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .merge(crate::dashboard::router())
         .fallback(crate::http::not_found)
+        .layer(axum::middleware::from_fn(crate::http::extract::reject_invalid_url))
 }
 
 impl Application {
@@ -247,7 +259,7 @@ impl Application {
                 crate::limits::limit_body_time,
             ));
         if let Some(cors) = cors_layer(&config.cors_origins)? {
-            router = router.layer(cors);
+            router = router.layer(cors).layer(axum::middleware::map_response(credentials_only_with_origin));
         }
         let listener = TcpListener::bind(config.listen)
             .await

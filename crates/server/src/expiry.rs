@@ -199,7 +199,14 @@ pub async fn close_on_poll(State(transports): State<Transports>, request: Reques
         return next.run(request).await;
     };
     let transport = query_param(query, "transport");
-    let found = transports.io.get_socket(sid).and_then(|socket| session(&socket).map(|s| (socket, s)));
+    // `of("/")`, not `get_socket`: the namespace is gone once shutdown has
+    // closed the sockets, and socketioxide's default-namespace aliases panic
+    // then, while polls of those sockets can still be in flight.
+    let found = transports
+        .io
+        .of("/")
+        .and_then(|ns| ns.get_socket(sid))
+        .and_then(|socket| session(&socket).map(|s| (socket, s)));
     let Some((socket, session)) = found else {
         // An upgrade before the socket's connect completed: kept for it.
         if let (Some("websocket"), Some(ConnectInfo(conn))) =
@@ -252,6 +259,27 @@ mod tests {
         // It is the same connection: closing one closes the other.
         taken.iter().for_each(Conn::close);
         assert!(conn.is_closed());
+    }
+
+    /// A poll that arrives after shutdown closed the sockets (and with them
+    /// the namespace) goes through to engine.io, which answers it.
+    #[tokio::test]
+    async fn a_poll_after_the_namespace_is_gone_goes_through_without_a_panic() {
+        use tower::ServiceExt as _;
+        let (_layer, io) = SocketIo::new_layer();
+        io.ns("/", async || {});
+        io.delete_ns("/");
+        let router = axum::Router::new().fallback(async || "engine.io").layer(axum::middleware::from_fn_with_state(
+            Transports { io, upgrades: PendingUpgrades::default() },
+            close_on_poll,
+        ));
+        for transport in ["polling", "websocket"] {
+            let uri = format!("/socket.io/?EIO=4&transport={transport}&sid={}", sid(3));
+            let request = Request::builder().uri(uri).body(axum::body::Body::empty());
+            let Ok(request) = request else { panic!("a valid request") };
+            let response = router.clone().oneshot(request).await;
+            assert!(matches!(response, Ok(ref r) if r.status() == StatusCode::OK), "{transport}");
+        }
     }
 
     #[test]

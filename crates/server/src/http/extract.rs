@@ -56,35 +56,44 @@ pub fn request_token(parts: &Parts) -> Option<String> {
     }
 }
 
-/// A query parameter's decoded value.
+/// A query parameter's decoded value (`application/x-www-form-urlencoded`,
+/// as URLs' queries are written; the first of repeated names).
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    let query = query?;
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decode(value))
-    })
+    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'+', _) => out.push(b' '),
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 2;
-            }
-            (byte, _) => out.push(byte),
-        }
-        i += 1;
+/// Why a URL is refused before any route sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// A percent-encoded path segment is not UTF-8 once decoded.
+    #[error("the URL's path is not UTF-8 once percent-decoded")]
+    Path,
+    /// A percent-encoded query name or value is not UTF-8 once decoded.
+    #[error("the URL's query is not UTF-8 once percent-decoded")]
+    Query,
+}
+
+/// Checks that every percent-encoded part of a URL decodes to UTF-8
+/// (RFC 3986 §2.5: URIs carry UTF-8 text). Routes take ids and search
+/// terms as text; without this, `%FF` would reach them as U+FFFD.
+pub fn check_url(uri: &axum::http::Uri) -> Result<(), UrlError> {
+    use percent_encoding::percent_decode;
+    let utf8 = |part: &[u8]| std::str::from_utf8(&percent_decode(part).collect::<Vec<u8>>()).is_ok();
+    if !uri.path().split('/').all(|segment| utf8(segment.as_bytes())) {
+        return Err(UrlError::Path);
     }
-    String::from_utf8_lossy(&out).into_owned()
+    if !uri.query().unwrap_or_default().split(['&', '=']).all(|part| utf8(part.as_bytes())) {
+        return Err(UrlError::Query);
+    }
+    Ok(())
+}
+
+/// Middleware: 400 `bad_request` for a URL that [`check_url`] refuses.
+pub async fn reject_invalid_url(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    match check_url(request.uri()) {
+        Ok(()) => next.run(request).await,
+        Err(err) => axum::response::IntoResponse::into_response(ApiError::new(ErrorCode::BadRequest, err.to_string())),
+    }
 }
 
 impl FromRequestParts<AppState> for Auth {
@@ -193,6 +202,19 @@ impl FromRequest<AppState> for JsonBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_whose_percent_encoding_is_not_utf8_is_refused_where_it_is() {
+        let check = |url: &str| url.parse::<axum::http::Uri>().map_err(|_| ()).map(|uri| check_url(&uri));
+        assert_eq!(check("/api/v1/jobs/%FF"), Ok(Err(UrlError::Path)));
+        assert_eq!(check("/api/v1/jobs/a%C3/steps"), Ok(Err(UrlError::Path)));
+        assert_eq!(check("/api/v1/jobs/j/steps/s/log/search?q=%FF"), Ok(Err(UrlError::Query)));
+        assert_eq!(check("/api/v1/jobs?%FE=1"), Ok(Err(UrlError::Query)));
+        assert_eq!(check("/api/v1/jobs?status=running&cursor=%ED%A0%80"), Ok(Err(UrlError::Query)));
+        assert_eq!(check("/api/v1/jobs/%C3%A9t%C3%A9?q=%E2%9C%93+x&flag"), Ok(Ok(())));
+        // A `%` that starts no escape is kept as it is, as browsers do.
+        assert_eq!(check("/api/v1/jobs?q=100%"), Ok(Ok(())));
+    }
 
     #[test]
     fn query_parameters_are_percent_decoded() {
