@@ -176,12 +176,31 @@ pub async fn produce_flat_out(
     duration: Duration,
     writes: Arc<Writes>,
 ) {
-    let end = Instant::now() + duration;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    produce_until(api, jobs, batch, stop, writes).await;
+    timer.abort();
+}
+
+/// As [`produce_flat_out`], until `stop` is set (each writer finishes the request it has in flight).
+pub async fn produce_until(
+    api: Api,
+    jobs: Vec<(String, String)>,
+    batch: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    writes: Arc<Writes>,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     for (job, step) in jobs {
-        let (api, writes) = (api.clone(), writes.clone());
+        let (api, writes, stop) = (api.clone(), writes.clone(), stop.clone());
         tasks.spawn(async move {
-            while Instant::now() < end {
+            while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 match api.write_output(&job, &step, batch).await {
                     Ok(_) => {

@@ -189,7 +189,74 @@ async fn workspace_snapshots_list_recent_jobs_and_every_cursor(db: &TestDb) {
     assert_eq!(cursors, ids.into_iter().map(|id| (id, 3)).collect());
 }
 
+/// A replay page is what subscribers got live: the same events, byte for byte
+/// on the wire, whatever the kind, text or stream (pages of any size).
+async fn events_read_back_are_byte_identical_to_what_was_published(db: &TestDb) {
+    let (writer, recorder) = writer(db);
+    let job = running_job(&writer).await;
+    writer.emit_job_progress(job, 40, Some("h\u{e9}lf \"way\"\n".into())).await.unwrap();
+    let (step, _) = writer
+        .emit_step_started(
+            job,
+            StartStep {
+                id: None,
+                name: "t\u{1F600}st".into(),
+                phase: StepPhase::Execution,
+                step_type: StepType::Command,
+            },
+        )
+        .await
+        .unwrap();
+    writer.emit_step_progress(job, step.id, 7, None).await.unwrap();
+    for (chunk, stream) in [
+        ("plain\n", OutputStream::Stdout),
+        ("\u{1b}[31mred\u{1b}[0m\t\\ \u{2028}\n", OutputStream::Stderr),
+        ("", OutputStream::Stdout),
+    ] {
+        writer.emit_step_output(job, step.id, chunk, stream).await.unwrap();
+    }
+    let mut payload = serde_json::Map::new();
+    payload.insert(
+        "tool".into(),
+        serde_json::json!({ "name": "grep", "args": [1, 2.5, null, true], "big": 9007199254740993_u64 }),
+    );
+    writer.emit_job_event(job, jobstream_protocol::EventType::AiToolCalled, Some(step.id), payload).await.unwrap();
+    writer
+        .emit_step_completed(
+            job,
+            step.id,
+            CompleteStep {
+                status: StepStatus::Failed,
+                error: Some("exit 1".into()),
+                tokens_input: None,
+                tokens_output: Some(2),
+            },
+        )
+        .await
+        .unwrap();
+    writer
+        .emit_job_status_changed(job, JobStatus::Completed, Some(serde_json::json!({ "ok": [1, { "x": "y" }] })), None)
+        .await
+        .unwrap();
+    let published: Vec<String> = recorder.0.lock().unwrap().iter().map(|e| e.json.get().to_owned()).collect();
+    assert_eq!(published.len(), 12);
+    for page in [1, 4, 100] {
+        let mut read = Vec::new();
+        loop {
+            let events = writer.store().events_after(job, read.len() as i64, page).await.unwrap();
+            if events.is_empty() {
+                break;
+            }
+            read.extend(events.iter().map(|e| e.json.get().to_owned()));
+        }
+        assert_eq!(read, published, "pages of {page}");
+    }
+    assert!(writer.store().events_after(job, 12, 10).await.unwrap().is_empty());
+    assert!(writer.store().events_after(Uuid::now_v7(), 0, 10).await.unwrap().is_empty());
+}
+
 on_both_engines!(
+    events_read_back_are_byte_identical_to_what_was_published,
     a_new_job_starts_at_seq_one_and_each_event_takes_the_next,
     eight_concurrent_writers_produce_seq_one_to_n_without_gap_or_duplicate,
     a_refused_write_changes_nothing,
