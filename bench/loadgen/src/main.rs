@@ -594,7 +594,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// The `prune` scenario (see [`Scenario::Prune`]).
-async fn prune(api: Api, pid: Option<u32>, writers: usize, baseline_secs: u64, command: Vec<String>) -> anyhow::Result<()> {
+async fn prune(
+    api: Api,
+    pid: Option<u32>,
+    writers: usize,
+    baseline_secs: u64,
+    command: Vec<String>,
+) -> anyhow::Result<()> {
     let mut jobs = Vec::new();
     for _ in 0..writers {
         let (job, step, _) = api.running_job("bench").await?;

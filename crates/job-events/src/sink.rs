@@ -20,7 +20,9 @@ pub struct Committed {
 impl Committed {
     /// Encodes an event written with commit order `order`.
     pub fn new(event: Event, order: Option<i64>) -> Result<Self, serde_json::Error> {
-        let json = RawValue::from_string(serde_json::to_string(&event)?)?;
+        // `to_raw_value` keeps the encoder's output as it is (`from_string`
+        // would parse it again to check what the encoder just wrote).
+        let json = serde_json::value::to_raw_value(&event)?;
         Ok(Self { event, json, order })
     }
 }

@@ -243,20 +243,28 @@ impl EventStore {
         since: i64,
         limit: u64,
     ) -> Result<Vec<job_events::Model>, ReadError> {
-        // The columns of `job_events::Model`, in order; ids as hex, `data` as JSON.
-        const PAGE: &str = "SELECT json_group_array(json_array(hex(id), hex(job_id), seq, event_type, workspace_id, \
-             CASE WHEN step_id IS NULL THEN NULL ELSE hex(step_id) END, created_at, json(data), commit_order, line) \
-             ORDER BY seq) FROM (SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?)";
-        type Row = (Uuid, Uuid, i64, String, String, Option<Uuid>, String, serde_json::Value, Option<i64>, Option<i64>);
+        // The columns of `job_events::Model` as a JSON array, ids as hex;
+        // `data` (JSON text as stored) is spliced in last, not parsed by
+        // SQLite. The rows come in `seq` order from the subquery, and the
+        // order is checked below rather than sorted again by SQLite.
+        const PAGE: &str = "SELECT '[' || group_concat(rtrim(json_array(hex(id), hex(job_id), seq, event_type, \
+             workspace_id, CASE WHEN step_id IS NULL THEN NULL ELSE hex(step_id) END, created_at, commit_order, \
+             line), ']') || ',' || data || ']', ',') || ']' \
+             FROM (SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?)";
+        type Row = (Uuid, Uuid, i64, String, String, Option<Uuid>, String, Option<i64>, Option<i64>, serde_json::Value);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let statement =
             Statement::from_sql_and_values(DbBackend::Sqlite, PAGE, [job_id.into(), since.into(), limit.into()]);
         let Some(result) = self.db.query_one(statement).await? else { return Ok(Vec::new()) };
-        let page: String = result.try_get_by_index(0)?;
-        let rows: Vec<Row> =
+        // No row: the aggregate of nothing is NULL.
+        let Some(page) = result.try_get_by_index::<Option<String>>(0)? else { return Ok(Vec::new()) };
+        let mut rows: Vec<Row> =
             serde_json::from_str(&page).map_err(|e| corrupt(format!("events of job {job_id} cannot be read: {e}")))?;
+        if !rows.is_sorted_by_key(|row| row.2) {
+            rows.sort_unstable_by_key(|row| row.2);
+        }
         rows.into_iter()
-            .map(|(id, job_id, seq, event_type, workspace_id, step_id, created_at, data, commit_order, line)| {
+            .map(|(id, job_id, seq, event_type, workspace_id, step_id, created_at, commit_order, line, data)| {
                 let created_at = chrono::DateTime::parse_from_rfc3339(&created_at)
                     .map_err(|_| corrupt(format!("event {id} has an invalid time {created_at:?}")))?
                     .with_timezone(&chrono::Utc);
