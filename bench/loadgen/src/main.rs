@@ -142,18 +142,18 @@ enum Scenario {
         #[arg(long)]
         events: u64,
     },
-    /// Prune throughput under write load: 8 writers (as `ingest --batch 1`) for
-    /// `--baseline-secs` without pruning, then again while COMMAND (a
-    /// `jobstream prune …`, after `--`) runs: events deleted per second, and
-    /// the writers' latency without and during the prune.
+    /// Prune throughput under write load, on a server started with a retention
+    /// that applies to `--events` seeded events: 8 writers (as `ingest --batch 1`)
+    /// write from the server's start until `jobstream_pruned_events_total`
+    /// (GET /metrics) reaches `--events`: events deleted per second, and the
+    /// writers' latency meanwhile (`bench/run prune` runs `ingest` before it,
+    /// without retention, for the latency without pruning).
     Prune {
         #[arg(long, default_value_t = 8)]
         writers: usize,
-        #[arg(long, default_value_t = 10)]
-        baseline_secs: u64,
-        /// The prune command and its arguments; it prints `deleted J finished jobs and E events`.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
+        /// Events the retention deletes.
+        #[arg(long)]
+        events: u64,
     },
     /// N subscribers, a steady producer, each connection force-closed every 10–20 s and resumed with `since`.
     Jitter {
@@ -407,9 +407,7 @@ async fn main() -> anyhow::Result<()> {
                 json!({ "scenario": "ingest", "batch": batch, "writers": writers, "events_per_s": rate })
             );
         }
-        Scenario::Prune { writers, baseline_secs, command } => {
-            prune(api, common.pid, writers, baseline_secs, command).await?
-        }
+        Scenario::Prune { writers, events } => prune(api, common.pid, writers, events).await?,
         Scenario::RawInsert { database_url, batch, writers, secs } => {
             let rate = raw_insert(&database_url, batch, writers, secs).await?;
             println!("raw insert: batch {batch}, {writers} writers: {rate:.0} rows/s");
@@ -594,74 +592,47 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// The `prune` scenario (see [`Scenario::Prune`]).
-async fn prune(
-    api: Api,
-    pid: Option<u32>,
-    writers: usize,
-    baseline_secs: u64,
-    command: Vec<String>,
-) -> anyhow::Result<()> {
+async fn prune(api: Api, pid: Option<u32>, writers: usize, events: u64) -> anyhow::Result<()> {
+    let (cpu0, started) = (proc_stats(pid).cpu_secs, Instant::now());
+    let pruned = || async {
+        let text = api.get_text("/metrics").await.ok().flatten().unwrap_or_default();
+        text.lines()
+            .find_map(|line| line.strip_prefix("jobstream_pruned_events_total "))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
     let mut jobs = Vec::new();
     for _ in 0..writers {
         let (job, step, _) = api.running_job("bench").await?;
         jobs.push((job, step));
     }
-    let summary = |what: &str, writes: &Writes, secs: f64, cpu: f64| {
-        println!(
-            "writers {what}: {:.0} events/s; request p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; failed {}; server CPU {cpu:.0}%",
-            writes.accepted.load(Ordering::Relaxed) as f64 / secs,
-            writes.latency.quantile_ms(0.5),
-            writes.latency.quantile_ms(0.99),
-            writes.latency.quantile_ms(1.0),
-            writes.failed.load(Ordering::Relaxed)
-        );
-    };
-    let baseline = Arc::new(Writes::default());
-    let cpu0 = proc_stats(pid).cpu_secs;
-    http::produce_flat_out(api.clone(), jobs.clone(), 1, Duration::from_secs(baseline_secs), baseline.clone()).await;
-    let cpu = (proc_stats(pid).cpu_secs - cpu0) / baseline_secs as f64 * 100.0;
-    summary("without pruning", &baseline, baseline_secs as f64, cpu);
-
-    let (program, args) = command.split_first().ok_or_else(|| anyhow!("no prune command after --"))?;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {program}"))?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let during = Arc::new(Writes::default());
-    let (cpu0, started) = (proc_stats(pid).cpu_secs, Instant::now());
-    let producing = tokio::spawn(http::produce_until(api, jobs, 1, stop.clone(), during.clone()));
-    let output = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        if let Some(stdout) = child.stdout.as_mut() {
-            let _ = std::io::Read::read_to_string(stdout, &mut out);
-        }
-        child.wait().map(|status| (status, out))
-    })
-    .await??;
+    let writes = Arc::new(Writes::default());
+    let producing = tokio::spawn(http::produce_until(api.clone(), jobs, 1, stop.clone(), writes.clone()));
+    let mut deleted = pruned().await;
+    while deleted < events && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        deleted = pruned().await;
+    }
     let secs = started.elapsed().as_secs_f64();
     let cpu = (proc_stats(pid).cpu_secs - cpu0) / secs * 100.0;
     stop.store(true, Ordering::Relaxed);
     producing.await?;
-    let (status, out) = output;
-    if !status.success() {
-        bail!("the prune command failed ({status}): {out}");
+    if deleted < events {
+        bail!("the retention deleted {deleted} of {events} events in {secs:.0} s");
     }
-    print!("{out}");
-    // "deleted J finished jobs and E events"
-    let numbers: Vec<u64> = out.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    let [jobs_deleted, events_deleted] = numbers[..] else { bail!("unexpected prune output: {out}") };
-    summary("during the prune", &during, secs, cpu);
     println!(
-        "prune: {jobs_deleted} jobs and {events_deleted} events in {secs:.1} s: {:.0} events/s, {:.0} jobs/s",
-        events_deleted as f64 / secs,
-        jobs_deleted as f64 / secs
+        "prune: {deleted} events in {secs:.1} s = {:.0} events/s; writers meanwhile: {:.0} events/s, request p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; failed {}; server CPU {cpu:.0}%",
+        deleted as f64 / secs,
+        writes.accepted.load(Ordering::Relaxed) as f64 / secs,
+        writes.latency.quantile_ms(0.5),
+        writes.latency.quantile_ms(0.99),
+        writes.latency.quantile_ms(1.0),
+        writes.failed.load(Ordering::Relaxed)
     );
     println!(
         "RESULT {}",
-        json!({ "scenario": "prune", "events_per_s": events_deleted as f64 / secs,
-                "p99_ms_without": baseline.latency.quantile_ms(0.99), "p99_ms_during": during.latency.quantile_ms(0.99) })
+        json!({ "scenario": "prune", "events_per_s": deleted as f64 / secs, "p99_ms_during": writes.latency.quantile_ms(0.99) })
     );
     Ok(())
 }

@@ -122,4 +122,53 @@ async fn retention_deletes_exactly_the_finished_jobs_older_than_the_cut(db: &Tes
     }
 }
 
-on_both_engines!(retention_deletes_exactly_the_finished_jobs_older_than_the_cut);
+/// Many small jobs (several rounds, finished together in one batch), one job
+/// larger than a delete slice, and a workspace filter that must skip the
+/// other workspace's old jobs without reading them again in every round.
+async fn retention_deletes_every_round_of_small_jobs_and_large_jobs_in_slices(db: &TestDb) {
+    let writer = JobEvents::new(db.db.clone(), Arc::new(jobstream_job_events::NullSink));
+    let mut small = Vec::new();
+    for i in 0..240 {
+        let workspace = if i % 3 == 0 { "ws-other" } else { "ws-main" };
+        let (job, _) = writer.create_job(create(workspace)).await.unwrap();
+        small.push((job.id, workspace));
+    }
+    // All finished in one batch: one transaction, one commit time for all.
+    let finish: Vec<BatchItem> = small
+        .iter()
+        .flat_map(|(id, _)| {
+            [JobStatus::Queued, JobStatus::Running, JobStatus::Completed].map(|status| {
+                BatchItem::Status(*id, jobstream_protocol::StatusRequest { status, result: None, error: None })
+            })
+        })
+        .collect();
+    for chunk in finish.chunks(300) {
+        writer.write_batch(chunk.to_vec(), |_| true).await.unwrap();
+    }
+    let large = job_with_output(&writer, "ws-main", 2_600, Some(JobStatus::Completed)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now();
+    let stats = |w: &JobEvents| {
+        let s = w.retention_stats();
+        (s.jobs.load(std::sync::atomic::Ordering::Relaxed), s.events.load(std::sync::atomic::Ordering::Relaxed))
+    };
+
+    let main = writer.prune(&Prune { finished_before: cut, workspace: Some("ws-main".into()), dry_run: false }).await;
+    let main = main.unwrap();
+    assert_eq!(main.jobs, 160 + 1);
+    assert_eq!(main.events, 160 * 4 + 2_600 + 5);
+    assert_eq!(stats(&writer), (main.jobs, main.events), "the metrics count what was deleted");
+    assert!(writer.store().job(large).await.unwrap().is_none());
+    for (id, workspace) in &small {
+        assert_eq!(writer.store().job(*id).await.unwrap().is_some(), *workspace == "ws-other", "{workspace}");
+    }
+    let rest = writer.prune(&Prune { finished_before: cut, workspace: None, dry_run: false }).await.unwrap();
+    assert_eq!((rest.jobs, rest.events), (80, 80 * 4));
+    assert_eq!(count(db, "SELECT COUNT(*) FROM jobs").await, 0);
+    assert_eq!(count(db, "SELECT COUNT(*) FROM job_events").await, 0);
+}
+
+on_both_engines!(
+    retention_deletes_exactly_the_finished_jobs_older_than_the_cut,
+    retention_deletes_every_round_of_small_jobs_and_large_jobs_in_slices,
+);

@@ -60,6 +60,13 @@ pub struct PruneReport {
     pub events: u64,
 }
 
+impl PruneReport {
+    fn add(&mut self, other: PruneReport) {
+        self.jobs += other.jobs;
+        self.events += other.events;
+    }
+}
+
 /// Totals since the start, for metrics.
 #[derive(Debug, Default)]
 pub struct RetentionStats {
@@ -71,20 +78,33 @@ pub struct RetentionStats {
 
 impl JobEvents {
     /// Deletes (or counts) the finished jobs of `prune`, their steps and events.
+    ///
+    /// Candidates are read oldest finished first, in the order of the
+    /// `completed_at` index (a job has a `completedAt` only in a terminal
+    /// status, and every delete checks the status again), so each round reads
+    /// what it deletes, not every finished job. Jobs with few events are
+    /// deleted together, up to [`EVENT_BATCH`] events in one transaction; a
+    /// larger job is deleted in slices of its own.
     pub async fn prune(&self, prune: &Prune) -> Result<PruneReport, WriteError> {
         let db = &self.store().db;
+        let backend = self.store().backend();
         let candidates = || {
-            let mut select = jobs::Entity::find()
-                .filter(jobs::Column::Status.is_in(TERMINAL))
-                .filter(jobs::Column::CompletedAt.lt(prune.finished_before));
-            if let Some(workspace) = &prune.workspace {
-                select = select.filter(jobs::Column::WorkspaceId.eq(workspace.as_str()));
-            }
+            let mut select = jobs::Entity::find().filter(jobs::Column::CompletedAt.lt(prune.finished_before));
+            select = match &prune.workspace {
+                // SQLite without statistics would read the workspace's jobs through
+                // its own index and sort them all; `+` keeps it on `completed_at`.
+                Some(workspace) if backend == DbBackend::Sqlite => {
+                    select.filter(Expr::cust_with_values("+\"workspace_id\" = ?", [workspace.as_str()]))
+                }
+                Some(workspace) => select.filter(jobs::Column::WorkspaceId.eq(workspace.as_str())),
+                None => select,
+            };
             select
         };
         if prune.dry_run {
-            let jobs = candidates().count(db).await?;
-            let ids = candidates().select_only().column(jobs::Column::Id);
+            let finished = || candidates().filter(jobs::Column::Status.is_in(TERMINAL));
+            let jobs = finished().count(db).await?;
+            let ids = finished().select_only().column(jobs::Column::Id);
             let events = job_events::Entity::find()
                 .filter(job_events::Column::JobId.in_subquery(sea_orm::QueryTrait::into_query(ids)))
                 .count(db)
@@ -92,36 +112,111 @@ impl JobEvents {
             return Ok(PruneReport { jobs, events });
         }
         let mut report = PruneReport::default();
+        // Where the last round ended, and the jobs seen there that stay (a
+        // job that changed meanwhile): each round starts where the last one
+        // ended, so what stays is read once, not in every round.
+        let mut after: Option<DateTime<Utc>> = None;
+        let mut stays: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
         loop {
-            let ids: Vec<Uuid> = candidates()
+            let mut select = candidates();
+            if let Some(after) = after {
+                select = select.filter(jobs::Column::CompletedAt.gte(after));
+            }
+            let rows: Vec<(Uuid, String, i64, Option<DateTime<Utc>>)> = select
                 .select_only()
                 .column(jobs::Column::Id)
+                .column(jobs::Column::Status)
+                .column(jobs::Column::LastSeq)
+                .column(jobs::Column::CompletedAt)
                 .order_by_asc(jobs::Column::CompletedAt)
-                .limit(JOB_BATCH)
+                .limit(JOB_BATCH + stays.len() as u64)
                 .into_tuple()
                 .all(db)
                 .await?;
-            if ids.is_empty() {
+            let rows: Vec<_> = rows.into_iter().filter(|row| !stays.contains(&row.0)).collect();
+            if rows.is_empty() {
                 break;
             }
-            let mut deleted_any = false;
-            for id in ids {
-                let (events, deleted) = self.delete_job(id, prune.finished_before).await?;
-                report.events += events;
-                if deleted {
-                    report.jobs += 1;
-                    deleted_any = true;
+            if let Some(last) = rows.last().and_then(|row| row.3) {
+                if after != Some(last) {
+                    stays.clear();
                 }
+                after = Some(last);
             }
-            if !deleted_any {
-                break;
+            stays.extend(rows.iter().map(|row| row.0));
+            let mut round = PruneReport::default();
+            let mut group: Vec<Uuid> = Vec::new();
+            let mut group_events = 0;
+            for (id, status, last_seq, _) in rows {
+                if !TERMINAL.contains(&status.as_str()) {
+                    continue;
+                }
+                let events = u64::try_from(last_seq).unwrap_or(0);
+                if events > EVENT_BATCH {
+                    let (events, deleted) = self.delete_job(id, prune.finished_before).await?;
+                    round.add(PruneReport { jobs: u64::from(deleted), events });
+                    continue;
+                }
+                if group_events + events > EVENT_BATCH {
+                    round.add(self.delete_jobs(&std::mem::take(&mut group), prune.finished_before).await?);
+                    group_events = 0;
+                }
+                group.push(id);
+                group_events += events;
             }
+            round.add(self.delete_jobs(&group, prune.finished_before).await?);
+            report.add(round);
         }
-        self.stats_add(report);
         if report.jobs > 0 {
             self.give_space_back().await;
         }
         Ok(report)
+    }
+
+    /// Deletes jobs with few events, their steps and events, in one
+    /// transaction: those of `ids` still finished before the cut, locked
+    /// first on PostgreSQL so that a concurrent `job:event` waits and then
+    /// finds the job gone. Counted in the metrics once committed.
+    async fn delete_jobs(&self, ids: &[Uuid], cut: DateTime<Utc>) -> Result<PruneReport, WriteError> {
+        if ids.is_empty() {
+            return Ok(PruneReport::default());
+        }
+        let backend = self.store().backend();
+        let (guard, tx) = self.begin_write().await?;
+        let outcome = async {
+            let mut still = jobs::Entity::find()
+                .select_only()
+                .column(jobs::Column::Id)
+                .filter(jobs::Column::Id.is_in(ids.iter().copied()))
+                .filter(jobs::Column::Status.is_in(TERMINAL))
+                .filter(jobs::Column::CompletedAt.lt(cut));
+            if backend == DbBackend::Postgres {
+                still = still.lock_exclusive();
+            }
+            let still: Vec<Uuid> = still.into_tuple().all(&tx).await?;
+            if still.is_empty() {
+                return Ok(PruneReport::default());
+            }
+            let events = job_events::Entity::delete_many()
+                .filter(job_events::Column::JobId.is_in(still.clone()))
+                .exec(&tx)
+                .await?;
+            let jobs = jobs::Entity::delete_many().filter(jobs::Column::Id.is_in(still)).exec(&tx).await?;
+            Ok::<_, sea_orm::DbErr>(PruneReport { jobs: jobs.rows_affected, events: events.rows_affected })
+        }
+        .await;
+        match outcome {
+            Ok(report) => {
+                tx.commit().await?;
+                drop(guard);
+                self.stats_add(report);
+                Ok(report)
+            }
+            Err(err) => {
+                let _ = tx.rollback().await;
+                Err(err.into())
+            }
+        }
     }
 
     /// Deletes one job's events in small transactions, then the job (if it is
@@ -161,6 +256,7 @@ impl JobEvents {
             };
             tx.commit().await?;
             drop(guard);
+            self.stats_add(PruneReport { jobs: 0, events: deleted });
             events += deleted;
             if deleted < EVENT_BATCH {
                 break;
@@ -182,6 +278,7 @@ impl JobEvents {
             Ok((rest, true)) => {
                 tx.commit().await?;
                 drop(guard);
+                self.stats_add(PruneReport { jobs: 1, events: rest });
                 Ok((events + rest, true))
             }
             // No longer one to delete (gone, or changed): its last events stay.

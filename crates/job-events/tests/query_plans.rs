@@ -194,9 +194,11 @@ fn touches_job_tables(sql: &str) -> bool {
 
 /// Paths that must read rows in index order, not sort what matched: a list
 /// with a limit over one workspace or every workspace (a token's several
-/// workspaces are several ranges, merged by a sort of their matches).
+/// workspaces are several ranges, merged by a sort of their matches), and
+/// retention's oldest finished jobs (a sort would read every finished job in
+/// every round).
 fn in_index_order(path: &str) -> bool {
-    path.starts_with("jobs list") && !path.contains("a token's")
+    (path.starts_with("jobs list") && !path.contains("a token's")) || path.starts_with("retention")
 }
 
 /// Every node of a PostgreSQL JSON plan.
