@@ -34,7 +34,7 @@ use crate::writer::JobEvents;
 /// Finished jobs considered per round.
 const JOB_BATCH: u64 = 100;
 /// Events deleted per transaction.
-const EVENT_BATCH: u64 = 2_000;
+const EVENT_BATCH: u64 = 1_000;
 /// SQLite pages given back per transaction (4 KiB each).
 const VACUUM_PAGES: u32 = 2_000;
 /// The statuses a job can be deleted in.
@@ -183,6 +183,7 @@ impl JobEvents {
         }
         let backend = self.store().backend();
         let (guard, tx) = self.begin_write().await?;
+        let held = std::time::Instant::now();
         let outcome = async {
             let mut still = jobs::Entity::find()
                 .select_only()
@@ -209,6 +210,7 @@ impl JobEvents {
             Ok(report) => {
                 tx.commit().await?;
                 drop(guard);
+                self.pace(held.elapsed()).await;
                 self.stats_add(report);
                 Ok(report)
             }
@@ -247,6 +249,7 @@ impl JobEvents {
                 ))
                 .to_owned();
             let (guard, tx) = self.begin_write().await?;
+            let held = std::time::Instant::now();
             let deleted = match tx.execute(backend.build(&delete)).await {
                 Ok(result) => result.rows_affected(),
                 Err(err) => {
@@ -256,6 +259,7 @@ impl JobEvents {
             };
             tx.commit().await?;
             drop(guard);
+            self.pace(held.elapsed()).await;
             self.stats_add(PruneReport { jobs: 0, events: deleted });
             events += deleted;
             if deleted < EVENT_BATCH {
@@ -263,6 +267,7 @@ impl JobEvents {
             }
         }
         let (guard, tx) = self.begin_write().await?;
+        let held = std::time::Instant::now();
         let outcome = async {
             let rest = job_events::Entity::delete_many().filter(job_events::Column::JobId.eq(id)).exec(&tx).await?;
             let job = jobs::Entity::delete_many()
@@ -278,6 +283,7 @@ impl JobEvents {
             Ok((rest, true)) => {
                 tx.commit().await?;
                 drop(guard);
+                self.pace(held.elapsed()).await;
                 self.stats_add(PruneReport { jobs: 1, events: rest });
                 Ok((events + rest, true))
             }
@@ -299,6 +305,15 @@ impl JobEvents {
         stats.events.fetch_add(report.events, Ordering::Relaxed);
     }
 
+    /// On SQLite, where a prune's transaction holds the one writer's turn,
+    /// waits as long as it held it: writes queued meanwhile commit first, and
+    /// a prune takes at most half of the writer's time however long it runs.
+    async fn pace(&self, held: Duration) {
+        if self.store().backend() == DbBackend::Sqlite {
+            tokio::time::sleep(held).await;
+        }
+    }
+
     /// SQLite: hands freed pages back to the file system, a slice at a time.
     async fn give_space_back(&self) {
         if self.store().backend() != DbBackend::Sqlite {
@@ -317,10 +332,11 @@ impl JobEvents {
                 return;
             }
             let guard = self.write_turn().await;
+            let held = std::time::Instant::now();
             let sql = format!("PRAGMA incremental_vacuum({VACUUM_PAGES})");
             let _ = db.execute(Statement::from_string(DbBackend::Sqlite, sql)).await;
             drop(guard);
-            tokio::task::yield_now().await;
+            self.pace(held.elapsed()).await;
         }
     }
 }
