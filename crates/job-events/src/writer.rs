@@ -800,9 +800,36 @@ async fn insert_events(
     Ok(())
 }
 
+/// An update of the columns whose value in `now` differs from `read`, except
+/// `skip` (never the key: it does not change). Setting a column to the value
+/// it has is not free: on SQLite, with foreign keys on, setting a row's key
+/// makes every update look up every row that refers to it (all the events of
+/// a job or a step, so a write's cost grew with the job's history), and each
+/// indexed column set rewrites its index entries.
+fn changed_columns<M, E, A>(read: M, now: &M, skip: &[E::Column]) -> A
+where
+    M: sea_orm::ModelTrait<Entity = E> + IntoActiveModel<A>,
+    E: EntityTrait<Model = M, ActiveModel = A>,
+    A: ActiveModelTrait<Entity = E>,
+{
+    use sea_orm::Iterable as _;
+    let before: Vec<_> = E::Column::iter().map(|column| read.get(column)).collect();
+    let mut row = read.into_active_model();
+    for (column, before) in E::Column::iter().zip(before) {
+        let value = now.get(column);
+        let skipped = skip.iter().any(|s| sea_orm::IdenStatic::as_str(s) == sea_orm::IdenStatic::as_str(&column));
+        if value != before && !skipped {
+            row.set(column, value);
+        }
+    }
+    row
+}
+
 /// A step row in the batch and whether it must be inserted or updated at flush.
 struct StepRow {
     row: job_steps::Model,
+    /// The row as read, to update only what changed; `None` for a new step.
+    read: Option<job_steps::Model>,
     new: bool,
     dirty: bool,
 }
@@ -812,7 +839,8 @@ struct StepRow {
 struct Batch<'a> {
     tx: &'a DatabaseTransaction,
     backend: DbBackend,
-    jobs: HashMap<Uuid, (jobs::Model, bool)>,
+    /// Locked job rows: as changed by the batch, as read, and whether changed.
+    jobs: HashMap<Uuid, (jobs::Model, jobs::Model, bool)>,
     steps: HashMap<Uuid, StepRow>,
     events: Vec<Event>,
     /// The `line` of each `step.output` event of the batch, by event id.
@@ -847,7 +875,7 @@ impl<'a> Batch<'a> {
                 select = select.lock_exclusive();
             }
             for row in select.all(self.tx).await? {
-                self.jobs.insert(row.id, (row, false));
+                self.jobs.insert(row.id, (row.clone(), row, false));
             }
         }
         Ok(())
@@ -858,7 +886,7 @@ impl<'a> Batch<'a> {
             let row = job_steps::Entity::find_by_id(step_id).one(self.tx).await?;
             match row {
                 Some(row) if row.job_id == job_id => {
-                    self.steps.insert(step_id, StepRow { row, new: false, dirty: false });
+                    self.steps.insert(step_id, StepRow { read: Some(row.clone()), row, new: false, dirty: false });
                 }
                 _ => return Err(WriteError::StepNotFound { job: job_id, step: step_id }),
             }
@@ -930,7 +958,7 @@ impl<'a> Batch<'a> {
     ) -> Result<Option<StepSnapshot>, WriteError> {
         let job_id = item.job_id();
         let (workspace_id, status) = match self.jobs.get(&job_id) {
-            Some((job, _)) if may_write(&job.workspace_id) => {
+            Some((job, _, _)) if may_write(&job.workspace_id) => {
                 (job.workspace_id.clone(), JobStatus::parse(&job.status).unwrap_or(JobStatus::Failed))
             }
             _ => return Err(WriteError::JobNotFound(job_id)),
@@ -939,7 +967,7 @@ impl<'a> Batch<'a> {
             return Err(WriteError::JobFinished { job: job_id, status });
         }
         let now = self.now;
-        let seq = self.jobs.get(&job_id).map_or(1, |(job, _)| job.last_seq + 1);
+        let seq = self.jobs.get(&job_id).map_or(1, |(job, _, _)| job.last_seq + 1);
         let mut change = JobChange::None;
         let mut step_out = None;
         let mut line = None;
@@ -999,7 +1027,7 @@ impl<'a> Batch<'a> {
                     output_lines: 0,
                 };
                 step_out = Some(step_snapshot(row.clone()).map_err(|_| WriteError::Conflict("invalid step".into()))?);
-                self.steps.insert(step_id, StepRow { row, new: true, dirty: true });
+                self.steps.insert(step_id, StepRow { row, read: None, new: true, dirty: true });
                 let body = StepStarted { name: request.name, phase: request.phase, step_type: request.step_type };
                 (EventType::StepStarted, Some(step_id), EventBody::StepStarted(body))
             }
@@ -1049,7 +1077,7 @@ impl<'a> Batch<'a> {
                 (request.event_type, request.step_id, EventBody::Custom(CustomEvent { payload }))
             }
         };
-        if let Some((job, dirty)) = self.jobs.get_mut(&job_id) {
+        if let Some((job, _, dirty)) = self.jobs.get_mut(&job_id) {
             change.apply(job, now);
             job.last_seq = seq;
             job.updated_at = now.as_datetime();
@@ -1073,25 +1101,23 @@ impl<'a> Batch<'a> {
         }
         for step in changed_steps {
             let id = step.row.id;
-            let row = step.row.into_active_model().reset_all();
+            let Some(read) = step.read else { continue };
+            let row = changed_columns(read, &step.row, &[]);
             job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).exec(self.tx).await?;
         }
         for chunk in self.events.chunks(INSERT_CHUNK) {
             insert_events(self.tx, self.backend, chunk, &self.lines, order).await?;
         }
-        for (id, (job, dirty)) in self.jobs {
+        for (id, (job, read, dirty)) in self.jobs {
             if dirty {
                 // `metadata` never changes after creation; `result` goes in as JSON text.
-                let result = json_text(self.backend, job.result.as_ref())?;
-                let mut row = job.into_active_model().reset_all();
-                row.metadata = sea_orm::ActiveValue::NotSet;
-                row.result = sea_orm::ActiveValue::NotSet;
-                jobs::Entity::update_many()
-                    .set(row)
-                    .col_expr(jobs::Column::Result, result)
-                    .filter(jobs::Column::Id.eq(id))
-                    .exec(self.tx)
-                    .await?;
+                let result_changed = job.result != read.result;
+                let row = changed_columns(read, &job, &[jobs::Column::Metadata, jobs::Column::Result]);
+                let mut update = jobs::Entity::update_many().set(row);
+                if result_changed {
+                    update = update.col_expr(jobs::Column::Result, json_text(self.backend, job.result.as_ref())?);
+                }
+                update.filter(jobs::Column::Id.eq(id)).exec(self.tx).await?;
             }
         }
         Ok(self.events)

@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use jobstream_job_events::{JobEvents, WriteError};
 use jobstream_protocol::{
@@ -255,7 +256,46 @@ async fn events_read_back_are_byte_identical_to_what_was_published(db: &TestDb) 
     assert!(writer.store().events_after(Uuid::now_v7(), 0, 10).await.unwrap().is_empty());
 }
 
+/// A write updates only the job and step columns it changes, never the key:
+/// on SQLite, setting a row's key (even to itself) makes the update visit
+/// every event that refers to the row, so each write cost more the longer
+/// the job's history.
+async fn a_write_updates_only_the_columns_it_changes_and_never_a_key(db: &TestDb) {
+    let mut conn = db.db.clone();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = log.clone();
+    conn.set_metric_callback(move |info| sink.lock().unwrap().push(info.statement.sql.clone()));
+    let writer = JobEvents::new(conn, Arc::new(jobstream_job_events::NullSink));
+    let job = running_job(&writer).await;
+    let start =
+        StartStep { id: None, name: "compile".into(), phase: StepPhase::Execution, step_type: StepType::Command };
+    let (step, _) = writer.emit_step_started(job, start).await.unwrap();
+    writer.emit_step_output(job, step.id, "ok\n", OutputStream::Stdout).await.unwrap();
+    writer.emit_job_progress(job, 50, None).await.unwrap();
+    let done = CompleteStep { status: StepStatus::Completed, error: None, tokens_input: Some(3), tokens_output: None };
+    writer.emit_step_completed(job, step.id, done).await.unwrap();
+    writer
+        .emit_job_status_changed(job, JobStatus::Completed, Some(serde_json::json!({ "ok": true })), None)
+        .await
+        .unwrap();
+    let updates: Vec<String> = log.lock().unwrap().iter().filter(|sql| sql.starts_with("UPDATE")).cloned().collect();
+    assert!(updates.len() >= 6, "{updates:#?}");
+    for sql in &updates {
+        let set = sql.split(" SET ").nth(1).and_then(|rest| rest.split(" WHERE ").next()).unwrap_or_default();
+        for column in ["\"id\"", "\"job_id\"", "\"workspace_id\"", "\"created_at\"", "\"metadata\"", "\"name\""] {
+            assert!(!set.contains(&format!("{column} =")), "{column} set by {sql}");
+        }
+    }
+    // What changed did change.
+    let snapshot = writer.store().job(job).await.unwrap().unwrap();
+    assert_eq!((snapshot.status, snapshot.progress, snapshot.last_seq), (JobStatus::Completed, 50, 8));
+    assert_eq!(snapshot.result, Some(serde_json::json!({ "ok": true })));
+    let steps = snapshot.steps.unwrap();
+    assert_eq!((steps[0].status, steps[0].tokens_input), (StepStatus::Completed, Some(3)));
+}
+
 on_both_engines!(
+    a_write_updates_only_the_columns_it_changes_and_never_a_key,
     events_read_back_are_byte_identical_to_what_was_published,
     a_new_job_starts_at_seq_one_and_each_event_takes_the_next,
     eight_concurrent_writers_produce_seq_one_to_n_without_gap_or_duplicate,
