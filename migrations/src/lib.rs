@@ -8,6 +8,7 @@ mod m20261124_000001_create_jobs;
 mod m20261130_000002_commit_order;
 mod m20261130_000003_job_list_indexes;
 mod m20261130_000004_step_log_lines;
+mod m20261201_000005_pruned_jobs;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_commit_order::Migration),
             Box::new(m20261130_000003_job_list_indexes::Migration),
             Box::new(m20261130_000004_step_log_lines::Migration),
+            Box::new(m20261201_000005_pruned_jobs::Migration),
         ]
     }
 }

@@ -1,7 +1,8 @@
 // Retention (CONTRACT §7): with JOBSTREAM_RETENTION set, finished jobs older
 // than it are deleted with their steps and events, and are then `not_found`
 // everywhere (HTTP, history, SSE, Socket.IO); running jobs stay, however old.
-// `jobstream prune` does it once, and `--dry-run` only counts.
+// `jobstream prune` does it once, and `--dry-run` only counts. A deleted
+// job's id is never given to a new job.
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -62,6 +63,15 @@ describe('retention in the background', { skip: skipReason(), timeout: 120_000 }
     const deadline = Date.now() + 40_000;
     while ((await producer.getJob(old)).status === 200 && Date.now() < deadline) await sleep(500);
     await assertGone(ctx.server, token, producer, old);
+    // The id stays taken: a new job under it would lose its first events to
+    // every client that remembers the old job's seq.
+    for (const ws of [workspace, randomUUID()]) {
+      const again = await api(ctx.server.url, mintToken(ctx.server.secret, { workspaces: [ws] }))
+        .createJob({ id: old, workspaceId: ws, type: 'old' });
+      assert.equal(again.status, 409);
+      assert.equal(again.body.error.code, 'conflict');
+    }
+    assert.equal((await producer.getJob(old)).status, 404);
     const kept = await producer.getJob(running);
     assert.equal(kept.status, 200);
     assert.equal(kept.body.status, 'running');

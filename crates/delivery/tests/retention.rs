@@ -168,7 +168,41 @@ async fn retention_deletes_every_round_of_small_jobs_and_large_jobs_in_slices(db
     assert_eq!(count(db, "SELECT COUNT(*) FROM job_events").await, 0);
 }
 
+/// Subscribers, clients and SSE streams remember positions per job id: a new
+/// job under a deleted job's id would lose its first events to them. So an id
+/// stays taken after its job is deleted, whether the job went with others
+/// (small) or in slices (large), and whatever the new request.
+async fn a_deleted_jobs_id_is_never_given_to_a_new_job(db: &TestDb) {
+    let writer = JobEvents::new(db.db.clone(), Arc::new(jobstream_job_events::NullSink));
+    let small = job_with_output(&writer, "ws-1", 3, Some(JobStatus::Completed)).await;
+    let large = job_with_output(&writer, "ws-1", 1_200, Some(JobStatus::Cancelled)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now();
+    let report = writer.prune(&Prune { finished_before: cut, workspace: None, dry_run: false }).await.unwrap();
+    assert_eq!(report.jobs, 2);
+    for id in [small, large] {
+        for workspace in ["ws-1", "ws-2"] {
+            let again = CreateJob { id: Some(id), ..create(workspace) };
+            match writer.create_job(again).await {
+                Err(jobstream_job_events::WriteError::Conflict(message)) => {
+                    assert!(message.contains("already used"), "{message}");
+                }
+                other => panic!("a deleted job's id was given again: {other:?}"),
+            }
+        }
+        assert!(writer.store().job(id).await.unwrap().is_none(), "nothing was created");
+    }
+    assert_eq!(count(db, "SELECT COUNT(*) FROM pruned_jobs").await, 2);
+    // Pruning again records nothing twice, and other ids are still free.
+    writer.prune(&Prune { finished_before: chrono::Utc::now(), workspace: None, dry_run: false }).await.unwrap();
+    assert_eq!(count(db, "SELECT COUNT(*) FROM pruned_jobs").await, 2);
+    let fresh = CreateJob { id: Some(Uuid::now_v7()), ..create("ws-1") };
+    let (_, created) = writer.create_job(fresh).await.unwrap();
+    assert!(created);
+}
+
 on_both_engines!(
     retention_deletes_exactly_the_finished_jobs_older_than_the_cut,
     retention_deletes_every_round_of_small_jobs_and_large_jobs_in_slices,
+    a_deleted_jobs_id_is_never_given_to_a_new_job,
 );

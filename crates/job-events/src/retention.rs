@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     Statement,
@@ -202,7 +202,8 @@ impl JobEvents {
                 .filter(job_events::Column::JobId.is_in(still.clone()))
                 .exec(&tx)
                 .await?;
-            let jobs = jobs::Entity::delete_many().filter(jobs::Column::Id.is_in(still)).exec(&tx).await?;
+            let jobs = jobs::Entity::delete_many().filter(jobs::Column::Id.is_in(still.clone())).exec(&tx).await?;
+            mark_pruned(&tx, backend, &still).await?;
             Ok::<_, sea_orm::DbErr>(PruneReport { jobs: jobs.rows_affected, events: events.rows_affected })
         }
         .await;
@@ -276,7 +277,11 @@ impl JobEvents {
                 .filter(jobs::Column::CompletedAt.lt(cut))
                 .exec(&tx)
                 .await?;
-            Ok::<_, sea_orm::DbErr>((rest.rows_affected, job.rows_affected == 1))
+            let deleted = job.rows_affected == 1;
+            if deleted {
+                mark_pruned(&tx, backend, &[id]).await?;
+            }
+            Ok::<_, sea_orm::DbErr>((rest.rows_affected, deleted))
         }
         .await;
         match outcome {
@@ -341,14 +346,50 @@ impl JobEvents {
     }
 }
 
+/// The table of deleted jobs' ids (see the `pruned_jobs` migration).
+const PRUNED_JOBS: &str = "pruned_jobs";
+
+/// Records that `ids` were deleted, inside the transaction that deletes them:
+/// an id names one job forever, so it can never be created again.
+async fn mark_pruned(tx: &impl ConnectionTrait, backend: DbBackend, ids: &[Uuid]) -> Result<(), sea_orm::DbErr> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let mut insert = Query::insert();
+    insert.into_table(Alias::new(PRUNED_JOBS)).columns([Alias::new("id"), Alias::new("pruned_at")]);
+    for id in ids {
+        insert
+            .values([Expr::val(*id).into(), Expr::val(now).into()])
+            .map_err(|e| sea_orm::DbErr::Custom(format!("pruned_jobs insert: {e}")))?;
+    }
+    insert.on_conflict(OnConflict::column(Alias::new("id")).do_nothing().to_owned());
+    tx.execute(backend.build(&insert)).await?;
+    Ok(())
+}
+
+/// Whether a job with `id` was deleted by retention (so the id stays taken).
+pub(crate) async fn was_pruned(db: &impl ConnectionTrait, backend: DbBackend, id: Uuid) -> Result<bool, sea_orm::DbErr> {
+    let select = Query::select()
+        .expr(Expr::val(1))
+        .from(Alias::new(PRUNED_JOBS))
+        .and_where(Expr::col(Alias::new("id")).eq(id))
+        .to_owned();
+    Ok(db.query_one(backend.build(&select)).await?.is_some())
+}
+
 /// Runs a prune every `every` with a cut `retention` before now, forever.
 pub async fn run_retention(writer: JobEvents, retention: Duration, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Ok(age) = chrono::Duration::from_std(retention) else { return };
-        let prune = Prune { finished_before: Utc::now() - age, workspace: None, dry_run: false };
+        let cut = chrono::Duration::from_std(retention).ok().and_then(|age| Utc::now().checked_sub_signed(age));
+        let Some(finished_before) = cut else {
+            tracing::error!(?retention, "retention: the retention is too long to compute a cut; nothing is deleted");
+            return;
+        };
+        let prune = Prune { finished_before, workspace: None, dry_run: false };
         match writer.prune(&prune).await {
             Ok(report) if report.jobs > 0 => {
                 tracing::info!(jobs = report.jobs, events = report.events, "retention: deleted finished jobs");

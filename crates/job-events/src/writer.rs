@@ -314,6 +314,13 @@ impl JobEvents {
             body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
         };
         insert_job(tx, self.store.backend(), row).await?;
+        // After the insert: on PostgreSQL it waits for a prune deleting this
+        // id to commit, and this read then sees the prune's record.
+        if crate::retention::was_pruned(tx, self.store.backend(), id).await? {
+            return Err(WriteError::Conflict(format!(
+                "job id {id} is already used; choose another id, or repeat the original request exactly"
+            )));
+        }
         insert_events(tx, self.store.backend(), std::slice::from_ref(&event), &HashMap::new(), order).await?;
         Ok(Created::New(Box::new(snapshot), Box::new(event)))
     }

@@ -721,24 +721,6 @@ pub fn verify_token(keys: &Keys, token: &str) -> Result<Verified, TokenError> {
     Ok(Verified { claims: claims.into_claims(), expires })
 }
 
-/// Parses a duration like `90`, `90s`, `30m`, `24h` or `7d`.
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}: use e.g. 90s, 30m, 24h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("invalid duration unit in {text:?}: use s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err("the duration must be positive".into());
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1139,11 +1121,4 @@ mod tests {
         assert!(Expiry::from_secs(u64::MAX).deadline() > tokio::time::Instant::now());
     }
 
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_ttl("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
-        assert!(parse_ttl("1y").is_err());
-        assert!(parse_ttl("0s").is_err());
-    }
 }

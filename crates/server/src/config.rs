@@ -35,7 +35,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct PruneArgs {
     /// Delete jobs that finished longer ago than this: e.g. 30d, 12h.
-    #[arg(long = "finished-before", value_parser = crate::auth::parse_ttl)]
+    #[arg(long = "finished-before", value_parser = parse_duration)]
     pub finished_before: Duration,
     /// Only this workspace's jobs.
     #[arg(long)]
@@ -48,6 +48,37 @@ pub struct PruneArgs {
     pub database: DatabaseArgs,
 }
 
+/// The longest duration any setting takes: 100 years. Longer ones are
+/// refused, so that `now + d` and `now - d` stay in range wherever they are used.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 86_400);
+
+/// Parses a duration setting: a number of seconds (`90`, `1.5`) or
+/// [`humantime`]'s form (`500ms`, `90s`, `30m`, `24h`, `7d`, `1h 30m`).
+/// It must be above zero and at most [`MAX_DURATION`].
+///
+/// # Errors
+/// A message naming the text and the expected form, for clap to print with
+/// the setting's name.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let form = "use e.g. 500ms, 90s, 30m, 24h or 7d";
+    let duration = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a duration: {form}"))?;
+        Duration::try_from_secs_f64(seconds).ok().filter(|d| *d <= MAX_DURATION)
+    } else {
+        match humantime::parse_duration(text) {
+            Ok(duration) => Some(duration).filter(|d| *d <= MAX_DURATION),
+            Err(humantime::DurationError::NumberOverflow) => None,
+            Err(_) => return Err(format!("{text:?} is not a duration: {form}")),
+        }
+    };
+    match duration {
+        None => Err(format!("{text:?} is too long: at most 100 years")),
+        Some(d) if d.is_zero() => Err(format!("{text:?}: the duration must be above zero")),
+        Some(d) => Ok(d),
+    }
+}
+
 /// A retention: `off` (`None`), or a duration such as `30d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention(pub Option<Duration>);
@@ -56,7 +87,7 @@ pub struct Retention(pub Option<Duration>);
 pub fn parse_retention(text: &str) -> Result<Retention, String> {
     match text.trim() {
         "off" | "" => Ok(Retention(None)),
-        other => crate::auth::parse_ttl(other).map(|d| Retention(Some(d))),
+        other => parse_duration(other).map(|d| Retention(Some(d))),
     }
 }
 
@@ -101,7 +132,7 @@ pub struct ServeArgs {
     pub socket_buffer: usize,
     /// How long a client may read nothing while the server has data for it
     /// before its connection is closed (it resumes with `since`).
-    #[arg(long = "stall-timeout", env = "JOBSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = crate::auth::parse_ttl)]
+    #[arg(long = "stall-timeout", env = "JOBSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub stall_timeout: std::time::Duration,
     /// Delete finished jobs (with their steps and events) this long after they
     /// finished: a duration such as `30d`, or `off`.
@@ -184,7 +215,7 @@ pub struct TokenArgs {
     #[arg(long, default_value = "subscribe")]
     pub scope: String,
     /// How long the token is valid: e.g. 90s, 30m, 24h, 7d.
-    #[arg(long, default_value = "24h", value_parser = crate::auth::parse_ttl)]
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub ttl: Duration,
     /// The server's `iss` and `aud`, put in the token.
     #[command(flatten)]
@@ -301,6 +332,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_a_unit_and_stay_in_range() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration(" 30d "), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("100y").map(|d| d <= MAX_DURATION), Ok(true));
+        for bad in ["", "0", "0s", "-1s", "10 parsecs", "d", "1.5.2", "nan", "inf", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        // Whatever overflows a u64, a chrono duration or a date is refused, not wrapped.
+        for huge in ["18446744073709551615", "99999999999999999999999s", "213503982334601d", "307445734561825861m", "101y"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("too long"), "{huge}: {err}");
+        }
+        assert!(parse_retention("off").is_ok_and(|r| r.0.is_none()));
+        assert!(parse_retention("99999999999999999d").is_err());
+    }
 
     #[test]
     fn the_limits_default_to_the_documented_values() {

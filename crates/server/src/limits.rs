@@ -56,22 +56,6 @@ pub const DEFAULT_MAX_WRITES_PER_SECOND: u32 = 1000;
 /// Write requests a subject may send at once after being idle, by default.
 pub const DEFAULT_WRITE_BURST: u32 = 1000;
 
-/// Parses a duration: `500ms`, `10s`, `2m`, `1h`, or a number of seconds (`1.5`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration: use e.g. 500ms, 10s, 2m"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
-}
-
 /// The limits' command-line flags and environment variables.
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
@@ -89,10 +73,10 @@ pub struct LimitArgs {
     pub max_connections: usize,
     /// Time a client has to send a request head, from the connection's start
     /// or the end of the previous response (so also the idle keep-alive timeout).
-    #[arg(long = "header-timeout", env = "JOBSTREAM_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = "header-timeout", env = "JOBSTREAM_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::config::parse_duration)]
     pub header_timeout: Duration,
     /// Time a client has to send a request body, from the end of its head.
-    #[arg(long = "body-timeout", env = "JOBSTREAM_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "body-timeout", env = "JOBSTREAM_BODY_TIMEOUT", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub body_timeout: Duration,
     /// Socket.IO connections open at once with tokens of one `sub`, on this node. 0: no limit.
     #[arg(
@@ -409,18 +393,6 @@ pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_a_unit_or_seconds() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up() {

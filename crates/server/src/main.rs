@@ -72,9 +72,12 @@ async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String>
     let db = jobstream_job_events::open(url).await.map_err(|e| e.to_string())?;
     jobstream_job_events::migrate(&db).await.map_err(|e| e.to_string())?;
     let writer = jobstream_job_events::JobEvents::new(db.clone(), std::sync::Arc::new(jobstream_job_events::NullSink));
-    let age = chrono::Duration::from_std(args.finished_before).map_err(|e| e.to_string())?;
+    let finished_before = chrono::Duration::from_std(args.finished_before)
+        .ok()
+        .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+        .ok_or("--finished-before is too long: at most 100 years")?;
     let prune = jobstream_job_events::Prune {
-        finished_before: chrono::Utc::now() - age,
+        finished_before,
         workspace: args.workspace.clone(),
         dry_run: args.dry_run,
     };
