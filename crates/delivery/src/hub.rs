@@ -94,7 +94,7 @@ pub struct DeliveryConfig {
     /// Events held for subscriptions being set up.
     pub pending_limit: usize,
     /// Events read per page when catching up or replaying, at most; pages
-    /// are also cut to about [`PAGE_BYTES`] (see [`Worker::catch_up`]).
+    /// are also cut at about [`PAGE_BYTES`] by the database.
     pub page_size: u64,
     /// How long an outlet may stay full (its client reads nothing) before the
     /// subscriber is closed: its outlet ends the connection and everything it
@@ -102,9 +102,9 @@ pub struct DeliveryConfig {
     pub stall_timeout: Duration,
 }
 
-/// About how many bytes of events a catch-up page holds: the next page's size
-/// is cut to fit, so a subscriber catching up on large events holds a bounded
-/// number of bytes, not a bounded number of events.
+/// About how many bytes of events a catch-up page holds (the event that
+/// reaches it ends the page), so a subscriber catching up on large events
+/// holds a bounded number of bytes, not a bounded number of events.
 pub const PAGE_BYTES: usize = 1024 * 1024;
 
 impl Default for DeliveryConfig {
@@ -942,18 +942,14 @@ impl Worker {
     /// Sends a job's committed events after its cursor, page by page, until the
     /// database has no more.
     async fn catch_up(&mut self, job_id: Uuid) -> Result<(), Stop> {
-        let max_page = self.hub.inner.config.page_size.max(1);
-        // Start small; grow while events are small, shrink when they are large.
-        let mut page_size = max_page.min(64);
+        let page_size = self.hub.inner.config.page_size.max(1);
         self.hub.inner.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
         loop {
             let cursor = self.c.subs.cursor(job_id).unwrap_or(0);
-            let page = self.read(|store| async move { store.events_after(job_id, cursor, page_size).await }).await?;
-            let full = page.len() as u64 == page_size;
-            let bytes: usize = page.iter().map(|e| e.json.get().len()).sum();
-            let per_event = (bytes / page.len().max(1)).max(1);
-            page_size = ((PAGE_BYTES / per_event) as u64).clamp(1, max_page);
-            for event in page {
+            let page = self
+                .read(|store| async move { store.events_page(job_id, cursor, page_size, PAGE_BYTES).await })
+                .await?;
+            for event in page.events {
                 match self.c.subs.classify(key(&event)) {
                     Verdict::Deliver => self.deliver(&event).await?,
                     Verdict::Duplicate => {}
@@ -961,7 +957,7 @@ impl Worker {
                     _ => return Ok(()),
                 }
             }
-            if !full {
+            if !page.more {
                 return Ok(());
             }
         }

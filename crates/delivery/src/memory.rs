@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use jobstream_job_events::{Committed, ReadError, WorkspaceSnapshot};
+use jobstream_job_events::{Committed, EventPage, ReadError, WorkspaceSnapshot};
 use jobstream_protocol::{Event, EventBody, EventType, JobProgress, JobSnapshot, JobStatus, Timestamp};
 use jobstream_rooms::Horizon;
 use uuid::Uuid;
@@ -119,11 +119,28 @@ impl EventSource for MemorySource {
         Ok(WorkspaceSnapshot { jobs, cursors, horizon: Horizon::Counter(state.counter) })
     }
 
-    async fn events_after(&self, job_id: Uuid, since: i64, limit: u64) -> Result<Vec<Arc<Committed>>, ReadError> {
+    async fn events_page(
+        &self,
+        job_id: Uuid,
+        since: i64,
+        limit: u64,
+        max_bytes: usize,
+    ) -> Result<EventPage, ReadError> {
         let state = self.state();
-        let Some(job) = state.jobs.get(&job_id) else { return Ok(Vec::new()) };
+        let Some(job) = state.jobs.get(&job_id) else { return Ok(EventPage::default()) };
         let from = usize::try_from(since.max(0)).unwrap_or(usize::MAX);
-        Ok(job.events.iter().skip(from).take(usize::try_from(limit).unwrap_or(usize::MAX)).cloned().collect())
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let mut page = EventPage::default();
+        let mut bytes = 0;
+        for event in job.events.iter().skip(from) {
+            if page.events.len() >= limit || bytes >= max_bytes {
+                page.more = true;
+                break;
+            }
+            bytes += event.json.get().len();
+            page.events.push(event.clone());
+        }
+        Ok(page)
     }
 
     async fn last_seen_seq(&self, job_id: Uuid, horizon: &Horizon) -> Result<i64, ReadError> {

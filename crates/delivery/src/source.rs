@@ -7,10 +7,8 @@
 //! `seq` of a job is committed too (the writer assigns `seq` in one
 //! transaction per write, CONTRACT §4).
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use jobstream_job_events::{Committed, EventStore, ReadError, WorkspaceSnapshot};
+use jobstream_job_events::{EventPage, EventStore, ReadError, WorkspaceSnapshot};
 use jobstream_protocol::JobSnapshot;
 use jobstream_rooms::Horizon;
 use uuid::Uuid;
@@ -25,8 +23,12 @@ pub trait EventSource: Send + Sync + std::fmt::Debug + 'static {
     /// commit horizon, consistent with each other (see [`WorkspaceSnapshot`]).
     async fn workspace_snapshot(&self, workspace_id: &str) -> Result<WorkspaceSnapshot, ReadError>;
 
-    /// Up to `limit` events of a job with `seq > since`, ascending by `seq`.
-    async fn events_after(&self, job_id: Uuid, since: i64, limit: u64) -> Result<Vec<Arc<Committed>>, ReadError>;
+    /// A page of a job's events with `seq > since`, ascending by `seq`: at
+    /// most `limit` events and about `max_bytes` (at least one event when
+    /// there is one); `more` when events may follow (see
+    /// [`EventStore::events_page`]).
+    async fn events_page(&self, job_id: Uuid, since: i64, limit: u64, max_bytes: usize)
+        -> Result<EventPage, ReadError>;
 
     /// The last `seq` of a job that `horizon` saw (0 if none).
     async fn last_seen_seq(&self, job_id: Uuid, horizon: &Horizon) -> Result<i64, ReadError>;
@@ -55,8 +57,14 @@ impl EventSource for EventStore {
         EventStore::workspace_snapshot(self, workspace_id).await
     }
 
-    async fn events_after(&self, job_id: Uuid, since: i64, limit: u64) -> Result<Vec<Arc<Committed>>, ReadError> {
-        EventStore::events_after(self, job_id, since, limit).await
+    async fn events_page(
+        &self,
+        job_id: Uuid,
+        since: i64,
+        limit: u64,
+        max_bytes: usize,
+    ) -> Result<EventPage, ReadError> {
+        EventStore::events_page(self, job_id, since, limit, max_bytes).await
     }
 
     async fn last_seen_seq(&self, job_id: Uuid, horizon: &Horizon) -> Result<i64, ReadError> {

@@ -29,5 +29,5 @@ pub use log::{LineAssembler, LogChunk, LogCursor, LogLine, StepLogInfo};
 pub use retention::{run_retention, Prune, PruneReport, RetentionStats};
 pub use sea_orm::DbBackend;
 pub use sink::{Committed, EventSink, NullSink};
-pub use store::{EventStore, JobQuery, WorkspaceSnapshot};
+pub use store::{EventPage, EventStore, JobQuery, WorkspaceSnapshot, MAX_PAGE_BYTES};
 pub use writer::{Applied, JobEvents};

@@ -369,7 +369,11 @@ async fn mark_pruned(tx: &impl ConnectionTrait, backend: DbBackend, ids: &[Uuid]
 }
 
 /// Whether a job with `id` was deleted by retention (so the id stays taken).
-pub(crate) async fn was_pruned(db: &impl ConnectionTrait, backend: DbBackend, id: Uuid) -> Result<bool, sea_orm::DbErr> {
+pub(crate) async fn was_pruned(
+    db: &impl ConnectionTrait,
+    backend: DbBackend,
+    id: Uuid,
+) -> Result<bool, sea_orm::DbErr> {
     let select = Query::select()
         .expr(Expr::val(1))
         .from(Alias::new(PRUNED_JOBS))

@@ -27,6 +27,19 @@ pub struct EventStore {
     pub(crate) db: DatabaseConnection,
 }
 
+/// The most bytes of events one page read holds (see [`EventStore::events_page`]).
+pub const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A page of a job's events (see [`EventStore::events_page`]).
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    /// The events, ascending by `seq`.
+    pub events: Vec<Arc<Committed>>,
+    /// Whether the page was cut (by its `limit` or its bytes), so that events
+    /// after its last one may follow; `false` once the job's end was reached.
+    pub more: bool,
+}
+
 /// A filter for [`EventStore::jobs`].
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery {
@@ -206,64 +219,136 @@ impl EventStore {
             .await?)
     }
 
-    /// Up to `limit` events of a job with `seq > since`, ascending.
+    /// Up to `limit` events of a job with `seq > since`, ascending, and at most
+    /// about [`MAX_PAGE_BYTES`] of them (see [`EventStore::events_page`]).
     pub async fn events_after(&self, job_id: Uuid, since: i64, limit: u64) -> Result<Vec<Arc<Committed>>, ReadError> {
-        let rows = match self.backend() {
-            DbBackend::Sqlite => self.event_rows_as_one(job_id, since, limit).await?,
-            _ => self.event_rows(job_id, since, limit).await?,
+        Ok(self.events_page(job_id, since, limit, MAX_PAGE_BYTES).await?.events)
+    }
+
+    /// A page of a job's events with `seq > since`, ascending: at most `limit`
+    /// events, and no more once it holds about `max_bytes` of stored event
+    /// data. The event that reaches `max_bytes` ends the page, so a page holds
+    /// at least one event when there is one. `max_bytes` is at most
+    /// [`MAX_PAGE_BYTES`]. [`EventPage::more`] tells whether events may follow.
+    ///
+    /// The cut is made by the database from each row's stored size (SQLite:
+    /// the exact byte length, read without the value; PostgreSQL: the stored,
+    /// possibly compressed size, then cut exactly here), so rows past it are
+    /// never sent or held.
+    pub async fn events_page(
+        &self,
+        job_id: Uuid,
+        since: i64,
+        limit: u64,
+        max_bytes: usize,
+    ) -> Result<EventPage, ReadError> {
+        let limit = limit.clamp(1, i64::MAX as u64);
+        let max_bytes = max_bytes.clamp(1, MAX_PAGE_BYTES);
+        let (rows, mut more) = match self.backend() {
+            DbBackend::Sqlite => self.event_rows_as_one(job_id, since, limit, max_bytes).await?,
+            _ => self.event_rows(job_id, since, limit, max_bytes).await?,
         };
-        rows.into_iter()
-            .map(|row| {
-                let order = row.commit_order;
-                let event = stored_event(row)?;
-                Committed::new(event, order).map(Arc::new).map_err(|e| corrupt(format!("event cannot be encoded: {e}")))
-            })
-            .collect()
+        let mut events = Vec::with_capacity(rows.len());
+        let mut bytes = 0;
+        for row in rows {
+            if bytes >= max_bytes {
+                more = true;
+                break;
+            }
+            let order = row.commit_order;
+            let event = stored_event(row)?;
+            let committed =
+                Committed::new(event, order).map_err(|e| corrupt(format!("event cannot be encoded: {e}")))?;
+            bytes += committed.json.get().len();
+            events.push(Arc::new(committed));
+        }
+        Ok(EventPage { events, more })
     }
 
-    /// The rows of [`EventStore::events_after`], one result row each.
-    async fn event_rows(&self, job_id: Uuid, since: i64, limit: u64) -> Result<Vec<job_events::Model>, ReadError> {
-        Ok(job_events::Entity::find()
-            .filter(job_events::Column::JobId.eq(job_id))
-            .filter(job_events::Column::Seq.gt(since))
-            .order_by_asc(job_events::Column::Seq)
-            .limit(limit)
-            .all(&self.db)
-            .await?)
+    /// The rows of [`EventStore::events_page`], one result row each, cut by
+    /// their stored (compressed) size; `more` if rows were left.
+    async fn event_rows(
+        &self,
+        job_id: Uuid,
+        since: i64,
+        limit: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
+        use sea_orm::FromQueryResult;
+        const PAGE: &str = "WITH sizes AS (SELECT seq, pg_column_size(data) AS size FROM job_events \
+                 WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3), \
+             marks AS (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < $4 AS within \
+                 FROM sizes), \
+             cut AS (SELECT count(*) AS n, count(*) FILTER (WHERE within) AS kept, \
+                 max(seq) FILTER (WHERE within) AS last FROM marks) \
+             SELECT e.*, (cut.n >= $3 OR cut.kept < cut.n) AS more FROM job_events e, cut \
+             WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= cut.last ORDER BY e.seq";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            PAGE,
+            [job_id.into(), since.into(), limit.into(), max_bytes.into()],
+        );
+        let mut more = false;
+        let mut rows = Vec::new();
+        for row in self.db.query_all(statement).await? {
+            more |= row.try_get::<bool>("", "more")?;
+            rows.push(job_events::Model::from_query_result(&row, "")?);
+        }
+        Ok((rows, more))
     }
 
-    /// The rows of [`EventStore::events_after`] on SQLite, read as one result
+    /// The rows of [`EventStore::events_page`] on SQLite, read as one result
     /// row: a JSON array of the page's rows, built by SQLite. The driver runs
     /// each SQLite connection on a thread of its own and hands every result
     /// row to the caller through a channel; for a replay page of thousands of
     /// small rows that hand-off, not the read, was the cost (BENCHMARKS §7).
+    /// The page is cut by the rows' byte lengths first (`octet_length` reads
+    /// a row's length from its header, not its value), so the one value stays
+    /// far below SQLite's largest string (1e9 bytes).
     async fn event_rows_as_one(
         &self,
         job_id: Uuid,
         since: i64,
         limit: u64,
-    ) -> Result<Vec<job_events::Model>, ReadError> {
+        max_bytes: usize,
+    ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
         // The columns of `job_events::Model` as a JSON array, ids as hex;
         // `data` (JSON text as stored) is spliced in last, not parsed by
         // SQLite. The rows come in `seq` order from the subquery, and the
         // order is checked below rather than sorted again by SQLite.
-        const PAGE: &str = "SELECT '[' || group_concat(rtrim(json_array(hex(id), hex(job_id), seq, event_type, \
+        const PAGE: &str = "WITH sizes AS (SELECT seq, octet_length(data) AS size FROM job_events \
+                 WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3), \
+             marks AS (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < ?4 AS within \
+                 FROM sizes), \
+             cut AS (SELECT count(*) AS n, total(within) AS kept, max(CASE WHEN within THEN seq END) AS last \
+                 FROM marks) \
+             SELECT (SELECT n >= ?3 OR kept < n FROM cut), \
+             (SELECT '[' || group_concat(rtrim(json_array(hex(id), hex(job_id), seq, event_type, \
              workspace_id, CASE WHEN step_id IS NULL THEN NULL ELSE hex(step_id) END, created_at, commit_order, \
              line), ']') || ',' || data || ']', ',') || ']' \
-             FROM (SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?)";
+             FROM (SELECT * FROM job_events WHERE job_id = ?1 AND seq > ?2 AND seq <= (SELECT last FROM cut) \
+             ORDER BY seq))";
         type Row = (Uuid, Uuid, i64, String, String, Option<Uuid>, String, Option<i64>, Option<i64>, serde_json::Value);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let statement =
-            Statement::from_sql_and_values(DbBackend::Sqlite, PAGE, [job_id.into(), since.into(), limit.into()]);
-        let Some(result) = self.db.query_one(statement).await? else { return Ok(Vec::new()) };
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            PAGE,
+            [job_id.into(), since.into(), limit.into(), max_bytes.into()],
+        );
+        let Some(result) = self.db.query_one(statement).await? else { return Ok((Vec::new(), false)) };
+        let more = result.try_get_by_index::<Option<bool>>(0)?.unwrap_or(false);
         // No row: the aggregate of nothing is NULL.
-        let Some(page) = result.try_get_by_index::<Option<String>>(0)? else { return Ok(Vec::new()) };
+        let Some(page) = result.try_get_by_index::<Option<String>>(1)? else { return Ok((Vec::new(), false)) };
         let mut rows: Vec<Row> =
             serde_json::from_str(&page).map_err(|e| corrupt(format!("events of job {job_id} cannot be read: {e}")))?;
         if !rows.is_sorted_by_key(|row| row.2) {
             rows.sort_unstable_by_key(|row| row.2);
         }
-        rows.into_iter()
+        let rows = rows
+            .into_iter()
             .map(|(id, job_id, seq, event_type, workspace_id, step_id, created_at, commit_order, line, data)| {
                 let created_at = chrono::DateTime::parse_from_rfc3339(&created_at)
                     .map_err(|_| corrupt(format!("event {id} has an invalid time {created_at:?}")))?
@@ -281,7 +366,8 @@ impl EventStore {
                     line,
                 })
             })
-            .collect()
+            .collect::<Result<_, ReadError>>()?;
+        Ok((rows, more))
     }
 
     /// The `lastSeq` of a job, or `None` if it does not exist.

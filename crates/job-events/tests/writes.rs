@@ -256,6 +256,47 @@ async fn events_read_back_are_byte_identical_to_what_was_published(db: &TestDb) 
     assert!(writer.store().events_after(Uuid::now_v7(), 0, 10).await.unwrap().is_empty());
 }
 
+/// Pages are cut by bytes as well as by count: a page of large events ends
+/// with the event that reaches its byte bound (at least one event), says
+/// more may follow, and reading on from its last seq gets every event once,
+/// in order, whatever the bound.
+async fn pages_of_large_events_are_cut_by_bytes_and_reading_on_gets_every_event(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let job = running_job(&writer).await;
+    for i in 0..24 {
+        let size = if i % 5 == 0 { 700_000 } else { 90_000 };
+        let payload = serde_json::json!({ "i": i, "blob": "x".repeat(size) });
+        let serde_json::Value::Object(payload) = payload else { unreachable!() };
+        writer.emit_job_event(job, jobstream_protocol::EventType::AiToolCalled, None, payload).await.unwrap();
+    }
+    let all = stored_seqs(&writer, job).await;
+    assert_eq!(all, (1..=27).collect::<Vec<_>>());
+    for (limit, max_bytes) in [(1_000, 1), (1_000, 250_000), (1_000, 1_000_000), (4, 1_000_000), (1_000, 64 << 20)] {
+        let mut read = Vec::new();
+        let mut pages = 0;
+        loop {
+            let since = read.last().copied().unwrap_or(0);
+            let page = writer.store().events_page(job, since, limit, max_bytes).await.unwrap();
+            pages += 1;
+            assert!(page.events.len() as u64 <= limit);
+            let bytes: Vec<usize> = page.events.iter().map(|e| e.json.get().len()).collect();
+            let before_last: usize = bytes.iter().rev().skip(1).sum();
+            assert!(before_last < max_bytes, "only the last event of a page may pass its bound");
+            read.extend(page.events.iter().map(|e| e.event.seq));
+            if !page.more {
+                break;
+            }
+            assert!(pages < 100);
+        }
+        assert_eq!(read, all, "limit {limit}, {max_bytes} bytes");
+        if max_bytes == 1 {
+            assert_eq!(pages, 27, "one event per page, and the last says so");
+        }
+    }
+    let end = writer.store().events_page(job, 27, 10, 1_000_000).await.unwrap();
+    assert!(end.events.is_empty() && !end.more);
+}
+
 /// A write updates only the job and step columns it changes, never the key:
 /// on SQLite, setting a row's key (even to itself) makes the update visit
 /// every event that refers to the row, so each write cost more the longer
@@ -295,6 +336,7 @@ async fn a_write_updates_only_the_columns_it_changes_and_never_a_key(db: &TestDb
 }
 
 on_both_engines!(
+    pages_of_large_events_are_cut_by_bytes_and_reading_on_gets_every_event,
     a_write_updates_only_the_columns_it_changes_and_never_a_key,
     events_read_back_are_byte_identical_to_what_was_published,
     a_new_job_starts_at_seq_one_and_each_event_takes_the_next,

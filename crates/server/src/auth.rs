@@ -1120,5 +1120,4 @@ mod tests {
         assert_eq!(Expiry::from_secs(u64::MAX).remaining(), Expiry::FAR);
         assert!(Expiry::from_secs(u64::MAX).deadline() > tokio::time::Instant::now());
     }
-
 }

@@ -76,11 +76,8 @@ async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String>
         .ok()
         .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
         .ok_or("--finished-before is too long: at most 100 years")?;
-    let prune = jobstream_job_events::Prune {
-        finished_before,
-        workspace: args.workspace.clone(),
-        dry_run: args.dry_run,
-    };
+    let prune =
+        jobstream_job_events::Prune { finished_before, workspace: args.workspace.clone(), dry_run: args.dry_run };
     let report = writer.prune(&prune).await.map_err(|e| e.to_string())?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     println!("{verb} {} finished jobs and {} events", report.jobs, report.events);

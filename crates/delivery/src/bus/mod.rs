@@ -245,7 +245,8 @@ async fn catch_up_job(hub: &Hub, seen: &Mutex<Seen>, job: Uuid, newest: i64) {
         if known >= newest {
             return;
         }
-        let Ok(events) = hub.store().events_after(job, known, READ_PAGE).await else { return };
+        let Ok(page) = hub.store().events_page(job, known, READ_PAGE, crate::PAGE_BYTES).await else { return };
+        let events = page.events;
         if events.is_empty() {
             return;
         }

@@ -227,6 +227,11 @@ pub async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<Str
     }
 }
 
+/// About the most bytes of events one history page holds: the event that
+/// reaches it ends the page, which then holds fewer than `limit` events
+/// (docs/behaviour.md, "History pages").
+pub const HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// `GET /api/v1/jobs/{job_id}/events`: a page of the job's history.
 #[utoipa::path(
     get,
@@ -235,7 +240,7 @@ pub async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<Str
     params(
         JobPath,
         ("since" = Option<i64>, Query, minimum = 0, description = "Only events with `seq > since` (default 0)"),
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "At most this many events (default 1000)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "At most this many events (default 1000); a page also ends after about 4 MiB of events"),
     ),
     responses(
         (status = 200, description = "The events after `since`, ascending, and the job's newest seq", body = openapi::EventPage),
@@ -258,7 +263,7 @@ pub async fn job_events(
         _ => return Err(ApiError::job_not_found(id)),
     };
     let started = std::time::Instant::now();
-    let events = app.store.events_after(id, since, limit as u64).await?;
+    let events = app.store.events_page(id, since, limit as u64, HISTORY_PAGE_BYTES).await?.events;
     app.metrics.db_read.since(started);
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
