@@ -278,6 +278,15 @@ describe('socket.io-client browser bundle across origins', () => {
     assert.match(preflight.allowMethods, /POST/);
     assert.match(preflight.allowHeaders, /authorization/i);
     assert.match(preflight.vary, /origin/);
+    // A preflight from an origin that is not listed learns nothing of the settings.
+    const stranger = await corsOf(polling, {
+      method: 'OPTIONS',
+      origin: 'https://elsewhere.example',
+      headers: { 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' },
+    });
+    for (const key of ['allowOrigin', 'allowCredentials', 'allowMethods', 'allowHeaders']) {
+      assert.equal(stranger[key], null, key);
+    }
 
     // The API takes its token as a bearer header; `?token=` is for the SSE streams only.
     const requests = [

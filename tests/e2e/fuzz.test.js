@@ -187,6 +187,26 @@ describe('generated hostile input', { skip: skipReason(), timeout: 300_000 }, ()
     assert.equal((await producer.getJob(jobId)).body.lastSeq, before, 'nothing was written');
   });
 
+  it('answers a query parameter given twice with 400 naming it, on reads, streams and writes, and writes nothing', async () => {
+    const before = (await producer.getJob(jobId)).body.lastSeq;
+    const step = `/api/v1/jobs/${jobId}/steps/${stepId}`;
+    const cases = [
+      ['GET', `/api/v1/jobs/${jobId}/events?since=1&since=2`, 'since'],
+      ['GET', `/api/v1/jobs/${jobId}/events/stream?since=0&%73ince=3`, 'since'],
+      ['GET', `/api/v1/jobs?workspaceId=${workspace}&workspaceId=other`, 'workspaceId'],
+      ['GET', `${step}/log/lines?tail=5&tail=9`, 'tail'],
+      ['POST', `/api/v1/jobs/${jobId}/progress?x=1&x=2`, 'x', '{"progress":1}'],
+    ];
+    for (const [method, route, name, text] of cases) {
+      const response = await rawRequest(ctx.server.url, token, method, route, text);
+      assertCleanAnswer(response, `${method} ${route}`);
+      assert.equal(response.status, 400, `${method} ${route} → ${response.status} ${response.text}`);
+      assert.equal(response.body.error.code, 'bad_request', route);
+      assert.match(response.body.error.message, new RegExp(`"${name}"`), route);
+    }
+    assert.equal((await producer.getJob(jobId)).body.lastSeq, before, 'nothing was written');
+  });
+
   it('acks every generated Socket.IO payload cleanly and keeps the socket up', async () => {
     const gen = generator(prng(SEED + 1));
     const socket = await connect(ctx.server.url, token);

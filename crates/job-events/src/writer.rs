@@ -224,10 +224,21 @@ impl JobEvents {
     }
 
     /// A write transaction in the writer's turn, for maintenance (retention).
+    /// On SQLite its first statement takes the write lock (see
+    /// [`commit_order`]), so that another process holding it (a server, while
+    /// `jobstream prune` runs) is waited for as `busy_timeout` allows, rather
+    /// than refused at once when a read in the transaction would have to be
+    /// upgraded to a write.
     pub(crate) async fn begin_write(
         &self,
     ) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, DatabaseTransaction), WriteError> {
-        self.begin().await
+        let (guard, tx) = self.begin().await?;
+        if self.store.backend() == DbBackend::Sqlite {
+            if let Err(err) = commit_order(&tx, DbBackend::Sqlite).await {
+                return Err(rollback(tx, err).await);
+            }
+        }
+        Ok((guard, tx))
     }
 
     /// Writes waiting for the next group commit (SQLite; always 0 on PostgreSQL).

@@ -138,13 +138,22 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, BuildError> {
     Ok(Some(layer.allow_origin(AllowOrigin::list(list)).allow_credentials(true)))
 }
 
-/// Drops `Access-Control-Allow-Credentials` from an answer that allows no
-/// origin (tower-http's `CorsLayer` sends it to every origin): an origin not in
-/// the list learns nothing about the server's CORS settings.
+/// Drops every `Access-Control-*` header from an answer that allows no origin
+/// (tower-http's `CorsLayer` sends its methods, headers, max age, exposed
+/// headers and credentials flag to every origin): an origin not in the list
+/// learns nothing about the server's CORS settings.
 async fn credentials_only_with_origin(mut response: axum::response::Response) -> axum::response::Response {
     let headers = response.headers_mut();
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+        for name in [
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        ] {
+            headers.remove(name);
+        }
     }
     response
 }

@@ -1,6 +1,7 @@
 //! The `jobstream` command: `serve` (the default), `migrate`, `token` and `prune`.
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use clap::Parser;
@@ -78,7 +79,24 @@ async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String>
         .ok_or("--finished-before is too long: at most 100 years")?;
     let prune =
         jobstream_job_events::Prune { finished_before, workspace: args.workspace.clone(), dry_run: args.dry_run };
-    let report = writer.prune(&prune).await.map_err(|e| e.to_string())?;
+    let report = match writer.prune(&prune).await {
+        Ok(report) => report,
+        Err(err) => {
+            // What committed before the error stays deleted: say so.
+            let stats = writer.retention_stats();
+            let (jobs, events) = (stats.jobs.load(Relaxed), stats.events.load(Relaxed));
+            let cause = std::error::Error::source(&err).map(|s| format!(" ({s})")).unwrap_or_default();
+            let hint = if jobstream_job_events::backend_of(url) == Some(jobstream_job_events::DbBackend::Sqlite) {
+                "; a running server keeps SQLite's write lock: use its JOBSTREAM_RETENTION, or stop it and run this again"
+            } else {
+                "; run it again to go on"
+            };
+            let _ = db.close().await;
+            return Err(format!(
+                "prune stopped: {err}{cause}; deleted before that: {jobs} finished jobs and {events} events{hint}"
+            ));
+        }
+    };
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     println!("{verb} {} finished jobs and {} events", report.jobs, report.events);
     let _ = db.close().await;

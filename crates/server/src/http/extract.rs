@@ -63,7 +63,7 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// Why a URL is refused before any route sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
     /// A percent-encoded path segment is not UTF-8 once decoded.
     #[error("the URL's path is not UTF-8 once percent-decoded")]
@@ -71,6 +71,10 @@ pub enum UrlError {
     /// A percent-encoded query name or value is not UTF-8 once decoded.
     #[error("the URL's query is not UTF-8 once percent-decoded")]
     Query,
+    /// A query parameter is given more than once (no route takes a list), so
+    /// which one counts would otherwise depend on the reader.
+    #[error("query parameter {0:?} is given more than once; give it once")]
+    Repeated(String),
 }
 
 /// Checks that every percent-encoded part of a URL decodes to UTF-8
@@ -82,8 +86,16 @@ pub fn check_url(uri: &axum::http::Uri) -> Result<(), UrlError> {
     if !uri.path().split('/').all(|segment| utf8(segment.as_bytes())) {
         return Err(UrlError::Path);
     }
-    if !uri.query().unwrap_or_default().split(['&', '=']).all(|part| utf8(part.as_bytes())) {
+    let query = uri.query().unwrap_or_default();
+    if !query.split(['&', '=']).all(|part| utf8(part.as_bytes())) {
         return Err(UrlError::Query);
+    }
+    let mut names = std::collections::HashSet::new();
+    for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+        if !names.insert(name.clone()) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(UrlError::Repeated(shown));
+        }
     }
     Ok(())
 }
@@ -214,6 +226,14 @@ mod tests {
         assert_eq!(check("/api/v1/jobs/%C3%A9t%C3%A9?q=%E2%9C%93+x&flag"), Ok(Ok(())));
         // A `%` that starts no escape is kept as it is, as browsers do.
         assert_eq!(check("/api/v1/jobs?q=100%"), Ok(Ok(())));
+        // A name given twice, however it is spelled, is refused whatever its values.
+        assert_eq!(check("/api/v1/jobs/j/events?since=1&since=9"), Ok(Err(UrlError::Repeated("since".into()))));
+        assert_eq!(
+            check("/api/v1/jobs/j/events/stream?token=a&to%6Ben=b"),
+            Ok(Err(UrlError::Repeated("token".into())))
+        );
+        assert_eq!(check("/api/v1/jobs?flag&flag"), Ok(Err(UrlError::Repeated("flag".into()))));
+        assert_eq!(check("/api/v1/jobs?a=1&&b=2&A=3"), Ok(Ok(())));
     }
 
     #[test]
