@@ -201,7 +201,47 @@ async fn a_deleted_jobs_id_is_never_given_to_a_new_job(db: &TestDb) {
     assert!(created);
 }
 
+/// A job part-way through deletion (its first slice deleted, then the prune
+/// stopped: a crash, a storage error) reads as deleted everywhere and takes no
+/// writes, rather than showing a history without its end; the next prune
+/// finishes it.
+async fn a_job_whose_deletion_has_begun_is_not_found_and_the_next_prune_finishes_it(db: &TestDb) {
+    let writer = JobEvents::new(db.db.clone(), Arc::new(jobstream_job_events::NullSink));
+    let job = job_with_output(&writer, "ws-1", 30, Some(JobStatus::Completed)).await;
+    let step = writer.store().job(job).await.unwrap().unwrap().steps.unwrap()[0].id;
+    // What the first slice of a large job's deletion leaves when the prune stops there.
+    let backend = db.db.get_database_backend();
+    let mark = sea_orm::sea_query::Query::insert()
+        .into_table(sea_orm::sea_query::Alias::new("pruned_jobs"))
+        .columns([sea_orm::sea_query::Alias::new("id"), sea_orm::sea_query::Alias::new("pruned_at")])
+        .values_panic([job.into(), chrono::Utc::now().into()])
+        .to_owned();
+    db.db.execute(backend.build(&mark)).await.unwrap();
+    db.db.execute(Statement::from_string(backend, "DELETE FROM job_events WHERE seq > 20".to_owned())).await.unwrap();
+
+    assert!(writer.store().job(job).await.unwrap().is_none(), "the job reads as deleted");
+    assert!(writer.store().step_log_info(job, step).await.unwrap().is_none(), "its step log too");
+    let late = jobstream_protocol::CustomEventRequest {
+        event_type: jobstream_protocol::EventType::AiToolCalled,
+        step_id: None,
+        payload: None,
+    };
+    assert!(
+        matches!(
+            writer.write(BatchItem::Event(job, late), |_| true).await,
+            Err(jobstream_job_events::WriteError::JobNotFound(_))
+        ),
+        "and takes no write"
+    );
+    let report =
+        writer.prune(&Prune { finished_before: chrono::Utc::now(), workspace: None, dry_run: false }).await.unwrap();
+    assert_eq!((report.jobs, report.events), (1, 20));
+    assert_eq!(count(db, "SELECT COUNT(*) FROM jobs").await, 0);
+    assert_eq!(count(db, "SELECT COUNT(*) FROM job_events").await, 0);
+}
+
 on_both_engines!(
+    a_job_whose_deletion_has_begun_is_not_found_and_the_next_prune_finishes_it,
     retention_deletes_exactly_the_finished_jobs_older_than_the_cut,
     retention_deletes_every_round_of_small_jobs_and_large_jobs_in_slices,
     a_deleted_jobs_id_is_never_given_to_a_new_job,

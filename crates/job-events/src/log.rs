@@ -70,6 +70,7 @@ impl EventStore {
             return Ok(None);
         }
         let workspace = jobs::Entity::find_by_id(job_id)
+            .filter(crate::store::not_being_deleted())
             .select_only()
             .column(jobs::Column::WorkspaceId)
             .into_tuple::<String>()

@@ -3,10 +3,11 @@
 //!
 //! - Only jobs in a terminal status whose `completedAt` is before the cut are
 //!   deleted; a running job is never deleted, however old.
-//! - Work is done in small transactions (a few thousand events each, newest
-//!   first, so a reader during the deletion sees a shorter history, never a
-//!   hole), each taking the job's row lock on PostgreSQL or the one writer's
-//!   turn on SQLite only for milliseconds, so writers and readers never wait long.
+//! - Work is done in small transactions (at most 1,000 events each; a large
+//!   job is recorded in `pruned_jobs` with its first slice, so it reads as
+//!   deleted from then on, never as a history without its end), each taking
+//!   the job's row lock on PostgreSQL or the one writer's turn on SQLite only
+//!   for milliseconds, so writers and readers never wait long.
 //! - Concurrent runs (several nodes) are safe: every delete re-checks its
 //!   condition, and deleting what is already gone deletes nothing.
 //! - A job being deleted may still take a `job:event` (finished jobs do): the
@@ -258,6 +259,14 @@ impl JobEvents {
                     return Err(err.into());
                 }
             };
+            // From its first slice on, the job reads as deleted (a reader
+            // never sees its history without its end, even if this stops here).
+            if events == 0 && deleted > 0 {
+                if let Err(err) = mark_pruned(&tx, backend, &[id]).await {
+                    let _ = tx.rollback().await;
+                    return Err(err.into());
+                }
+            }
             tx.commit().await?;
             drop(guard);
             self.pace(held.elapsed()).await;

@@ -87,7 +87,7 @@ impl EventStore {
 
     /// A job with its steps, or `None`.
     pub async fn job(&self, id: Uuid) -> Result<Option<JobSnapshot>, ReadError> {
-        let Some(job) = jobs::Entity::find_by_id(id).one(&self.db).await? else {
+        let Some(job) = jobs::Entity::find_by_id(id).filter(not_being_deleted()).one(&self.db).await? else {
             return Ok(None);
         };
         let steps = job_steps::Entity::find()
@@ -379,6 +379,15 @@ impl EventStore {
             .one(&self.db)
             .await?)
     }
+}
+
+/// A condition on `jobs` rows: the job's deletion has not begun. Retention
+/// records a job in `pruned_jobs` with the first slice of its events it
+/// deletes, so that a job part-way through deletion (a long one, or one whose
+/// deletion was cut short) is already `not_found`, never a history without
+/// its end.
+pub(crate) fn not_being_deleted() -> sea_orm::sea_query::SimpleExpr {
+    sea_orm::sea_query::Expr::cust("NOT EXISTS (SELECT 1 FROM pruned_jobs WHERE pruned_jobs.id = jobs.id)")
 }
 
 fn corrupt(message: String) -> ReadError {

@@ -887,8 +887,11 @@ impl<'a> Batch<'a> {
     async fn lock_jobs(&mut self, ids: BTreeSet<Uuid>) -> Result<(), WriteError> {
         let ids: Vec<Uuid> = ids.into_iter().collect();
         for chunk in ids.chunks(INSERT_CHUNK) {
-            let mut select =
-                jobs::Entity::find().filter(jobs::Column::Id.is_in(chunk.to_vec())).order_by_asc(jobs::Column::Id);
+            // A job whose deletion has begun takes no more writes (not found).
+            let mut select = jobs::Entity::find()
+                .filter(jobs::Column::Id.is_in(chunk.to_vec()))
+                .filter(crate::store::not_being_deleted())
+                .order_by_asc(jobs::Column::Id);
             if self.backend == DbBackend::Postgres {
                 select = select.lock_exclusive();
             }
