@@ -265,8 +265,12 @@ impl EventStore {
         Ok(EventPage { events, more })
     }
 
-    /// The rows of [`EventStore::events_page`], one result row each, cut by
-    /// their stored (compressed) size; `more` if rows were left.
+    /// The rows of [`EventStore::events_page`] on PostgreSQL, one result row
+    /// each. The database cuts the page by the rows' stored sizes
+    /// (`pg_column_size`, which reads no value but may be a compressed size,
+    /// so it can let more through); the rows are then read one by one and
+    /// reading stops at `max_bytes` of their JSON text, so what is held stays
+    /// about `max_bytes` however well the events compress. `more` if rows were left.
     async fn event_rows(
         &self,
         job_id: Uuid,
@@ -274,26 +278,36 @@ impl EventStore {
         limit: u64,
         max_bytes: usize,
     ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
-        use sea_orm::FromQueryResult;
+        use futures::StreamExt;
+        use sea_orm::{FromQueryResult, StreamTrait};
         const PAGE: &str = "WITH sizes AS (SELECT seq, pg_column_size(data) AS size FROM job_events \
                  WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3), \
              marks AS (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < $4 AS within \
                  FROM sizes), \
              cut AS (SELECT count(*) AS n, count(*) FILTER (WHERE within) AS kept, \
                  max(seq) FILTER (WHERE within) AS last FROM marks) \
-             SELECT e.*, (cut.n >= $3 OR cut.kept < cut.n) AS more FROM job_events e, cut \
-             WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= cut.last ORDER BY e.seq";
+             SELECT e.*, (cut.n >= $3 OR cut.kept < cut.n) AS more, octet_length(e.data::text)::bigint AS bytes \
+             FROM job_events e, cut WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= cut.last ORDER BY e.seq";
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
             PAGE,
-            [job_id.into(), since.into(), limit.into(), max_bytes.into()],
+            [job_id.into(), since.into(), limit.into(), budget.into()],
         );
         let mut more = false;
         let mut rows = Vec::new();
-        for row in self.db.query_all(statement).await? {
+        let mut held = 0usize;
+        let mut stream = self.db.stream(statement).await?;
+        while let Some(row) = stream.next().await {
+            let row = row?;
+            if held >= max_bytes {
+                // Rows the stored sizes let through past the bound: not read.
+                more = true;
+                break;
+            }
             more |= row.try_get::<bool>("", "more")?;
+            held += usize::try_from(row.try_get::<i64>("", "bytes")?).unwrap_or(usize::MAX);
             rows.push(job_events::Model::from_query_result(&row, "")?);
         }
         Ok((rows, more))
