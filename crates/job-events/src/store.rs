@@ -266,11 +266,9 @@ impl EventStore {
     }
 
     /// The rows of [`EventStore::events_page`] on PostgreSQL, one result row
-    /// each. The database cuts the page by the rows' stored sizes
-    /// (`pg_column_size`, which reads no value but may be a compressed size,
-    /// so it can let more through); the rows are then read one by one and
-    /// reading stops at `max_bytes` of their JSON text, so what is held stays
-    /// about `max_bytes` however well the events compress. `more` if rows were left.
+    /// each, cut by the database at `max_bytes` of their JSON text (so what is
+    /// sent and held stays about `max_bytes` however well the events
+    /// compress); reading also stops there. `more` if rows were left.
     async fn event_rows(
         &self,
         job_id: Uuid,
@@ -280,14 +278,22 @@ impl EventStore {
     ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
         use futures::StreamExt;
         use sea_orm::{FromQueryResult, StreamTrait};
-        const PAGE: &str = "WITH sizes AS (SELECT seq, pg_column_size(data) AS size FROM job_events \
+        // `rough`: a first cut by stored sizes (no value read; a compressed
+        // size is smaller than the text, so this cut is never short); then
+        // `cut`: by the text sizes of only those rows (a compressed value is
+        // expanded here at most to what the first cut let through).
+        const PAGE: &str = "WITH stored AS (SELECT seq, pg_column_size(data) AS size FROM job_events \
                  WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3), \
-             marks AS (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < $4 AS within \
-                 FROM sizes), \
-             cut AS (SELECT count(*) AS n, count(*) FILTER (WHERE within) AS kept, \
-                 max(seq) FILTER (WHERE within) AS last FROM marks) \
-             SELECT e.*, (cut.n >= $3 OR cut.kept < cut.n) AS more, octet_length(e.data::text)::bigint AS bytes \
-             FROM job_events e, cut WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= cut.last ORDER BY e.seq";
+             rough AS MATERIALIZED (SELECT count(*) AS n, max(seq) FILTER (WHERE within) AS last FROM \
+                 (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < $4 AS within \
+                  FROM stored) AS m), \
+             exact AS MATERIALIZED (SELECT seq, octet_length(data::text) AS size FROM job_events \
+                 WHERE job_id = $1 AND seq > $2 AND seq <= (SELECT last FROM rough)), \
+             cut AS MATERIALIZED (SELECT count(*) FILTER (WHERE within) AS kept, max(seq) FILTER (WHERE within) AS last FROM \
+                 (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < $4 AS within \
+                  FROM exact) AS m) \
+             SELECT e.*, (rough.n >= $3 OR cut.kept < rough.n) AS more, octet_length(e.data::text)::bigint AS bytes \
+             FROM job_events e, rough, cut WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= cut.last ORDER BY e.seq";
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
         let statement = Statement::from_sql_and_values(
