@@ -35,7 +35,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct PruneArgs {
     /// Delete jobs that finished longer ago than this: e.g. 30d, 12h.
-    #[arg(long = "finished-before", value_parser = parse_duration)]
+    #[arg(long = "finished-before", value_parser = parse_duration, allow_hyphen_values = true)]
     pub finished_before: Duration,
     /// Only this workspace's jobs.
     #[arg(long)]
@@ -52,9 +52,14 @@ pub struct PruneArgs {
 /// refused, so that `now + d` and `now - d` stay in range wherever they are used.
 pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 86_400);
 
+/// The shortest duration any setting takes.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+
 /// Parses a duration setting: a number of seconds (`90`, `1.5`) or
-/// [`humantime`]'s form (`500ms`, `90s`, `30m`, `24h`, `7d`, `1h 30m`).
-/// It must be above zero and at most [`MAX_DURATION`].
+/// [`humantime`]'s form (`500ms`, `90s`, `30m`, `24h`, `7d`, `2w`, `1h 30m`).
+/// It must be at least [`MIN_DURATION`] and at most [`MAX_DURATION`]. An
+/// upper-case `M` (humantime's month, one letter from `m`, a minute) is
+/// refused: months are written `30d` or `1month`.
 ///
 /// # Errors
 /// A message naming the text and the expected form, for clap to print with
@@ -62,6 +67,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(36_525 * 86_400);
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let form = "use e.g. 500ms, 90s, 30m, 24h or 7d";
+    if text.contains('M') {
+        return Err(format!("{text:?}: `M` would be months (`m` is minutes); write days (30d) or `month`"));
+    }
     let duration = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a duration: {form}"))?;
         Duration::try_from_secs_f64(seconds).ok().filter(|d| *d <= MAX_DURATION)
@@ -74,9 +82,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     match duration {
         None => Err(format!("{text:?} is too long: at most 100 years")),
-        Some(d) if d.is_zero() => Err(format!("{text:?}: the duration must be above zero")),
+        Some(d) if d < MIN_DURATION => Err(format!("{text:?}: the duration must be at least 1ms")),
         Some(d) => Ok(d),
     }
+}
+
+/// Parses a token lifetime: a duration ([`parse_duration`]) of at least one
+/// second, as `exp` counts whole seconds.
+///
+/// # Errors
+/// As [`parse_duration`], and for less than a second.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < Duration::from_secs(1) {
+        return Err(format!("{text:?}: a token lives at least 1s (`exp` counts whole seconds)"));
+    }
+    Ok(ttl)
 }
 
 /// A retention: `off` (`None`), or a duration such as `30d`.
@@ -132,11 +153,11 @@ pub struct ServeArgs {
     pub socket_buffer: usize,
     /// How long a client may read nothing while the server has data for it
     /// before its connection is closed (it resumes with `since`).
-    #[arg(long = "stall-timeout", env = "JOBSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "stall-timeout", env = "JOBSTREAM_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub stall_timeout: std::time::Duration,
     /// Delete finished jobs (with their steps and events) this long after they
     /// finished: a duration such as `30d`, or `off`.
-    #[arg(long, env = "JOBSTREAM_RETENTION", default_value = "off", value_parser = parse_retention)]
+    #[arg(long, env = "JOBSTREAM_RETENTION", default_value = "off", value_parser = parse_retention, allow_hyphen_values = true)]
     pub retention: Retention,
     /// Token verification besides JOBSTREAM_JWT_SECRET.
     #[command(flatten)]
@@ -215,7 +236,7 @@ pub struct TokenArgs {
     #[arg(long, default_value = "subscribe")]
     pub scope: String,
     /// How long the token is valid: e.g. 90s, 30m, 24h, 7d.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_ttl, allow_hyphen_values = true)]
     pub ttl: Duration,
     /// The server's `iss` and `aud`, put in the token.
     #[command(flatten)]
@@ -343,7 +364,10 @@ mod tests {
         assert_eq!(parse_duration(" 30d "), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
         assert_eq!(parse_duration("100y").map(|d| d <= MAX_DURATION), Ok(true));
-        for bad in ["", "0", "0s", "-1s", "10 parsecs", "d", "1.5.2", "nan", "inf", "1e400"] {
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert!(parse_ttl("500ms").is_err());
+        assert_eq!(parse_ttl("1s"), Ok(Duration::from_secs(1)));
+        for bad in ["", "0", "0s", "-1s", "10 parsecs", "d", "1.5.2", "nan", "inf", "1e400", "1ns", "999us", "1M"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         // Whatever overflows a u64, a chrono duration or a date is refused, not wrapped.

@@ -73,10 +73,10 @@ pub struct LimitArgs {
     pub max_connections: usize,
     /// Time a client has to send a request head, from the connection's start
     /// or the end of the previous response (so also the idle keep-alive timeout).
-    #[arg(long = "header-timeout", env = "JOBSTREAM_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long = "header-timeout", env = "JOBSTREAM_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::config::parse_duration, allow_hyphen_values = true)]
     pub header_timeout: Duration,
     /// Time a client has to send a request body, from the end of its head.
-    #[arg(long = "body-timeout", env = "JOBSTREAM_BODY_TIMEOUT", default_value = "30s", value_parser = crate::config::parse_duration)]
+    #[arg(long = "body-timeout", env = "JOBSTREAM_BODY_TIMEOUT", default_value = "30s", value_parser = crate::config::parse_duration, allow_hyphen_values = true)]
     pub body_timeout: Duration,
     /// Socket.IO connections open at once with tokens of one `sub`, on this node. 0: no limit.
     #[arg(
