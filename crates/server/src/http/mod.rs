@@ -227,10 +227,11 @@ pub async fn get_job(State(app): State<AppState>, auth: Auth, Path(id): Path<Str
     }
 }
 
-/// About the most bytes of events one history page holds: the event that
-/// reaches it ends the page, which then holds fewer than `limit` events
+/// About the most bytes of events read from the database at a time while a
+/// history page is written: the page (`limit` events, as asked) is streamed
+/// in reads of this size, so its memory is bounded whatever its events weigh
 /// (docs/behaviour.md, "History pages").
-pub const HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
+pub const HISTORY_READ_BYTES: usize = 1024 * 1024;
 
 /// `GET /api/v1/jobs/{job_id}/events`: a page of the job's history.
 #[utoipa::path(
@@ -240,7 +241,7 @@ pub const HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
     params(
         JobPath,
         ("since" = Option<i64>, Query, minimum = 0, description = "Only events with `seq > since` (default 0)"),
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "At most this many events (default 1000); a page also ends after about 4 MiB of events"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "At most this many events (default 1000)"),
     ),
     responses(
         (status = 200, description = "The events after `since`, ascending, and the job's newest seq", body = openapi::EventPage),
@@ -262,16 +263,50 @@ pub async fn job_events(
         Some(job) if auth.allows(Action::Read, &job.workspace_id) => job.last_seq,
         _ => return Err(ApiError::job_not_found(id)),
     };
+    // The first read is made before answering, so that an unavailable
+    // database is a 503 rather than a cut body; the rest is streamed.
     let started = std::time::Instant::now();
-    let events = app.store.events_page(id, since, limit as u64, HISTORY_PAGE_BYTES).await?.events;
+    let first = app.store.events_page(id, since, limit as u64, HISTORY_READ_BYTES).await?;
     app.metrics.db_read.since(started);
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page<'a> {
-        events: Vec<&'a RawValue>,
-        last_seq: i64,
-    }
-    Ok(Json(Page { events: events.iter().map(|e| &*e.json).collect(), last_seq }).into_response())
+    let state = HistoryStream { store: app.store.clone(), job: id, left: limit as u64, next: Some(first), sent: 0 };
+    let head = futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"events\":[")) });
+    let events = futures::stream::unfold(state, |mut state| async move {
+        let page = state.next.take()?;
+        let mut out = String::with_capacity(page.events.iter().map(|e| e.json.get().len() + 1).sum::<usize>());
+        for event in &page.events {
+            if state.sent > 0 {
+                out.push(',');
+            }
+            state.sent += 1;
+            out.push_str(event.json.get());
+        }
+        state.left = state.left.saturating_sub(page.events.len() as u64);
+        if let (true, Some(last)) = (page.more && state.left > 0, page.events.last()) {
+            match state.store.events_page(state.job, last.event.seq, state.left, HISTORY_READ_BYTES).await {
+                Ok(next) => state.next = Some(next),
+                Err(err) => {
+                    tracing::warn!(error = %err, job = %state.job, "history: read failed; the answer is cut");
+                    return Some((Err(std::io::Error::other("history read failed")), state));
+                }
+            }
+        }
+        Some((Ok(bytes::Bytes::from(out)), state))
+    });
+    let tail = futures::stream::once(async move { Ok(bytes::Bytes::from(format!("],\"lastSeq\":{last_seq}}}"))) });
+    let body = futures::StreamExt::chain(futures::StreamExt::chain(head, events), tail);
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(body)).into_response())
+}
+
+/// Where a streamed history page is.
+struct HistoryStream {
+    store: jobstream_job_events::EventStore,
+    job: Uuid,
+    /// Events still to send.
+    left: u64,
+    /// The next read, if any.
+    next: Option<jobstream_job_events::EventPage>,
+    /// Events sent so far.
+    sent: u64,
 }
 
 /// The answer of a write route: `{ event }` or `{ step, event }`.
