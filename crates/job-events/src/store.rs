@@ -231,10 +231,11 @@ impl EventStore {
     /// at least one event when there is one. `max_bytes` is at most
     /// [`MAX_PAGE_BYTES`]. [`EventPage::more`] tells whether events may follow.
     ///
-    /// The cut is made by the database from each row's stored size (SQLite:
-    /// the exact byte length, read without the value; PostgreSQL: the stored,
-    /// possibly compressed size, then cut exactly here), so rows past it are
-    /// never sent or held.
+    /// The cut is made by the database from each row's byte length (SQLite:
+    /// read from the row header; PostgreSQL: first by stored size, then by
+    /// text size over only those rows), so rows past it are never sent or
+    /// held; what is held here is then bounded once more by the events' wire
+    /// JSON, the form the callers keep.
     pub async fn events_page(
         &self,
         job_id: Uuid,
@@ -242,11 +243,16 @@ impl EventStore {
         limit: u64,
         max_bytes: usize,
     ) -> Result<EventPage, ReadError> {
-        let limit = limit.clamp(1, i64::MAX as u64);
         let max_bytes = max_bytes.clamp(1, MAX_PAGE_BYTES);
+        let values = [
+            job_id.into(),
+            since.into(),
+            i64::try_from(limit.max(1)).unwrap_or(i64::MAX).into(),
+            i64::try_from(max_bytes).unwrap_or(i64::MAX).into(),
+        ];
         let (rows, mut more) = match self.backend() {
-            DbBackend::Sqlite => self.event_rows_as_one(job_id, since, limit, max_bytes).await?,
-            _ => self.event_rows(job_id, since, limit, max_bytes).await?,
+            DbBackend::Sqlite => self.event_rows_as_one(job_id, values).await?,
+            _ => self.event_rows(values, max_bytes).await?,
         };
         let mut events = Vec::with_capacity(rows.len());
         let mut bytes = 0;
@@ -268,12 +274,11 @@ impl EventStore {
     /// The rows of [`EventStore::events_page`] on PostgreSQL, one result row
     /// each, cut by the database at `max_bytes` of their JSON text (so what is
     /// sent and held stays about `max_bytes` however well the events
-    /// compress); reading also stops there. `more` if rows were left.
+    /// compress); reading also stops there. `values`: the job, `since`, the
+    /// limit and the byte bound. `more` if rows were left.
     async fn event_rows(
         &self,
-        job_id: Uuid,
-        since: i64,
-        limit: u64,
+        values: [sea_orm::Value; 4],
         max_bytes: usize,
     ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
         use futures::StreamExt;
@@ -294,13 +299,7 @@ impl EventStore {
                   FROM exact) AS m) \
              SELECT e.*, (rough.n >= $3 OR cut.kept < rough.n) AS more, octet_length(e.data::text)::bigint AS bytes \
              FROM job_events e, rough, cut WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= cut.last ORDER BY e.seq";
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let budget = i64::try_from(max_bytes).unwrap_or(i64::MAX);
-        let statement = Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            PAGE,
-            [job_id.into(), since.into(), limit.into(), budget.into()],
-        );
+        let statement = Statement::from_sql_and_values(DbBackend::Postgres, PAGE, values);
         let mut more = false;
         let mut rows = Vec::new();
         let mut held = 0usize;
@@ -330,20 +329,23 @@ impl EventStore {
     async fn event_rows_as_one(
         &self,
         job_id: Uuid,
-        since: i64,
-        limit: u64,
-        max_bytes: usize,
+        values: [sea_orm::Value; 4],
     ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
         // The columns of `job_events::Model` as a JSON array, ids as hex;
         // `data` (JSON text as stored) is spliced in last, not parsed by
         // SQLite. The rows come in `seq` order from the subquery, and the
         // order is checked below rather than sorted again by SQLite.
+        // The running sum (a window) is only computed when the rows' total
+        // passes the bound: the common page of small events skips it.
         const PAGE: &str = "WITH sizes AS (SELECT seq, octet_length(data) AS size FROM job_events \
                  WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3), \
+             whole AS (SELECT count(*) AS n, total(size) AS t, max(seq) AS m FROM sizes), \
              marks AS (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < ?4 AS within \
                  FROM sizes), \
-             cut AS (SELECT count(*) AS n, total(within) AS kept, max(CASE WHEN within THEN seq END) AS last \
-                 FROM marks) \
+             cut AS (SELECT n, \
+                 CASE WHEN t < ?4 THEN n ELSE (SELECT total(within) FROM marks) END AS kept, \
+                 CASE WHEN t < ?4 THEN m ELSE (SELECT max(CASE WHEN within THEN seq END) FROM marks) END AS last \
+                 FROM whole) \
              SELECT (SELECT n >= ?3 OR kept < n FROM cut), \
              (SELECT '[' || group_concat(rtrim(json_array(hex(id), hex(job_id), seq, event_type, \
              workspace_id, CASE WHEN step_id IS NULL THEN NULL ELSE hex(step_id) END, created_at, commit_order, \
@@ -351,13 +353,7 @@ impl EventStore {
              FROM (SELECT * FROM job_events WHERE job_id = ?1 AND seq > ?2 AND seq <= (SELECT last FROM cut) \
              ORDER BY seq))";
         type Row = (Uuid, Uuid, i64, String, String, Option<Uuid>, String, Option<i64>, Option<i64>, serde_json::Value);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
-        let statement = Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            PAGE,
-            [job_id.into(), since.into(), limit.into(), max_bytes.into()],
-        );
+        let statement = Statement::from_sql_and_values(DbBackend::Sqlite, PAGE, values);
         let Some(result) = self.db.query_one(statement).await? else { return Ok((Vec::new(), false)) };
         let more = result.try_get_by_index::<Option<bool>>(0)?.unwrap_or(false);
         // No row: the aggregate of nothing is NULL.
