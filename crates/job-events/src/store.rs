@@ -250,25 +250,20 @@ impl EventStore {
             i64::try_from(limit.max(1)).unwrap_or(i64::MAX).into(),
             i64::try_from(max_bytes).unwrap_or(i64::MAX).into(),
         ];
-        let (rows, mut more) = match self.backend() {
-            DbBackend::Sqlite => self.event_rows_as_one(job_id, values).await?,
-            _ => self.event_rows(values, max_bytes).await?,
-        };
-        let mut events = Vec::with_capacity(rows.len());
-        let mut bytes = 0;
-        for row in rows {
-            if bytes >= max_bytes {
-                more = true;
-                break;
-            }
-            let order = row.commit_order;
-            let event = stored_event(row)?;
-            let committed =
-                Committed::new(event, order).map_err(|e| corrupt(format!("event cannot be encoded: {e}")))?;
-            bytes += committed.json.get().len();
-            events.push(Arc::new(committed));
+        if self.backend() == DbBackend::Sqlite {
+            // The whole page is one value; its events are made as it is read.
+            let page = self.sqlite_page(values).await?;
+            return page.events(job_id, max_bytes);
         }
-        Ok(EventPage { events, more })
+        let (rows, more) = self.event_rows(values, max_bytes).await?;
+        page_of(
+            rows.into_iter().map(|row| {
+                let order = row.commit_order;
+                Ok((stored_event(row)?, order))
+            }),
+            more,
+            max_bytes,
+        )
     }
 
     /// The rows of [`EventStore::events_page`] on PostgreSQL, one result row
@@ -326,64 +321,39 @@ impl EventStore {
     /// The page is cut by the rows' byte lengths first (`octet_length` reads
     /// a row's length from its header, not its value), so the one value stays
     /// far below SQLite's largest string (1e9 bytes).
-    async fn event_rows_as_one(
-        &self,
-        job_id: Uuid,
-        values: [sea_orm::Value; 4],
-    ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
-        // The columns of `job_events::Model` as a JSON array, ids as hex;
+    async fn sqlite_page(&self, values: [sea_orm::Value; 4]) -> Result<SqlitePage, ReadError> {
+        // Each row as a JSON array in the order of `PageRow`, ids as hex;
         // `data` (JSON text as stored) is spliced in last, not parsed by
         // SQLite. The rows come in `seq` order from the subquery, and the
-        // order is checked below rather than sorted again by SQLite.
-        // The running sum (a window) is only computed when the rows' total
-        // passes the bound: the common page of small events skips it.
-        const PAGE: &str = "WITH sizes AS (SELECT seq, octet_length(data) AS size FROM job_events \
-                 WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3), \
-             whole AS (SELECT count(*) AS n, total(size) AS t, max(seq) AS m FROM sizes), \
-             marks AS (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < ?4 AS within \
-                 FROM sizes), \
-             cut AS (SELECT n, \
-                 CASE WHEN t < ?4 THEN n ELSE (SELECT total(within) FROM marks) END AS kept, \
-                 CASE WHEN t < ?4 THEN m ELSE (SELECT max(CASE WHEN within THEN seq END) FROM marks) END AS last \
-                 FROM whole) \
-             SELECT (SELECT n >= ?3 OR kept < n FROM cut), \
-             (SELECT '[' || group_concat(rtrim(json_array(hex(id), hex(job_id), seq, event_type, \
-             workspace_id, CASE WHEN step_id IS NULL THEN NULL ELSE hex(step_id) END, created_at, commit_order, \
-             line), ']') || ',' || data || ']', ',') || ']' \
-             FROM (SELECT * FROM job_events WHERE job_id = ?1 AND seq > ?2 AND seq <= (SELECT last FROM cut) \
-             ORDER BY seq))";
-        type Row = (Uuid, Uuid, i64, String, String, Option<Uuid>, String, Option<i64>, Option<i64>, serde_json::Value);
+        // order is checked when they are read rather than sorted again by
+        // SQLite.
+        // `whole`: the count, total size and last seq of the next `limit`
+        // rows, from their headers. The page ends at the last of them when
+        // their total is under the bound (the common page of small events);
+        // only otherwise is a running sum (a window) computed to find the
+        // row that reaches the bound. `more`: rows were left by the limit or
+        // by the cut. (A plan with the cut in CTEs of its own, each
+        // materialized, cost 1.5–2× this one per page; BENCHMARKS §7.)
+        const PAGE: &str = "WITH whole AS MATERIALIZED (SELECT count(*) AS n, total(size) AS t, max(seq) AS m FROM \
+                 (SELECT seq, octet_length(data) AS size FROM job_events \
+                  WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)) \
+             SELECT (SELECT n FROM whole) >= ?3 OR count(*) < (SELECT n FROM whole), \
+             '[' || group_concat(rtrim(json_array(hex(id), seq, event_type, workspace_id, \
+             CASE WHEN step_id IS NULL THEN NULL ELSE hex(step_id) END, created_at, commit_order), ']') \
+             || ',' || data || ']', ',') || ']' \
+             FROM (SELECT * FROM job_events WHERE job_id = ?1 AND seq > ?2 AND seq <= \
+                 (SELECT CASE WHEN t < ?4 THEN m ELSE \
+                     (SELECT max(seq) FROM (SELECT seq, sum(octet_length(data)) OVER \
+                         (ORDER BY seq ROWS UNBOUNDED PRECEDING) - octet_length(data) AS before \
+                      FROM job_events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3) WHERE before < ?4) \
+                  END FROM whole) \
+             ORDER BY seq)";
         let statement = Statement::from_sql_and_values(DbBackend::Sqlite, PAGE, values);
-        let Some(result) = self.db.query_one(statement).await? else { return Ok((Vec::new(), false)) };
+        let Some(result) = self.db.query_one(statement).await? else { return Ok(SqlitePage::default()) };
         let more = result.try_get_by_index::<Option<bool>>(0)?.unwrap_or(false);
         // No row: the aggregate of nothing is NULL.
-        let Some(page) = result.try_get_by_index::<Option<String>>(1)? else { return Ok((Vec::new(), false)) };
-        let mut rows: Vec<Row> =
-            serde_json::from_str(&page).map_err(|e| corrupt(format!("events of job {job_id} cannot be read: {e}")))?;
-        if !rows.is_sorted_by_key(|row| row.2) {
-            rows.sort_unstable_by_key(|row| row.2);
-        }
-        let rows = rows
-            .into_iter()
-            .map(|(id, job_id, seq, event_type, workspace_id, step_id, created_at, commit_order, line, data)| {
-                let created_at = chrono::DateTime::parse_from_rfc3339(&created_at)
-                    .map_err(|_| corrupt(format!("event {id} has an invalid time {created_at:?}")))?
-                    .with_timezone(&chrono::Utc);
-                Ok(job_events::Model {
-                    id,
-                    job_id,
-                    seq,
-                    event_type,
-                    workspace_id,
-                    step_id,
-                    created_at,
-                    data,
-                    commit_order,
-                    line,
-                })
-            })
-            .collect::<Result<_, ReadError>>()?;
-        Ok((rows, more))
+        let text = result.try_get_by_index::<Option<String>>(1)?;
+        Ok(SqlitePage { text, more })
     }
 
     /// The `lastSeq` of a job, or `None` if it does not exist.
@@ -395,6 +365,95 @@ impl EventStore {
             .one(&self.db)
             .await?)
     }
+}
+
+/// A SQLite page as read: the rows as one JSON text (see
+/// [`EventStore::sqlite_page`]), `None` when there were none.
+#[derive(Default)]
+struct SqlitePage {
+    text: Option<String>,
+    more: bool,
+}
+
+/// One row of a [`SqlitePage`], in the order of the page query's
+/// `json_array`; strings are borrowed from the page where they have no
+/// escapes, and `data` is the stored text, read once into its typed body.
+#[derive(serde::Deserialize)]
+struct PageRow<'a> {
+    id: Uuid,
+    seq: i64,
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    workspace_id: String,
+    step_id: Option<Uuid>,
+    #[serde(borrow)]
+    created_at: std::borrow::Cow<'a, str>,
+    commit_order: Option<i64>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
+impl SqlitePage {
+    /// The page's events of job `job_id` (the rows are that job's: the query
+    /// selects by it), cut at `max_bytes` of wire JSON like every page.
+    fn events(self, job_id: Uuid, max_bytes: usize) -> Result<EventPage, ReadError> {
+        let Some(text) = self.text else { return Ok(EventPage { events: Vec::new(), more: false }) };
+        let rows: Vec<PageRow<'_>> =
+            serde_json::from_str(&text).map_err(|e| corrupt(format!("events of job {job_id} cannot be read: {e}")))?;
+        let mut last = i64::MIN;
+        let mut sorted = true;
+        for row in &rows {
+            sorted &= row.seq > last;
+            last = row.seq;
+        }
+        let mut rows = rows;
+        if !sorted {
+            rows.sort_unstable_by_key(|row| row.seq);
+        }
+        let events = rows.into_iter().map(|row| {
+            let event_type = parse("event type", &row.event_type, EventType::parse)?;
+            let body = EventBody::from_stored_json(event_type, row.data.get())
+                .map_err(|e| corrupt(format!("event {} has invalid data: {e}", row.id)))?;
+            let timestamp = chrono::DateTime::parse_from_rfc3339(&row.created_at)
+                .map_err(|_| corrupt(format!("event {} has an invalid time {:?}", row.id, row.created_at)))?
+                .with_timezone(&chrono::Utc);
+            let event = Event {
+                event_id: row.id,
+                seq: row.seq,
+                event_type,
+                job_id,
+                workspace_id: row.workspace_id,
+                step_id: row.step_id,
+                timestamp: timestamp.into(),
+                body,
+            };
+            Ok((event, row.commit_order))
+        });
+        page_of(events, self.more, max_bytes)
+    }
+}
+
+/// An [`EventPage`] of `events` (ascending), encoded, ending once it holds
+/// `max_bytes` of wire JSON (the event that reaches it is the last); `more`
+/// as the database said, or set when this cut leaves events behind.
+fn page_of(
+    events: impl Iterator<Item = Result<(Event, Option<i64>), ReadError>>,
+    mut more: bool,
+    max_bytes: usize,
+) -> Result<EventPage, ReadError> {
+    let mut page = Vec::with_capacity(events.size_hint().0);
+    let mut bytes = 0;
+    for event in events {
+        if bytes >= max_bytes {
+            more = true;
+            break;
+        }
+        let (event, order) = event?;
+        let committed = Committed::new(event, order).map_err(|e| corrupt(format!("event cannot be encoded: {e}")))?;
+        bytes += committed.json.get().len();
+        page.push(Arc::new(committed));
+    }
+    Ok(EventPage { events: page, more })
 }
 
 /// A condition on `jobs` rows: the job's deletion has not begun. Retention

@@ -293,17 +293,29 @@ impl EventBody {
 
     /// Reads the stored fields of an event of `event_type`.
     pub fn from_stored(event_type: EventType, data: Value) -> Result<Self, serde_json::Error> {
-        use serde_json::from_value as read;
+        Self::read_stored(event_type, data)
+    }
+
+    /// Reads the stored fields of an event of `event_type` from their JSON
+    /// text, without building a [`Value`] on the way (the replay path).
+    pub fn from_stored_json(event_type: EventType, data: &str) -> Result<Self, serde_json::Error> {
+        let mut reader = serde_json::Deserializer::from_str(data);
+        let body = Self::read_stored(event_type, &mut reader)?;
+        reader.end()?;
+        Ok(body)
+    }
+
+    fn read_stored<'de, D: serde::Deserializer<'de>>(event_type: EventType, data: D) -> Result<Self, D::Error> {
         use SocketEvent as S;
         Ok(match event_type.socket_event() {
-            S::JobCreated => Self::JobCreated(read(data)?),
-            S::JobStatus => Self::Status(read(data)?),
-            S::JobProgress => Self::JobProgress(read(data)?),
-            S::StepStarted => Self::StepStarted(read(data)?),
-            S::StepProgress => Self::StepProgress(read(data)?),
-            S::StepOutput => Self::StepOutput(read(data)?),
-            S::StepCompleted => Self::StepFinished(read(data)?),
-            S::JobEvent => Self::Custom(read(data)?),
+            S::JobCreated => Self::JobCreated(Deserialize::deserialize(data)?),
+            S::JobStatus => Self::Status(Deserialize::deserialize(data)?),
+            S::JobProgress => Self::JobProgress(Deserialize::deserialize(data)?),
+            S::StepStarted => Self::StepStarted(Deserialize::deserialize(data)?),
+            S::StepProgress => Self::StepProgress(Deserialize::deserialize(data)?),
+            S::StepOutput => Self::StepOutput(Deserialize::deserialize(data)?),
+            S::StepCompleted => Self::StepFinished(Deserialize::deserialize(data)?),
+            S::JobEvent => Self::Custom(Deserialize::deserialize(data)?),
         })
     }
 }
