@@ -46,7 +46,7 @@ use jobstream_protocol::{JobSnapshot, Room};
 use jobstream_rooms::{EventKey, Subscriptions, Verdict};
 use uuid::Uuid;
 
-use jobstream_job_events::{Committed, EventSink, ReadError, WorkspaceSnapshot};
+use jobstream_job_events::{Committed, EventPage, EventSink, ReadError, WorkspaceSnapshot};
 
 use crate::source::EventSource;
 
@@ -940,27 +940,55 @@ impl Worker {
     }
 
     /// Sends a job's committed events after its cursor, page by page, until the
-    /// database has no more.
+    /// database has no more. While a full page is being sent, the next one is
+    /// read (from the page's last `seq`), so the database and the sending
+    /// overlap; a catch-up holds at most these two pages.
     async fn catch_up(&mut self, job_id: Uuid) -> Result<(), Stop> {
         let page_size = self.hub.inner.config.page_size.max(1);
         self.hub.inner.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
+        let mut next: Option<(i64, EventPage)> = None;
         loop {
             let cursor = self.c.subs.cursor(job_id).unwrap_or(0);
-            let page = self
-                .read(|store| async move { store.events_page(job_id, cursor, page_size, PAGE_BYTES).await })
-                .await?;
-            for event in page.events {
-                match self.c.subs.classify(key(&event)) {
-                    Verdict::Deliver => self.deliver(&event).await?,
-                    Verdict::Duplicate => {}
-                    // Unsubscribed meanwhile, or a hole in the table: nothing more to send.
-                    _ => return Ok(()),
+            let page = match next.take() {
+                // Read from where this page's predecessor ended, which is
+                // where its sending left the cursor.
+                Some((since, page)) if since == cursor => page,
+                _ => {
+                    self.read(|store| async move { store.events_page(job_id, cursor, page_size, PAGE_BYTES).await })
+                        .await?
                 }
-            }
-            if !page.more {
+            };
+            let more = page.more;
+            let last = page.events.last().map(|event| event.event.seq);
+            let sent = match last.filter(|_| more) {
+                Some(since) => {
+                    let store = self.hub.inner.store.clone();
+                    let read = Box::pin(async move { store.events_page(job_id, since, page_size, PAGE_BYTES).await });
+                    let (sent, read) = tokio::join!(self.send_page(page.events), read);
+                    // A failed read is read again, with retries, by the next turn.
+                    next = read.ok().map(|page| (since, page));
+                    sent?
+                }
+                None => self.send_page(page.events).await?,
+            };
+            if !sent || !more {
                 return Ok(());
             }
         }
+    }
+
+    /// Sends a page's events that the subscriber has not had; `false` when it
+    /// stopped early (unsubscribed meanwhile, or a hole in the table: nothing
+    /// more to send).
+    async fn send_page(&mut self, events: Vec<Arc<Committed>>) -> Result<bool, Stop> {
+        for event in events {
+            match self.c.subs.classify(key(&event)) {
+                Verdict::Deliver => self.deliver(&event).await?,
+                Verdict::Duplicate => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// Starts the cursor of a job followed through `workspace_id` at the last

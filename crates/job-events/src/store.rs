@@ -255,15 +255,8 @@ impl EventStore {
             let page = self.sqlite_page(values).await?;
             return page.events(job_id, max_bytes);
         }
-        let (rows, more) = self.event_rows(values, max_bytes).await?;
-        page_of(
-            rows.into_iter().map(|row| {
-                let order = row.commit_order;
-                Ok((stored_event(row)?, order))
-            }),
-            more,
-            max_bytes,
-        )
+        let (rows, more) = self.event_rows(job_id, values, max_bytes).await?;
+        page_of(rows.into_iter(), more, max_bytes)
     }
 
     /// The rows of [`EventStore::events_page`] on PostgreSQL, one result row
@@ -273,27 +266,42 @@ impl EventStore {
     /// limit and the byte bound. `more` if rows were left.
     async fn event_rows(
         &self,
+        job_id: Uuid,
         values: [sea_orm::Value; 4],
         max_bytes: usize,
-    ) -> Result<(Vec<job_events::Model>, bool), ReadError> {
+    ) -> Result<(Vec<Result<(Event, Option<i64>), ReadError>>, bool), ReadError> {
         use futures::StreamExt;
-        use sea_orm::{FromQueryResult, StreamTrait};
-        // `rough`: a first cut by stored sizes (no value read; a compressed
-        // size is smaller than the text, so this cut is never short); then
-        // `cut`: by the text sizes of only those rows (a compressed value is
-        // expanded here at most to what the first cut let through).
-        const PAGE: &str = "WITH stored AS (SELECT seq, pg_column_size(data) AS size FROM job_events \
+        use sea_orm::StreamTrait;
+        // `whole`: the count, stored size and last seq of the next `limit`
+        // rows, and whether any of them is compressed (read from the values'
+        // headers, no value read). With none compressed, a stored size is
+        // the text's size and a few header bytes, so when the total is under
+        // the bound the page is those rows (the common page of small events)
+        // and nothing below `page` runs. Otherwise: `rough`, a first cut by
+        // stored sizes (a compressed size is smaller than the text, so this
+        // cut is never short); then `cut`, by the text sizes of only those
+        // rows (a compressed value is expanded here at most to what the
+        // first cut let through).
+        const PAGE: &str = "WITH stored AS MATERIALIZED (SELECT seq, pg_column_size(data) AS size, \
+                 pg_column_compression(data) IS NOT NULL AS packed FROM job_events \
                  WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3), \
-             rough AS MATERIALIZED (SELECT count(*) AS n, max(seq) FILTER (WHERE within) AS last FROM \
+             whole AS MATERIALIZED (SELECT count(*) AS n, coalesce(sum(size), 0) AS t, max(seq) AS m, \
+                 coalesce(bool_or(packed), false) AS packed FROM stored), \
+             rough AS MATERIALIZED (SELECT max(seq) FILTER (WHERE within) AS last FROM \
                  (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < $4 AS within \
                   FROM stored) AS m), \
              exact AS MATERIALIZED (SELECT seq, octet_length(data::text) AS size FROM job_events \
                  WHERE job_id = $1 AND seq > $2 AND seq <= (SELECT last FROM rough)), \
              cut AS MATERIALIZED (SELECT count(*) FILTER (WHERE within) AS kept, max(seq) FILTER (WHERE within) AS last FROM \
                  (SELECT seq, sum(size) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - size < $4 AS within \
-                  FROM exact) AS m) \
-             SELECT e.*, (rough.n >= $3 OR cut.kept < rough.n) AS more, octet_length(e.data::text)::bigint AS bytes \
-             FROM job_events e, rough, cut WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= cut.last ORDER BY e.seq";
+                  FROM exact) AS m), \
+             page AS MATERIALIZED (SELECT n, \
+                 CASE WHEN NOT packed AND t < $4 THEN n ELSE (SELECT kept FROM cut) END AS kept, \
+                 CASE WHEN NOT packed AND t < $4 THEN m ELSE (SELECT last FROM cut) END AS last FROM whole) \
+             SELECT e.id, e.seq, e.event_type, e.workspace_id, e.step_id, e.created_at, e.commit_order, \
+                 e.data::text AS data, (page.n >= $3 OR page.kept < page.n) AS more \
+             FROM job_events e, page WHERE e.job_id = $1 AND e.seq > $2 AND e.seq <= page.last \
+             ORDER BY e.seq LIMIT $3";
         let statement = Statement::from_sql_and_values(DbBackend::Postgres, PAGE, values);
         let mut more = false;
         let mut rows = Vec::new();
@@ -307,8 +315,21 @@ impl EventStore {
                 break;
             }
             more |= row.try_get::<bool>("", "more")?;
-            held += usize::try_from(row.try_get::<i64>("", "bytes")?).unwrap_or(usize::MAX);
-            rows.push(job_events::Model::from_query_result(&row, "")?);
+            let data: String = row.try_get("", "data")?;
+            held += data.len();
+            let id: Uuid = row.try_get("", "id")?;
+            let event_type: String = row.try_get("", "event_type")?;
+            let event = event_of(
+                id,
+                row.try_get("", "seq")?,
+                &event_type,
+                job_id,
+                row.try_get("", "workspace_id")?,
+                row.try_get("", "step_id")?,
+                row.try_get::<chrono::DateTime<chrono::Utc>>("", "created_at")?,
+                &data,
+            )?;
+            rows.push(Ok((event, row.try_get("", "commit_order")?)));
         }
         Ok((rows, more))
     }
@@ -411,26 +432,42 @@ impl SqlitePage {
             rows.sort_unstable_by_key(|row| row.seq);
         }
         let events = rows.into_iter().map(|row| {
-            let event_type = parse("event type", &row.event_type, EventType::parse)?;
-            let body = EventBody::from_stored_json(event_type, row.data.get())
-                .map_err(|e| corrupt(format!("event {} has invalid data: {e}", row.id)))?;
-            let timestamp = chrono::DateTime::parse_from_rfc3339(&row.created_at)
+            let created_at = chrono::DateTime::parse_from_rfc3339(&row.created_at)
                 .map_err(|_| corrupt(format!("event {} has an invalid time {:?}", row.id, row.created_at)))?
                 .with_timezone(&chrono::Utc);
-            let event = Event {
-                event_id: row.id,
-                seq: row.seq,
-                event_type,
+            let event = event_of(
+                row.id,
+                row.seq,
+                &row.event_type,
                 job_id,
-                workspace_id: row.workspace_id,
-                step_id: row.step_id,
-                timestamp: timestamp.into(),
-                body,
-            };
+                row.workspace_id,
+                row.step_id,
+                created_at,
+                row.data.get(),
+            )?;
             Ok((event, row.commit_order))
         });
         page_of(events, self.more, max_bytes)
     }
+}
+
+/// A stored event of a page as the wire event, its body read from its stored
+/// JSON text straight into its type.
+#[allow(clippy::too_many_arguments)]
+fn event_of(
+    event_id: Uuid,
+    seq: i64,
+    event_type: &str,
+    job_id: Uuid,
+    workspace_id: String,
+    step_id: Option<Uuid>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    data: &str,
+) -> Result<Event, ReadError> {
+    let event_type = parse("event type", event_type, EventType::parse)?;
+    let body = EventBody::from_stored_json(event_type, data)
+        .map_err(|e| corrupt(format!("event {event_id} has invalid data: {e}")))?;
+    Ok(Event { event_id, seq, event_type, job_id, workspace_id, step_id, timestamp: created_at.into(), body })
 }
 
 /// An [`EventPage`] of `events` (ascending), encoded, ending once it holds
