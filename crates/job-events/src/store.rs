@@ -421,14 +421,8 @@ impl SqlitePage {
         let Some(text) = self.text else { return Ok(EventPage { events: Vec::new(), more: false }) };
         let rows: Vec<PageRow<'_>> =
             serde_json::from_str(&text).map_err(|e| corrupt(format!("events of job {job_id} cannot be read: {e}")))?;
-        let mut last = i64::MIN;
-        let mut sorted = true;
-        for row in &rows {
-            sorted &= row.seq > last;
-            last = row.seq;
-        }
         let mut rows = rows;
-        if !sorted {
+        if !rows.is_sorted_by_key(|row| row.seq) {
             rows.sort_unstable_by_key(|row| row.seq);
         }
         let events = rows.into_iter().map(|row| {
