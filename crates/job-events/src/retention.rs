@@ -3,11 +3,11 @@
 //!
 //! - Only jobs in a terminal status whose `completedAt` is before the cut are
 //!   deleted; a running job is never deleted, however old.
-//! - Work is done in small transactions (at most 1,000 events each; a large
-//!   job is recorded in `pruned_jobs` with its first slice, so it reads as
-//!   deleted from then on, never as a history without its end), each taking
-//!   the job's row lock on PostgreSQL or the one writer's turn on SQLite only
-//!   for milliseconds, so writers and readers never wait long.
+//! - Work is done in small transactions, each sized to hold the writer's turn
+//!   (SQLite) or its jobs' row locks (PostgreSQL) about 4 ms, from what the
+//!   previous ones took, so writers and readers never wait long. A large job
+//!   is recorded in `pruned_jobs` with its first slice, so it reads as
+//!   deleted from then on, never as a history without its end.
 //! - Concurrent runs (several nodes) are safe: every delete re-checks its
 //!   condition, and deleting what is already gone deletes nothing.
 //! - A job being deleted may still take a `job:event` (finished jobs do): the
@@ -34,10 +34,10 @@ use crate::writer::JobEvents;
 
 /// Finished jobs considered per round.
 const JOB_BATCH: u64 = 100;
-/// Events deleted per transaction.
-const EVENT_BATCH: u64 = 1_000;
-/// SQLite pages given back per transaction (4 KiB each).
-const VACUUM_PAGES: u32 = 2_000;
+/// How long one delete transaction should hold the writer's turn (SQLite) or
+/// its jobs' row locks (PostgreSQL); each transaction is sized from what the
+/// previous ones took (see [`Slice`]).
+const HOLD: Duration = Duration::from_millis(4);
 /// The statuses a job can be deleted in.
 const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
 
@@ -84,8 +84,8 @@ impl JobEvents {
     /// `completed_at` index (a job has a `completedAt` only in a terminal
     /// status, and every delete checks the status again), so each round reads
     /// what it deletes, not every finished job. Jobs with few events are
-    /// deleted together, up to [`EVENT_BATCH`] events in one transaction; a
-    /// larger job is deleted in slices of its own.
+    /// deleted together, as many as fit in one transaction of about [`HOLD`];
+    /// a larger job is deleted in slices of its own.
     pub async fn prune(&self, prune: &Prune) -> Result<PruneReport, WriteError> {
         let db = &self.store().db;
         let backend = self.store().backend();
@@ -113,6 +113,7 @@ impl JobEvents {
             return Ok(PruneReport { jobs, events });
         }
         let mut report = PruneReport::default();
+        let mut slice = Slice::new(250, 16, 4_000);
         // Where the last round ended, and the jobs seen there that stay (a
         // job that changed meanwhile): each round starts where the last one
         // ended, so what stays is read once, not in every round.
@@ -147,25 +148,27 @@ impl JobEvents {
             stays.extend(rows.iter().map(|row| row.0));
             let mut round = PruneReport::default();
             let mut group: Vec<Uuid> = Vec::new();
-            let mut group_events = 0;
+            // Rows a group deletes: its events, and one per job.
+            let mut group_rows = 0;
             for (id, status, last_seq, _) in rows {
                 if !TERMINAL.contains(&status.as_str()) {
                     continue;
                 }
-                let events = u64::try_from(last_seq).unwrap_or(0);
-                if events > EVENT_BATCH {
-                    let (events, deleted) = self.delete_job(id, prune.finished_before).await?;
+                let rows = u64::try_from(last_seq).unwrap_or(0) + 1;
+                if rows > slice.size {
+                    let (events, deleted) = self.delete_job(id, prune.finished_before, &mut slice).await?;
                     round.add(PruneReport { jobs: u64::from(deleted), events });
                     continue;
                 }
-                if group_events + events > EVENT_BATCH {
-                    round.add(self.delete_jobs(&std::mem::take(&mut group), prune.finished_before).await?);
-                    group_events = 0;
+                if group_rows + rows > slice.size {
+                    let group = std::mem::take(&mut group);
+                    round.add(self.delete_jobs(&group, group_rows, prune.finished_before, &mut slice).await?);
+                    group_rows = 0;
                 }
                 group.push(id);
-                group_events += events;
+                group_rows += rows;
             }
-            round.add(self.delete_jobs(&group, prune.finished_before).await?);
+            round.add(self.delete_jobs(&group, group_rows, prune.finished_before, &mut slice).await?);
             report.add(round);
         }
         if report.jobs > 0 {
@@ -178,7 +181,14 @@ impl JobEvents {
     /// transaction: those of `ids` still finished before the cut, locked
     /// first on PostgreSQL so that a concurrent `job:event` waits and then
     /// finds the job gone. Counted in the metrics once committed.
-    async fn delete_jobs(&self, ids: &[Uuid], cut: DateTime<Utc>) -> Result<PruneReport, WriteError> {
+    /// `rows` is what the group was sized by (events and jobs), for `slice`.
+    async fn delete_jobs(
+        &self,
+        ids: &[Uuid],
+        rows: u64,
+        cut: DateTime<Utc>,
+        slice: &mut Slice,
+    ) -> Result<PruneReport, WriteError> {
         if ids.is_empty() {
             return Ok(PruneReport::default());
         }
@@ -186,16 +196,25 @@ impl JobEvents {
         let (guard, tx) = self.begin_write().await?;
         let held = std::time::Instant::now();
         let outcome = async {
+            // Read by primary key alone, and checked here: with the status and
+            // cut in the query, SQLite's planner chose, from about ten ids on,
+            // the `completed_at` index — a walk over every job finished before
+            // the cut (20 ms at 250,000), inside the writer's turn.
             let mut still = jobs::Entity::find()
                 .select_only()
                 .column(jobs::Column::Id)
-                .filter(jobs::Column::Id.is_in(ids.iter().copied()))
-                .filter(jobs::Column::Status.is_in(TERMINAL))
-                .filter(jobs::Column::CompletedAt.lt(cut));
+                .column(jobs::Column::Status)
+                .column(jobs::Column::CompletedAt)
+                .filter(jobs::Column::Id.is_in(ids.iter().copied()));
             if backend == DbBackend::Postgres {
                 still = still.lock_exclusive();
             }
-            let still: Vec<Uuid> = still.into_tuple().all(&tx).await?;
+            let rows: Vec<(Uuid, String, Option<DateTime<Utc>>)> = still.into_tuple().all(&tx).await?;
+            let still: Vec<Uuid> = rows
+                .into_iter()
+                .filter(|(_, status, done)| TERMINAL.contains(&status.as_str()) && done.is_some_and(|at| at < cut))
+                .map(|(id, ..)| id)
+                .collect();
             if still.is_empty() {
                 return Ok(PruneReport::default());
             }
@@ -211,8 +230,11 @@ impl JobEvents {
         match outcome {
             Ok(report) => {
                 tx.commit().await?;
+                self.committed();
                 drop(guard);
-                self.pace(held.elapsed()).await;
+                let held = held.elapsed();
+                slice.observe(rows, held);
+                self.pace(held).await;
                 self.stats_add(report);
                 Ok(report)
             }
@@ -225,16 +247,17 @@ impl JobEvents {
 
     /// Deletes one job's events in small transactions, then the job (if it is
     /// still finished before the cut). Returns (events deleted, job deleted).
-    async fn delete_job(&self, id: Uuid, cut: DateTime<Utc>) -> Result<(u64, bool), WriteError> {
+    async fn delete_job(&self, id: Uuid, cut: DateTime<Utc>, slice: &mut Slice) -> Result<(u64, bool), WriteError> {
         let backend = self.store().backend();
         let mut events = 0;
         loop {
+            let size = slice.size;
             let newest = Query::select()
                 .column(job_events::Column::Id)
                 .from(job_events::Entity)
                 .and_where(Expr::col(job_events::Column::JobId).eq(id))
                 .order_by(job_events::Column::Seq, sea_orm::Order::Desc)
-                .limit(EVENT_BATCH)
+                .limit(size)
                 .to_owned();
             let delete = Query::delete()
                 .from_table(job_events::Entity)
@@ -268,11 +291,14 @@ impl JobEvents {
                 }
             }
             tx.commit().await?;
+            self.committed();
             drop(guard);
-            self.pace(held.elapsed()).await;
+            let held = held.elapsed();
+            slice.observe(size, held);
+            self.pace(held).await;
             self.stats_add(PruneReport { jobs: 0, events: deleted });
             events += deleted;
-            if deleted < EVENT_BATCH {
+            if deleted < size {
                 break;
             }
         }
@@ -296,6 +322,7 @@ impl JobEvents {
         match outcome {
             Ok((rest, true)) => {
                 tx.commit().await?;
+                self.committed();
                 drop(guard);
                 self.pace(held.elapsed()).await;
                 self.stats_add(PruneReport { jobs: 1, events: rest });
@@ -339,7 +366,8 @@ impl JobEvents {
         if !incremental {
             return;
         }
-        for _ in 0..10_000 {
+        let mut slice = Slice::new(256, 16, 4_096);
+        for _ in 0..100_000 {
             let free = db.query_one(Statement::from_string(DbBackend::Sqlite, "PRAGMA freelist_count")).await;
             let Ok(Some(row)) = free else { return };
             if row.try_get_by_index::<i64>(0).unwrap_or(0) == 0 {
@@ -347,11 +375,46 @@ impl JobEvents {
             }
             let guard = self.write_turn().await;
             let held = std::time::Instant::now();
-            let sql = format!("PRAGMA incremental_vacuum({VACUUM_PAGES})");
+            let sql = format!("PRAGMA incremental_vacuum({})", slice.size);
             let _ = db.execute(Statement::from_string(DbBackend::Sqlite, sql)).await;
+            self.committed();
             drop(guard);
-            self.pace(held.elapsed()).await;
+            let held = held.elapsed();
+            slice.observe(slice.size, held);
+            self.pace(held).await;
         }
+    }
+}
+
+/// The size of the next delete transaction (rows, or pages given back),
+/// adjusted after each one so that it holds the writer's turn about [`HOLD`]:
+/// smaller after one that held it longer, larger after one that held it less
+/// than half as long, within `[min, max]`.
+#[derive(Debug)]
+struct Slice {
+    size: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Slice {
+    fn new(size: u64, min: u64, max: u64) -> Self {
+        Self { size, min, max }
+    }
+
+    /// After a transaction of `rows` held the turn for `held`: the size that
+    /// would have held it [`HOLD`] at the same rate, moving at most ×1.25 up or
+    /// ×0.25 down per step. With a fixed cost per transaction (the commit's
+    /// sync) it settles where a transaction takes [`HOLD`], or at `min`.
+    fn observe(&mut self, rows: u64, held: Duration) {
+        if rows == 0 || rows * 2 < self.size {
+            // A small last group says little about the full size.
+            return;
+        }
+        tracing::debug!(rows, held_us = held.as_micros() as u64, size = self.size, "retention transaction");
+        let fit = HOLD.as_secs_f64() * rows as f64 / held.as_secs_f64().max(1e-6);
+        let size = self.size as f64;
+        self.size = (fit.clamp(size * 0.25, size * 1.25) as u64).clamp(self.min, self.max);
     }
 }
 
@@ -410,5 +473,45 @@ pub async fn run_retention(writer: JobEvents, retention: Duration, every: Durati
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "retention: prune failed; trying again later"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_slice_settles_where_a_transaction_holds_the_turn_about_hold() {
+        // 1 ms of fixed cost (the commit's sync) and 20 µs a row: 150 rows take 4 ms.
+        let mut slice = Slice::new(1_000, 16, 4_000);
+        for _ in 0..30 {
+            let rows = slice.size;
+            slice.observe(rows, MS + Duration::from_micros(20) * rows as u32);
+        }
+        assert!((140..=160).contains(&slice.size), "{slice:?}");
+    }
+
+    #[test]
+    fn a_slice_shrinks_at_most_to_a_quarter_a_step_and_stays_within_bounds() {
+        let mut slice = Slice::new(1_000, 16, 4_000);
+        slice.observe(1_000, 1_000 * MS);
+        assert_eq!(slice.size, 250);
+        for _ in 0..10 {
+            slice.observe(slice.size, 1_000 * MS);
+        }
+        assert_eq!(slice.size, 16);
+        for _ in 0..100 {
+            slice.observe(slice.size, Duration::from_micros(1));
+        }
+        assert_eq!(slice.size, 4_000);
+    }
+
+    #[test]
+    fn a_small_last_group_does_not_resize_a_slice() {
+        let mut slice = Slice::new(1_000, 16, 4_000);
+        slice.observe(100, 100 * MS);
+        assert_eq!(slice.size, 1_000);
     }
 }

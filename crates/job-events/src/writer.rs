@@ -57,6 +57,8 @@ pub struct JobEvents {
     /// SQLite: writes waiting for the next group commit.
     group: Option<Arc<GroupQueue>>,
     retention: Arc<crate::retention::RetentionStats>,
+    /// SQLite: the background checkpoint of the write-ahead log, signalled after each commit.
+    checkpoints: Option<Arc<crate::checkpoint::Checkpointer>>,
 }
 
 impl std::fmt::Debug for JobEvents {
@@ -201,7 +203,8 @@ impl JobEvents {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         let write_queue = sqlite.then(|| Arc::new(Mutex::new(())));
         let group = sqlite.then(Arc::default);
-        Self { store: EventStore::new(db), sink, write_queue, group, retention: Arc::default() }
+        let checkpoints = crate::checkpoint::Checkpointer::start(&db).map(Arc::new);
+        Self { store: EventStore::new(db), sink, write_queue, group, retention: Arc::default(), checkpoints }
     }
 
     /// The read side.
@@ -252,6 +255,13 @@ impl JobEvents {
     #[doc(hidden)]
     pub async fn hold_writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         self.write_turn().await
+    }
+
+    /// After a commit: the write-ahead log will be checkpointed soon (SQLite).
+    pub(crate) fn committed(&self) {
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.committed();
+        }
     }
 
     /// Totals of what retention deleted.
@@ -341,7 +351,10 @@ impl JobEvents {
     /// as such and one that is not is never announced.
     async fn commit(&self, tx: DatabaseTransaction, events: &[&Event]) -> Result<(), WriteError> {
         let err = match tx.commit().await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                self.committed();
+                return Ok(());
+            }
             Err(err) => err,
         };
         let Some(first) = events.first() else { return Err(err.into()) };

@@ -176,10 +176,12 @@ async fn hot_path_statements(url: &str, jobs: u64) -> Vec<(&'static str, Stateme
         assert_eq!(listed.len(), 50);
         take(path);
     }
-    // The three oldest finished jobs (job i completes at BASE + 5 i + 30).
-    let cut = chrono::DateTime::from_timestamp(BASE + 5 * 3 + 31, 0).unwrap();
+    // Jobs 1 to 30 (job i completes at BASE + 5 i + 30) but job 7, which runs:
+    // enough for transactions of many jobs, where a plan may change with the
+    // ids' count.
+    let cut = chrono::DateTime::from_timestamp(BASE + 5 * 30 + 31, 0).unwrap();
     let report = writer.prune(&Prune { finished_before: cut, workspace: None, dry_run: false }).await.unwrap();
-    assert_eq!((report.jobs, report.events), (3, 3 * EVENTS_PER_JOB as u64));
+    assert_eq!((report.jobs, report.events), (29, 29 * EVENTS_PER_JOB as u64));
     take("retention (candidates and deletes)");
     let _ = conn.close().await;
     out
@@ -263,8 +265,12 @@ async fn check_sqlite(db: &TestDb, statements: &[(&str, Statement)]) {
         let full_scan = details.iter().any(|d| on("SCAN", d));
         let searches = details.iter().any(|d| on("SEARCH", d));
         let sorts = details.iter().any(|d| d == "USE TEMP B-TREE FOR ORDER BY");
+        // Jobs named by id are read by their key, whatever else the query says
+        // (another index's range can look cheaper to the planner for a long list).
+        let by_key = !statement.sql.contains("\"jobs\".\"id\" IN (")
+            || details.iter().any(|d| on("SEARCH", d) && d.contains("(id=?)"));
         eprintln!("{path}: {}\n  {details:?}", statement.sql);
-        if full_scan || !searches || (sorts && in_index_order(path)) {
+        if full_scan || !searches || !by_key || (sorts && in_index_order(path)) {
             failures.push(format!("{path}: {}\n{details:#?}", statement.sql));
         }
     }
