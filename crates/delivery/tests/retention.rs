@@ -221,6 +221,14 @@ async fn a_job_whose_deletion_has_begun_is_not_found_and_the_next_prune_finishes
 
     assert!(writer.store().job(job).await.unwrap().is_none(), "the job reads as deleted");
     assert!(writer.store().step_log_info(job, step).await.unwrap().is_none(), "its step log too");
+    let listed = writer
+        .store()
+        .jobs(jobstream_job_events::JobQuery { workspaces: Some(vec!["ws-1".into()]), status: None, limit: 50 })
+        .await
+        .unwrap();
+    assert!(listed.iter().all(|j| j.id != job), "nor is it listed");
+    let snapshot = writer.store().workspace_snapshot("ws-1").await.unwrap();
+    assert!(snapshot.jobs.iter().all(|j| j.id != job), "nor in a workspace snapshot");
     let late = jobstream_protocol::CustomEventRequest {
         event_type: jobstream_protocol::EventType::AiToolCalled,
         step_id: None,
@@ -240,7 +248,39 @@ async fn a_job_whose_deletion_has_begun_is_not_found_and_the_next_prune_finishes
     assert_eq!(count(db, "SELECT COUNT(*) FROM job_events").await, 0);
 }
 
+/// Several nodes pruning one large job at once: each slice transaction locks
+/// the job first, so they take turns instead of deadlocking on its events.
+async fn concurrent_prunes_of_large_jobs_delete_each_once_without_an_error(db: &TestDb) {
+    let writer = JobEvents::new(db.db.clone(), Arc::new(jobstream_job_events::NullSink));
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(job_with_output(&writer, "ws-1", 1_500, Some(JobStatus::Completed)).await);
+    }
+    let total = count(db, "SELECT COUNT(*) FROM job_events").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let prune = Prune { finished_before: chrono::Utc::now(), workspace: None, dry_run: false };
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (writer, prune) = (writer.clone(), prune.clone());
+            tokio::spawn(async move { writer.prune(&prune).await })
+        })
+        .collect();
+    let (mut deleted_jobs, mut deleted_events) = (0, 0);
+    for run in runs {
+        let report = run.await.unwrap().expect("a concurrent prune fails");
+        deleted_jobs += report.jobs;
+        deleted_events += report.events;
+    }
+    assert_eq!(deleted_jobs, 3, "each job deleted once");
+    assert_eq!(deleted_events, u64::try_from(total).unwrap(), "each event deleted once");
+    assert_eq!(count(db, "SELECT COUNT(*) FROM job_events").await, 0);
+    for job in jobs {
+        assert!(writer.store().job(job).await.unwrap().is_none());
+    }
+}
+
 on_both_engines!(
+    concurrent_prunes_of_large_jobs_delete_each_once_without_an_error,
     a_job_whose_deletion_has_begun_is_not_found_and_the_next_prune_finishes_it,
     retention_deletes_exactly_the_finished_jobs_older_than_the_cut,
     retention_deletes_every_round_of_small_jobs_and_large_jobs_in_slices,

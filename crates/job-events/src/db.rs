@@ -28,11 +28,6 @@ pub enum OpenError {
     Migrate(#[source] DbErr),
 }
 
-/// SQLite's own checkpoint threshold, in log pages (4 KiB each; SQLite's
-/// default is 1,000). The writer checkpoints in the background long before
-/// (`checkpoint.rs`); this bounds the log of a process that does not.
-pub(crate) const AUTO_CHECKPOINT_PAGES: u32 = 16_384;
-
 /// Which engine a URL names.
 pub fn backend_of(url: &str) -> Option<DbBackend> {
     if url.starts_with("sqlite:") {
@@ -61,7 +56,6 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
-                .pragma("wal_autocheckpoint", AUTO_CHECKPOINT_PAGES.to_string())
                 .disable_statement_logging();
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)

@@ -13,7 +13,6 @@
 //! subscriber) lives in `jobstream-delivery`, which reads through [`EventStore`]
 //! and receives events as this crate's [`EventSink`].
 
-mod checkpoint;
 pub mod db;
 mod emit;
 pub mod entity;

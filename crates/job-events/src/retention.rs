@@ -210,11 +210,8 @@ impl JobEvents {
                 still = still.lock_exclusive();
             }
             let rows: Vec<(Uuid, String, Option<DateTime<Utc>>)> = still.into_tuple().all(&tx).await?;
-            let still: Vec<Uuid> = rows
-                .into_iter()
-                .filter(|(_, status, done)| TERMINAL.contains(&status.as_str()) && done.is_some_and(|at| at < cut))
-                .map(|(id, ..)| id)
-                .collect();
+            let still: Vec<Uuid> =
+                rows.into_iter().filter(|(_, status, done)| prunable(status, *done, cut)).map(|(id, ..)| id).collect();
             if still.is_empty() {
                 return Ok(PruneReport::default());
             }
@@ -230,7 +227,6 @@ impl JobEvents {
         match outcome {
             Ok(report) => {
                 tx.commit().await?;
-                self.committed();
                 drop(guard);
                 let held = held.elapsed();
                 slice.observe(rows, held);
@@ -262,21 +258,20 @@ impl JobEvents {
             let delete = Query::delete()
                 .from_table(job_events::Entity)
                 .and_where(Expr::col(job_events::Column::Id).in_subquery(newest))
-                // Only while the job is still one to delete.
-                .and_where(Expr::exists(
-                    Query::select()
-                        .expr(Expr::val(1))
-                        .from(jobs::Entity)
-                        .and_where(Expr::col((jobs::Entity, jobs::Column::Id)).eq(id))
-                        .and_where(Expr::col((jobs::Entity, jobs::Column::Status)).is_in(TERMINAL))
-                        .and_where(Expr::col((jobs::Entity, jobs::Column::CompletedAt)).lt(cut))
-                        .to_owned(),
-                ))
                 .to_owned();
             let (guard, tx) = self.begin_write().await?;
             let held = std::time::Instant::now();
-            let deleted = match tx.execute(backend.build(&delete)).await {
-                Ok(result) => result.rows_affected(),
+            // Only while the job is still one to delete.
+            let deleted = match lock_if_prunable(&tx, backend, id, cut).await {
+                Ok(true) => tx.execute(backend.build(&delete)).await.map(|result| result.rows_affected()),
+                Ok(false) => {
+                    let _ = tx.rollback().await;
+                    return Ok((events, false));
+                }
+                Err(err) => Err(err),
+            };
+            let deleted = match deleted {
+                Ok(deleted) => deleted,
                 Err(err) => {
                     let _ = tx.rollback().await;
                     return Err(err.into());
@@ -291,7 +286,6 @@ impl JobEvents {
                 }
             }
             tx.commit().await?;
-            self.committed();
             drop(guard);
             let held = held.elapsed();
             slice.observe(size, held);
@@ -305,6 +299,9 @@ impl JobEvents {
         let (guard, tx) = self.begin_write().await?;
         let held = std::time::Instant::now();
         let outcome = async {
+            if !lock_if_prunable(&tx, backend, id, cut).await? {
+                return Ok((0, false));
+            }
             let rest = job_events::Entity::delete_many().filter(job_events::Column::JobId.eq(id)).exec(&tx).await?;
             let job = jobs::Entity::delete_many()
                 .filter(jobs::Column::Id.eq(id))
@@ -322,7 +319,6 @@ impl JobEvents {
         match outcome {
             Ok((rest, true)) => {
                 tx.commit().await?;
-                self.committed();
                 drop(guard);
                 self.pace(held.elapsed()).await;
                 self.stats_add(PruneReport { jobs: 1, events: rest });
@@ -377,13 +373,38 @@ impl JobEvents {
             let held = std::time::Instant::now();
             let sql = format!("PRAGMA incremental_vacuum({})", slice.size);
             let _ = db.execute(Statement::from_string(DbBackend::Sqlite, sql)).await;
-            self.committed();
             drop(guard);
             let held = held.elapsed();
             slice.observe(slice.size, held);
             self.pace(held).await;
         }
     }
+}
+
+/// Whether a job in `status`, finished at `done`, is one to delete at `cut`.
+fn prunable(status: &str, done: Option<DateTime<Utc>>, cut: DateTime<Utc>) -> bool {
+    TERMINAL.contains(&status) && done.is_some_and(|at| at < cut)
+}
+
+/// Reads the job `id` by key, locking its row on PostgreSQL (as a write
+/// does), and tells whether it is still one to delete at `cut`. Every
+/// transaction that deletes a slice of a job's events takes this lock first,
+/// so two of them on one job (two nodes pruning at once) run one after the
+/// other instead of locking the same events in opposite orders (a deadlock
+/// that failed one of them).
+async fn lock_if_prunable(
+    tx: &sea_orm::DatabaseTransaction,
+    backend: DbBackend,
+    id: Uuid,
+    cut: DateTime<Utc>,
+) -> Result<bool, sea_orm::DbErr> {
+    let mut select =
+        jobs::Entity::find_by_id(id).select_only().column(jobs::Column::Status).column(jobs::Column::CompletedAt);
+    if backend == DbBackend::Postgres {
+        select = select.lock_exclusive();
+    }
+    let row: Option<(String, Option<DateTime<Utc>>)> = select.into_tuple().one(tx).await?;
+    Ok(row.is_some_and(|(status, done)| prunable(&status, done, cut)))
 }
 
 /// The size of the next delete transaction (rows, or pages given back),

@@ -101,7 +101,8 @@ impl EventStore {
 
     /// Jobs, newest first.
     pub async fn jobs(&self, query: JobQuery) -> Result<Vec<JobSnapshot>, ReadError> {
-        let mut select = jobs::Entity::find();
+        // A job whose deletion has begun is gone everywhere (not listed).
+        let mut select = jobs::Entity::find().filter(not_being_deleted());
         if let Some(workspaces) = query.workspaces {
             select = select.filter(jobs::Column::WorkspaceId.is_in(workspaces));
         }
@@ -133,6 +134,7 @@ impl EventStore {
         let horizon = Self::horizon_in(&tx, backend).await?;
         let recent = jobs::Entity::find()
             .filter(jobs::Column::WorkspaceId.eq(workspace_id))
+            .filter(not_being_deleted())
             .order_by_desc(jobs::Column::UpdatedAt)
             .order_by_desc(jobs::Column::Id)
             .limit(WORKSPACE_SNAPSHOT_LIMIT)
