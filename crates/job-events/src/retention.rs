@@ -205,7 +205,10 @@ impl JobEvents {
                 .column(jobs::Column::Id)
                 .column(jobs::Column::Status)
                 .column(jobs::Column::CompletedAt)
-                .filter(jobs::Column::Id.is_in(ids.iter().copied()));
+                .filter(jobs::Column::Id.is_in(ids.iter().copied()))
+                // Locked in id order, as writes lock theirs: no deadlock with a
+                // batch writing to several of these jobs.
+                .order_by_asc(jobs::Column::Id);
             if backend == DbBackend::Postgres {
                 still = still.lock_exclusive();
             }
