@@ -279,7 +279,70 @@ async fn concurrent_prunes_of_large_jobs_delete_each_once_without_an_error(db: &
     }
 }
 
+/// A write that waits for the first slice of its job's deletion (which marks
+/// the job deleted and holds its lock, or the writer's turn) is refused as
+/// not found once that slice commits, never stored after it.
+async fn a_write_waiting_for_the_first_slice_of_a_deletion_is_refused_after_it(db: &TestDb) {
+    use sea_orm::TransactionTrait;
+    let writer = JobEvents::new(db.db.clone(), Arc::new(jobstream_job_events::NullSink));
+    let job = job_with_output(&writer, "ws-1", 10, Some(JobStatus::Completed)).await;
+    let backend = db.db.get_database_backend();
+    let mark = sea_orm::sea_query::Query::insert()
+        .into_table(sea_orm::sea_query::Alias::new("pruned_jobs"))
+        .columns([sea_orm::sea_query::Alias::new("id"), sea_orm::sea_query::Alias::new("pruned_at")])
+        .values_panic([job.into(), chrono::Utc::now().into()])
+        .to_owned();
+    let before = writer.store().last_seq(job).await.unwrap();
+    let late = move || {
+        BatchItem::Event(
+            job,
+            jobstream_protocol::CustomEventRequest {
+                event_type: jobstream_protocol::EventType::AiToolCalled,
+                step_id: None,
+                payload: None,
+            },
+        )
+    };
+    let outcome = if backend == sea_orm::DbBackend::Postgres {
+        // What a slice does: lock the job, delete some events, mark it.
+        let slice = db.db.begin().await.unwrap();
+        let lock = format!("SELECT status FROM jobs WHERE id = '{job}' FOR UPDATE");
+        slice.execute(Statement::from_string(backend, lock)).await.unwrap();
+        slice.execute(backend.build(&mark)).await.unwrap();
+        let write = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.write(late(), |_| true).await })
+        };
+        // Until the write waits for the job's lock.
+        let waiting =
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()";
+        while count(db, waiting).await == 0 {
+            tokio::task::yield_now().await;
+        }
+        slice.commit().await.unwrap();
+        write.await.unwrap()
+    } else {
+        let turn = writer.hold_writer_turn().await;
+        let write = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.write(late(), |_| true).await })
+        };
+        while writer.queued_writes() == 0 {
+            tokio::task::yield_now().await;
+        }
+        db.db.execute(backend.build(&mark)).await.unwrap();
+        drop(turn);
+        write.await.unwrap()
+    };
+    assert!(
+        matches!(outcome, Err(jobstream_job_events::WriteError::JobNotFound(_))),
+        "the write is refused, not stored: {outcome:?}"
+    );
+    assert_eq!(writer.store().last_seq(job).await.unwrap(), before, "nothing appended");
+}
+
 on_both_engines!(
+    a_write_waiting_for_the_first_slice_of_a_deletion_is_refused_after_it,
     concurrent_prunes_of_large_jobs_delete_each_once_without_an_error,
     a_job_whose_deletion_has_begun_is_not_found_and_the_next_prune_finishes_it,
     retention_deletes_exactly_the_finished_jobs_older_than_the_cut,

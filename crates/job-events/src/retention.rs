@@ -478,6 +478,20 @@ pub(crate) async fn was_pruned(
     Ok(db.query_one(backend.build(&select)).await?.is_some())
 }
 
+/// Those of `ids` deleted, or being deleted, by retention.
+pub(crate) async fn pruned_among(
+    db: &impl ConnectionTrait,
+    backend: DbBackend,
+    ids: impl IntoIterator<Item = Uuid>,
+) -> Result<Vec<Uuid>, sea_orm::DbErr> {
+    let select = Query::select()
+        .column(Alias::new("id"))
+        .from(Alias::new(PRUNED_JOBS))
+        .and_where(Expr::col(Alias::new("id")).is_in(ids))
+        .to_owned();
+    db.query_all(backend.build(&select)).await?.iter().map(|row| row.try_get_by_index::<Uuid>(0)).collect()
+}
+
 /// Runs a prune every `every` with a cut `retention` before now, forever.
 pub async fn run_retention(writer: JobEvents, retention: Duration, every: Duration) {
     let mut ticker = tokio::time::interval(every);

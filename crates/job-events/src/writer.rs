@@ -939,6 +939,19 @@ impl<'a> Batch<'a> {
                 self.jobs.insert(row.id, (row.clone(), row, false));
             }
         }
+        // PostgreSQL: the `not_being_deleted` test above ran on the snapshot
+        // the statement began with, and a prune's slice that held a job's lock
+        // marks the job without changing its row, so the lock's wait ends
+        // without a re-check. Read again, now that the locks are held: a mark
+        // committed meanwhile is seen, and the job is not found.
+        if self.backend == DbBackend::Postgres && !self.jobs.is_empty() {
+            let chunk: Vec<Uuid> = self.jobs.keys().copied().collect();
+            for chunk in chunk.chunks(INSERT_CHUNK) {
+                for id in crate::retention::pruned_among(self.tx, self.backend, chunk.iter().copied()).await? {
+                    self.jobs.remove(&id);
+                }
+            }
+        }
         Ok(order)
     }
 
