@@ -52,6 +52,16 @@ impl Outlet for Seqs {
     fn close(&self) {}
 }
 
+/// The mark the first slice of a job's deletion leaves (`pruned_jobs`).
+fn deletion_mark(job: Uuid) -> sea_orm::sea_query::InsertStatement {
+    use sea_orm::sea_query::{Alias, Query};
+    Query::insert()
+        .into_table(Alias::new("pruned_jobs"))
+        .columns([Alias::new("id"), Alias::new("pruned_at")])
+        .values_panic([job.into(), chrono::Utc::now().into()])
+        .to_owned()
+}
+
 async fn count(db: &TestDb, sql: &str) -> i64 {
     let row = db.db.query_one(Statement::from_string(db.db.get_database_backend(), sql)).await.unwrap().unwrap();
     row.try_get_by_index::<i64>(0).unwrap()
@@ -211,12 +221,8 @@ async fn a_job_whose_deletion_has_begun_is_not_found_and_the_next_prune_finishes
     let step = writer.store().job(job).await.unwrap().unwrap().steps.unwrap()[0].id;
     // What the first slice of a large job's deletion leaves when the prune stops there.
     let backend = db.db.get_database_backend();
-    let mark = sea_orm::sea_query::Query::insert()
-        .into_table(sea_orm::sea_query::Alias::new("pruned_jobs"))
-        .columns([sea_orm::sea_query::Alias::new("id"), sea_orm::sea_query::Alias::new("pruned_at")])
-        .values_panic([job.into(), chrono::Utc::now().into()])
-        .to_owned();
-    db.db.execute(backend.build(&mark)).await.unwrap();
+    let mark = backend.build(&deletion_mark(job));
+    db.db.execute(mark).await.unwrap();
     db.db.execute(Statement::from_string(backend, "DELETE FROM job_events WHERE seq > 20".to_owned())).await.unwrap();
 
     assert!(writer.store().job(job).await.unwrap().is_none(), "the job reads as deleted");
@@ -287,11 +293,7 @@ async fn a_write_waiting_for_the_first_slice_of_a_deletion_is_refused_after_it(d
     let writer = JobEvents::new(db.db.clone(), Arc::new(jobstream_job_events::NullSink));
     let job = job_with_output(&writer, "ws-1", 10, Some(JobStatus::Completed)).await;
     let backend = db.db.get_database_backend();
-    let mark = sea_orm::sea_query::Query::insert()
-        .into_table(sea_orm::sea_query::Alias::new("pruned_jobs"))
-        .columns([sea_orm::sea_query::Alias::new("id"), sea_orm::sea_query::Alias::new("pruned_at")])
-        .values_panic([job.into(), chrono::Utc::now().into()])
-        .to_owned();
+    let mark = backend.build(&deletion_mark(job));
     let before = writer.store().last_seq(job).await.unwrap();
     let late = move || {
         BatchItem::Event(
@@ -308,7 +310,7 @@ async fn a_write_waiting_for_the_first_slice_of_a_deletion_is_refused_after_it(d
         let slice = db.db.begin().await.unwrap();
         let lock = format!("SELECT status FROM jobs WHERE id = '{job}' FOR UPDATE");
         slice.execute(Statement::from_string(backend, lock)).await.unwrap();
-        slice.execute(backend.build(&mark)).await.unwrap();
+        slice.execute(mark).await.unwrap();
         let write = {
             let writer = writer.clone();
             tokio::spawn(async move { writer.write(late(), |_| true).await })
@@ -330,7 +332,7 @@ async fn a_write_waiting_for_the_first_slice_of_a_deletion_is_refused_after_it(d
         while writer.queued_writes() == 0 {
             tokio::task::yield_now().await;
         }
-        db.db.execute(backend.build(&mark)).await.unwrap();
+        db.db.execute(mark).await.unwrap();
         drop(turn);
         write.await.unwrap()
     };
