@@ -231,9 +231,7 @@ impl JobEvents {
             Ok(report) => {
                 tx.commit().await?;
                 drop(guard);
-                let held = held.elapsed();
-                slice.observe(rows, held);
-                self.pace(held).await;
+                self.pace(slice.observe(rows, held.elapsed())).await;
                 self.stats_add(report);
                 Ok(report)
             }
@@ -290,9 +288,7 @@ impl JobEvents {
             }
             tx.commit().await?;
             drop(guard);
-            let held = held.elapsed();
-            slice.observe(size, held);
-            self.pace(held).await;
+            self.pace(slice.observe(size, held.elapsed())).await;
             self.stats_add(PruneReport { jobs: 0, events: deleted });
             events += deleted;
             if deleted < size {
@@ -306,12 +302,7 @@ impl JobEvents {
                 return Ok((0, false));
             }
             let rest = job_events::Entity::delete_many().filter(job_events::Column::JobId.eq(id)).exec(&tx).await?;
-            let job = jobs::Entity::delete_many()
-                .filter(jobs::Column::Id.eq(id))
-                .filter(jobs::Column::Status.is_in(TERMINAL))
-                .filter(jobs::Column::CompletedAt.lt(cut))
-                .exec(&tx)
-                .await?;
+            let job = jobs::Entity::delete_many().filter(jobs::Column::Id.eq(id)).exec(&tx).await?;
             let deleted = job.rows_affected == 1;
             if deleted {
                 mark_pruned(&tx, backend, &[id]).await?;
@@ -377,9 +368,7 @@ impl JobEvents {
             let sql = format!("PRAGMA incremental_vacuum({})", slice.size);
             let _ = db.execute(Statement::from_string(DbBackend::Sqlite, sql)).await;
             drop(guard);
-            let held = held.elapsed();
-            slice.observe(slice.size, held);
-            self.pace(held).await;
+            self.pace(slice.observe(slice.size, held.elapsed())).await;
         }
     }
 }
@@ -430,15 +419,17 @@ impl Slice {
     /// would have held it [`HOLD`] at the same rate, moving at most ×1.25 up or
     /// ×0.25 down per step. With a fixed cost per transaction (the commit's
     /// sync) it settles where a transaction takes [`HOLD`], or at `min`.
-    fn observe(&mut self, rows: u64, held: Duration) {
+    /// Returns `held`, for the pause that follows.
+    fn observe(&mut self, rows: u64, held: Duration) -> Duration {
         if rows == 0 || rows * 2 < self.size {
             // A small last group says little about the full size.
-            return;
+            return held;
         }
         tracing::debug!(rows, held_us = held.as_micros() as u64, size = self.size, "retention transaction");
         let fit = HOLD.as_secs_f64() * rows as f64 / held.as_secs_f64().max(1e-6);
         let size = self.size as f64;
         self.size = (fit.clamp(size * 0.25, size * 1.25) as u64).clamp(self.min, self.max);
+        held
     }
 }
 
