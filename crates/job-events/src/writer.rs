@@ -483,16 +483,23 @@ impl JobEvents {
     /// Applies `items` inside `tx` (nothing is committed here): every rule is
     /// checked against what `tx` sees, and the events to publish after the
     /// commit are returned with what each item came to.
+    ///
+    /// `order` is the commit order, or `None` on PostgreSQL, where it is read
+    /// with the jobs' row locks; returned with what was staged.
     async fn apply_in(
         &self,
         tx: &DatabaseTransaction,
-        order: i64,
+        order: Option<i64>,
         items: Vec<(BatchItem, Option<Uuid>)>,
         may_write: &(dyn Fn(&str) -> bool + Sync),
         name_items: bool,
-    ) -> Result<Staged, WriteError> {
+    ) -> Result<(Staged, i64), WriteError> {
         let mut batch = Batch::new(tx, self.store.backend());
-        batch.lock_jobs(items.iter().map(|(item, _)| item.job_id()).collect()).await?;
+        let locked = batch.lock_jobs(items.iter().map(|(item, _)| item.job_id()).collect(), order.is_none()).await?;
+        let order = match order.or(locked) {
+            Some(order) => order,
+            None => commit_order(tx, self.store.backend()).await?,
+        };
         let mut steps = Vec::with_capacity(items.len());
         for (index, (item, event_id)) in items.into_iter().enumerate() {
             let applied = batch.apply_once(item, event_id, may_write).await.map_err(|err| match err {
@@ -502,7 +509,7 @@ impl JobEvents {
             })?;
             steps.push(applied);
         }
-        Ok(Staged::Applied(batch.flush(order).await?, steps))
+        Ok((Staged::Applied(batch.flush(order).await?, steps), order))
     }
 
     /// Runs one write: in a group commit on SQLite, alone on PostgreSQL (where
@@ -514,10 +521,22 @@ impl JobEvents {
         }
     }
 
-    /// Runs `work` inside `tx` at commit order `order`.
-    async fn run_in(&self, tx: &DatabaseTransaction, order: i64, work: Work) -> Result<Staged, WriteError> {
+    /// Runs `work` inside `tx` at commit order `order` (read here when
+    /// `None`), and returns what it staged with that order.
+    async fn run_in(
+        &self,
+        tx: &DatabaseTransaction,
+        order: Option<i64>,
+        work: Work,
+    ) -> Result<(Staged, i64), WriteError> {
         match work {
-            Work::Create(request) => self.create_in(tx, order, request).await.map(Staged::Created),
+            Work::Create(request) => {
+                let order = match order {
+                    Some(order) => order,
+                    None => commit_order(tx, self.store.backend()).await?,
+                };
+                Ok((Staged::Created(self.create_in(tx, order, request).await?), order))
+            }
             Work::Apply { items, may_write, name_items } => {
                 self.apply_in(tx, order, items, may_write.as_ref(), name_items).await
             }
@@ -528,9 +547,14 @@ impl JobEvents {
     async fn run_alone(&self, work: Work) -> Result<Done, WriteError> {
         let (guard, tx) = self.begin().await?;
         let staged = async {
-            // First statement: takes SQLite's write lock before anything is read.
-            let order = commit_order(&tx, self.store.backend()).await?;
-            Ok::<_, WriteError>((self.run_in(&tx, order, work).await?, order))
+            // SQLite: the first statement takes the write lock before anything
+            // is read. PostgreSQL: the order (the transaction id) comes with
+            // the jobs' row locks, one round trip less per write.
+            let order = match self.store.backend() {
+                DbBackend::Postgres => None,
+                backend => Some(commit_order(&tx, backend).await?),
+            };
+            self.run_in(&tx, order, work).await
         }
         .await;
         let (staged, order) = match staged {
@@ -587,7 +611,7 @@ impl JobEvents {
         let mut rest = group.into_iter();
         while let Some(Pending { work, reply }) = rest.next() {
             let outcome = match tx.execute_unprepared("SAVEPOINT write").await {
-                Ok(_) => self.run_in(&tx, order, work).await,
+                Ok(_) => self.run_in(&tx, Some(order), work).await.map(|(staged, _)| staged),
                 Err(err) => Err(err.into()),
             };
             let kept = match &outcome {
@@ -883,19 +907,35 @@ impl<'a> Batch<'a> {
     }
 
     /// Loads and locks every job of the batch, in id order so that two batches
-    /// touching the same jobs cannot deadlock.
-    async fn lock_jobs(&mut self, ids: BTreeSet<Uuid>) -> Result<(), WriteError> {
+    /// touching the same jobs cannot deadlock. With `with_order` on
+    /// PostgreSQL, the same statement reads the transaction's commit order
+    /// (its id, see [`commit_order`]), returned if any job was found.
+    async fn lock_jobs(&mut self, ids: BTreeSet<Uuid>, with_order: bool) -> Result<Option<i64>, WriteError> {
+        use sea_orm::{FromQueryResult, QueryTrait};
+        const ORDER: &str = "commit_order_of_tx";
         let ids: Vec<Uuid> = ids.into_iter().collect();
+        let mut order = None;
         for chunk in ids.chunks(INSERT_CHUNK) {
             // A job whose deletion has begun takes no more writes (not found).
             let mut select = jobs::Entity::find()
                 .filter(jobs::Column::Id.is_in(chunk.to_vec()))
                 .filter(crate::store::not_being_deleted())
                 .order_by_asc(jobs::Column::Id);
-            if self.backend == DbBackend::Postgres {
-                select = select.lock_exclusive();
+            if self.backend != DbBackend::Postgres {
+                for row in select.all(self.tx).await? {
+                    self.jobs.insert(row.id, (row.clone(), row, false));
+                }
+                continue;
             }
-            for row in select.all(self.tx).await? {
+            select = select.lock_exclusive();
+            if with_order && order.is_none() {
+                select = select.column_as(sea_orm::sea_query::Expr::cust("pg_current_xact_id()::text::bigint"), ORDER);
+            }
+            for result in self.tx.query_all(select.build(self.backend)).await? {
+                let row = jobs::Model::from_query_result(&result, "")?;
+                if with_order && order.is_none() {
+                    order = Some(result.try_get::<i64>("", ORDER)?);
+                }
                 self.jobs.insert(row.id, (row.clone(), row, false));
             }
         }
@@ -905,14 +945,14 @@ impl<'a> Batch<'a> {
         // without a re-check. Read again, now that the locks are held: a mark
         // committed meanwhile is seen, and the job is not found.
         if self.backend == DbBackend::Postgres && !self.jobs.is_empty() {
-            let locked: Vec<Uuid> = self.jobs.keys().copied().collect();
-            for chunk in locked.chunks(INSERT_CHUNK) {
+            let chunk: Vec<Uuid> = self.jobs.keys().copied().collect();
+            for chunk in chunk.chunks(INSERT_CHUNK) {
                 for id in crate::retention::pruned_among(self.tx, self.backend, chunk.iter().copied()).await? {
                     self.jobs.remove(&id);
                 }
             }
         }
-        Ok(())
+        Ok(order)
     }
 
     async fn step(&mut self, job_id: Uuid, step_id: Uuid) -> Result<&mut StepRow, WriteError> {
