@@ -1,6 +1,7 @@
 //! Where committed events go: the [`EventSink`] trait and the encoded-once event.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use jobstream_protocol::Event;
 use serde_json::value::RawValue;
@@ -15,6 +16,10 @@ pub struct Committed {
     /// The commit order of the transaction that wrote it (see
     /// `jobstream_rooms::Horizon`); `None` for events stored before it was kept.
     pub order: Option<i64>,
+    /// The event encoded for one transport, made by the first connection that
+    /// sends it and shared by the others (the Socket.IO server keeps its
+    /// WebSocket message here, so a broadcast encodes it once).
+    pub encoded: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Committed {
@@ -23,7 +28,7 @@ impl Committed {
         // `to_raw_value` keeps the encoder's output as it is (`from_string`
         // would parse it again to check what the encoder just wrote).
         let json = serde_json::value::to_raw_value(&event)?;
-        Ok(Self { event, json, order })
+        Ok(Self { event, json, order, encoded: OnceLock::new() })
     }
 }
 

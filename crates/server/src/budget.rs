@@ -13,8 +13,10 @@
 //! client polls, and a client that stops polling is closed by the heartbeat.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use engineioxide::DirectWriter;
 
 use crate::conn::Conn;
 
@@ -27,8 +29,17 @@ pub const SOCKET_BUFFER_BYTES: u64 = 2 * 1024 * 1024;
 pub struct Budget {
     /// Bytes handed to the socket.
     sent: AtomicU64,
-    /// The WebSocket connection, with `sent` and its `written` when attached.
-    websocket: Mutex<Option<(Conn, u64, u64)>>,
+    /// The WebSocket connection, once attached (a socket has at most one).
+    websocket: OnceLock<Attached>,
+}
+
+/// The connection a budget measures against, with where both counts stood then.
+#[derive(Debug)]
+struct Attached {
+    conn: Conn,
+    sent: u64,
+    written: u64,
+    direct: DirectWriter,
 }
 
 impl Budget {
@@ -37,27 +48,40 @@ impl Budget {
         self.sent.fetch_add(bytes as u64, Ordering::AcqRel);
     }
 
-    /// Starts measuring against the socket's WebSocket connection.
+    /// Starts measuring against the socket's WebSocket connection (the first
+    /// one attached: engine.io refuses a socket's second WebSocket).
     pub fn attach(&self, conn: Conn) {
-        let base = (conn.clone(), self.sent.load(Ordering::Acquire), conn.written());
-        *self.websocket.lock().unwrap_or_else(PoisonError::into_inner) = Some(base);
+        let _ = self.websocket.get_or_init(|| Attached {
+            sent: self.sent.load(Ordering::Acquire),
+            written: conn.written(),
+            direct: conn.direct_writer(),
+            conn,
+        });
     }
 
-    fn connection(&self) -> Option<(Conn, u64, u64)> {
-        self.websocket.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    /// The attached connection, once its WebSocket is up (its writer runs):
+    /// an upgrade that never completes leaves the socket on long-polling,
+    /// unmeasured.
+    fn attached(&self) -> Option<&Attached> {
+        self.websocket.get().filter(|a| a.direct.is_ready())
     }
 
-    /// Whether a WebSocket connection is attached (else nothing is measured).
+    /// Whether a WebSocket connection is measured (else nothing is).
     pub fn is_measured(&self) -> bool {
-        self.connection().is_some()
+        self.attached().is_some()
+    }
+
+    /// The WebSocket's direct writer, once it is up.
+    pub fn direct(&self) -> Option<&DirectWriter> {
+        self.attached().map(|a| &a.direct)
     }
 
     /// Bytes handed over and not yet written (0 when not measured).
     pub fn outstanding(&self) -> u64 {
-        match self.connection() {
-            Some((conn, sent, written)) => {
-                let handed = self.sent.load(Ordering::Acquire).saturating_sub(sent);
-                handed.saturating_sub(conn.written().saturating_sub(written))
+        match self.attached() {
+            Some(a) => {
+                let handed = self.sent.load(Ordering::Acquire).saturating_sub(a.sent);
+                handed.saturating_sub(a.conn.written().saturating_sub(a.written))
             }
             None => 0,
         }
@@ -71,14 +95,14 @@ impl Budget {
     /// Resolves at the attached connection's next write that makes progress;
     /// `None` when no connection is attached (long-polling).
     pub fn progress(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        let (conn, ..) = self.connection()?;
+        let conn = self.attached()?.conn.clone();
         Some(async move { conn.progressed().await })
     }
 
     /// Waits until the budget has room (or the connection closes).
     pub async fn room(&self) {
         while self.is_spent() {
-            let Some((conn, ..)) = self.connection() else { return };
+            let Some(Attached { conn, .. }) = self.attached() else { return };
             if conn.is_closed() {
                 return;
             }

@@ -17,12 +17,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
+use engineioxide::DirectWriter;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,6 +40,9 @@ struct Switch {
     watching: AtomicBool,
     /// The task waiting to read, woken on close.
     reader: AtomicWaker,
+    /// Writes pre-encoded Socket.IO messages straight to the connection once
+    /// it carries a WebSocket (see `engineioxide::direct`).
+    direct: OnceLock<DirectWriter>,
 }
 
 /// A handle on one accepted TCP connection. Cheap to clone.
@@ -68,6 +72,12 @@ impl Conn {
         if !self.is_closed() {
             notified.await;
         }
+    }
+
+    /// The connection's direct writer: given to engine.io with the WebSocket
+    /// request, filled once the WebSocket's writer runs.
+    pub fn direct_writer(&self) -> DirectWriter {
+        self.0.direct.get_or_init(DirectWriter::default).clone()
     }
 
     /// Whether [`Conn::close`] was called.

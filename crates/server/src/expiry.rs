@@ -194,11 +194,20 @@ pub async fn close_on_poll(State(transports): State<Transports>, request: Reques
     if !request.uri().path().starts_with("/socket.io") || request.method() != Method::GET {
         return next.run(request).await;
     }
-    let query = request.uri().query();
+    let mut request = request;
+    let query = request.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    let transport = query_param(query, "transport");
+    if transport.as_deref() == Some("websocket") {
+        // Lets the socket's deliveries write straight to its WebSocket (see `crate::socket`).
+        if let Some(ConnectInfo(conn)) = request.extensions().get::<ConnectInfo<Conn>>() {
+            let direct = conn.direct_writer();
+            request.extensions_mut().insert(direct);
+        }
+    }
     let Some(sid) = query_param(query, "sid").and_then(|sid| sid.parse::<Sid>().ok()) else {
         return next.run(request).await;
     };
-    let transport = query_param(query, "transport");
     // `of("/")`, not `get_socket`: the namespace is gone once shutdown has
     // closed the sockets, and socketioxide's default-namespace aliases panic
     // then, while polls of those sockets can still be in flight.

@@ -131,6 +131,8 @@ pub struct Inner {
     pub bus_lag: Histogram,
     /// Bus publish or connection failures.
     pub bus_errors: Counter,
+    /// Events written straight to a socket's WebSocket, encoded once for all sockets.
+    pub socket_writes_direct: Counter,
     /// TCP connections open now.
     pub tcp_connections: Gauge,
     /// Refusals by the limit that refused (`crate::limits`).
@@ -155,6 +157,7 @@ impl Default for Inner {
         let bus_lag = Histogram::default();
         let bus_errors = Counter::default();
         let tcp_connections = Gauge::default();
+        let socket_writes_direct = Counter::default();
         // Every label value exists from the start, so that rates work from the first refusal.
         let refusals = Family::<FixedLabel, RawCounter>::default();
         for refusal in Refusal::ALL {
@@ -193,6 +196,11 @@ impl Default for Inner {
             "TCP connections open now (HTTP, long-polling, SSE and WebSocket)",
             tcp_connections.0.clone(),
         );
+        registry.register(
+            "jobstream_socket_writes_direct",
+            "Events written straight to a socket's WebSocket, encoded once for all sockets (the others go through the socket's queue)",
+            socket_writes_direct.0.clone(),
+        );
         registry.register("jobstream_refusals", "Refusals by the limit that refused", refusals.clone());
         registry.register(
             "jobstream_timeouts",
@@ -207,6 +215,7 @@ impl Default for Inner {
             bus_lag,
             bus_errors,
             tcp_connections,
+            socket_writes_direct,
             refusals,
             timeouts,
             http,

@@ -18,6 +18,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use engineioxide::EncodedMessage;
 use jobstream_delivery::{Announce, Outlet, OutletError, SubscribeError, Subscriber};
 use jobstream_job_events::{Committed, ReadError};
 use jobstream_protocol::requests::Request;
@@ -91,7 +92,11 @@ impl Session {
         self.0
             .subscriber
             .get_or_init(|| {
-                let outlet = SocketOutlet(socket.clone(), self.0.budget.clone());
+                let outlet = SocketOutlet {
+                    socket: socket.clone(),
+                    budget: self.0.budget.clone(),
+                    direct_writes: app.metrics.socket_writes_direct.clone(),
+                };
                 Arc::new(app.hub.subscriber(Arc::new(outlet)))
             })
             .clone()
@@ -359,7 +364,12 @@ async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
 
 /// The socket as a delivery outlet: `emit` of the pre-encoded event, within
 /// the socket's byte budget.
-struct SocketOutlet(SocketRef, Arc<crate::budget::Budget>);
+struct SocketOutlet {
+    socket: SocketRef,
+    budget: Arc<crate::budget::Budget>,
+    /// Counts the events written straight to the WebSocket.
+    direct_writes: crate::metrics::Counter,
+}
 
 fn outlet_error(err: &SendError) -> OutletError {
     match err {
@@ -368,26 +378,57 @@ fn outlet_error(err: &SendError) -> OutletError {
     }
 }
 
+/// The event as one engine.io message (`42["name",payload]`), encoded by the
+/// first socket that writes it directly and shared with the others.
+fn encoded(committed: &Committed) -> Option<&EncodedMessage> {
+    let encoded = committed.encoded.get_or_init(|| {
+        let name = committed.event.socket_event().as_str();
+        let payload = committed.json.get();
+        // Event names are fixed ASCII words: no JSON escaping needed.
+        let mut packet = String::with_capacity(name.len() + payload.len() + 6);
+        packet.push_str("2[\"");
+        packet.push_str(name);
+        packet.push_str("\",");
+        packet.push_str(payload);
+        packet.push(']');
+        Arc::new(EncodedMessage::new(&packet))
+    });
+    encoded.downcast_ref::<EncodedMessage>()
+}
+
 impl Outlet for SocketOutlet {
+    /// Over WebSocket, an event written when nothing else waits for the socket
+    /// goes straight to the connection, encoded once for all sockets
+    /// (`engineioxide::direct`); otherwise through socketioxide's `emit`,
+    /// behind what waits. Either way in the order sent.
     fn try_send(&self, committed: &Committed) -> Result<(), OutletError> {
-        if self.1.is_spent() {
+        if self.budget.is_spent() {
             return Err(OutletError::Full);
         }
+        if let Some(direct) = self.budget.direct() {
+            if let Some(message) = encoded(committed) {
+                if direct.try_write(message).is_ok() {
+                    self.budget.add(message.len());
+                    self.direct_writes.inc();
+                    return Ok(());
+                }
+            }
+        }
         let name = committed.event.socket_event().as_str();
-        self.0.emit(name, &*committed.json).map_err(|e| outlet_error(&e))?;
-        self.1.add(committed.json.get().len() + name.len() + 8);
+        self.socket.emit(name, &*committed.json).map_err(|e| outlet_error(&e))?;
+        self.budget.add(committed.json.get().len() + name.len() + 8);
         Ok(())
     }
 
     /// The worker has stopped: the socket ends so that its client reconnects
     /// and resumes with `since`.
     fn close(&self) {
-        close_transport(&self.0);
+        close_transport(&self.socket);
     }
 
     /// Over WebSocket, a full socket makes room when its connection writes.
     fn ready(&self) -> Option<jobstream_delivery::ReadyFuture> {
-        self.1.progress().map(|ready| Box::pin(ready) as jobstream_delivery::ReadyFuture)
+        self.budget.progress().map(|ready| Box::pin(ready) as jobstream_delivery::ReadyFuture)
     }
 }
 

@@ -58,7 +58,26 @@ pub fn init() {
         EnvFilter::new("info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,socketioxide=warn,engineioxide=warn")
     });
     let format = tracing_subscriber::fmt::layer().with_writer(RedactingStderr).with_target(false);
-    let _ = tracing_subscriber::registry().with(filter).with(wire_cap()).with(format).try_init();
+    let most_verbose = filter.max_level_hint();
+    if tracing_subscriber::registry().with(filter).with(wire_cap()).with(format).try_init().is_ok() {
+        // Records of crates that log with `log` (the WebSocket layer, on every
+        // write) are forwarded to this subscriber; capping `log` at what the
+        // filter can let through makes a disabled one a single comparison
+        // instead of a call through the forwarder.
+        log::set_max_level(log_level(most_verbose));
+    }
+}
+
+/// The `log` level that lets through what `most_verbose` does (everything when unknown).
+fn log_level(most_verbose: Option<LevelFilter>) -> log::LevelFilter {
+    match most_verbose {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        Some(_) | None => log::LevelFilter::Trace,
+    }
 }
 
 /// Makes [`Redacting`] writers to stderr.

@@ -353,6 +353,11 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
         ("jobstream_http_requests_total", "counter", "HTTP requests by route, method and status."),
         ("jobstream_http_request_seconds", "histogram", "HTTP request latency (to the response head for streams)."),
         ("jobstream_tcp_connections", "gauge", "TCP connections open now (HTTP, long-polling, SSE and WebSocket)."),
+        (
+            "jobstream_socket_writes_direct_total",
+            "counter",
+            "Events written straight to a socket's WebSocket, encoded once for all sockets (the others go through the socket's queue).",
+        ),
         ("jobstream_refusals_total", "counter", "Refusals by the limit that refused."),
         ("jobstream_timeouts_total", "counter", "Clients cut off for sending a request head or body too slowly."),
     ];
@@ -368,6 +373,7 @@ async fn the_exposition_is_prometheus_text_with_every_documented_family() {
         "jobstream_events_appended_total",
         "jobstream_events_delivered_total",
         "jobstream_events_delivered_fast_total",
+        "jobstream_socket_writes_direct_total",
         "jobstream_subscribers_behind",
         "jobstream_catch_ups_total",
         "jobstream_mailbox_overflows_total",

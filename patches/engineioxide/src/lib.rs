@@ -3,6 +3,7 @@
 #![doc = include_str!("../README.md")]
 
 pub use engineioxide_core::{ProtocolVersion, Str, TransportType};
+pub use direct::{DirectError, DirectWriter, EncodedMessage};
 pub use socket::{DisconnectReason, Socket};
 
 #[doc(hidden)]
@@ -10,6 +11,7 @@ pub use socket::{DisconnectReason, Socket};
 pub use engineioxide_core::{OpenPacket, Packet, PacketParseError};
 
 pub mod config;
+pub mod direct;
 pub mod handler;
 pub mod layer;
 pub mod service;

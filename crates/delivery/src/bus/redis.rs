@@ -77,7 +77,7 @@ fn parse(payload: &str) -> Option<Envelope> {
         .filter_map(|(i, raw)| {
             let event: Event = serde_json::from_str(raw.get()).ok()?;
             let order = orders.get(i).copied().flatten();
-            Some(Arc::new(Committed { event, json: raw.to_owned(), order }))
+            Some(Arc::new(Committed { event, json: raw.to_owned(), order, encoded: Default::default() }))
         })
         .collect();
     Some(Envelope { node: message.n, sent_at_us: message.t, message: Message::Events(events) })

@@ -4,11 +4,13 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
+    FutureExt, Sink, SinkExt, StreamExt, TryStreamExt,
 };
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
@@ -23,10 +25,15 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
+use tokio::sync::{Notify, mpsc};
 
 use crate::{
-    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
+    DisconnectReason, Socket,
+    body::ResponseBody,
+    config::EngineIoConfig,
+    direct::{DirectError, DirectWrite, DirectWriter, EncodedMessage},
+    engine::EngineIo,
     errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
 };
 
@@ -117,6 +124,7 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let direct = req_data.extensions.get::<DirectWriter>().cloned();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
@@ -164,13 +172,16 @@ where
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-    let (tx, rx) = ws.split();
+    // One lock for the reader, the writer task and direct writes: a direct
+    // write never finds the stream half-locked (as with `split`, where it would
+    // have to wait for the reader's task).
+    let ws = WsWriter::new(ws, &socket);
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), ws.clone(), direct));
 
     // pipe between internal socket channel and websocket
-    match forward_to_handler(&engine, rx, &socket)
+    match forward_to_handler(&engine, &ws, &socket)
         .with_cancellation_token(&socket.cancellation_token)
         .await
     {
@@ -198,13 +209,13 @@ where
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    ws: &WsWriter<S, H::Data>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = rx.try_next().await? {
+    while let Some(msg) = std::future::poll_fn(|cx| ws.lock().sink.try_poll_next_unpin(cx)).await.transpose()? {
         match msg {
             Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
                 Packet::Close => {
@@ -248,12 +259,219 @@ where
     Ok(())
 }
 
+/// The write half of a websocket connection, shared by its writer task and
+/// by direct writers ([`DirectWriter`]).
+struct WsOut<S> {
+    sink: WebSocketStream<S>,
+    /// Messages taken from the socket's channel, not yet given to the sink.
+    queue: VecDeque<Message>,
+    /// The sink may hold bytes that are not flushed yet.
+    dirty: bool,
+    /// The writer has stopped: nothing more is written.
+    closed: bool,
+}
+
+/// A websocket connection's writer: the socket's channel drains into the sink
+/// under `out`'s lock, and a direct write takes the same lock and goes only
+/// when the channel and `queue` are empty, so that it never overtakes a
+/// packet sent before it.
+struct WsWriter<S, D: Default + Send + Sync + 'static> {
+    out: std::sync::Mutex<WsOut<S>>,
+    /// Wakes the writer task: a direct write left something for it to finish
+    /// (a flush, or a wake-up it may have replaced).
+    wake: Notify,
+    socket: Weak<Socket<D>>,
+}
+
+impl<S, D> WsWriter<S, D>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: Default + Send + Sync + 'static,
+{
+    fn new(ws: WebSocketStream<S>, socket: &Arc<Socket<D>>) -> Arc<Self> {
+        Arc::new(WsWriter {
+            out: std::sync::Mutex::new(WsOut { sink: ws, queue: VecDeque::new(), dirty: false, closed: false }),
+            wake: Notify::new(),
+            socket: Arc::downgrade(socket),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WsOut<S>> {
+        self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves the socket's channel into the sink and flushes it. Ready when the
+    /// channel is closed; pending otherwise, with the task registered for
+    /// whatever it waits on.
+    fn drive(&self, buffered_rx: &mut mpsc::Receiver<PacketBuf>, protocol: ProtocolVersion, cx: &mut Context<'_>) -> Poll<()> {
+        let mut out = self.lock();
+        let out = &mut *out;
+        loop {
+            while !out.queue.is_empty() {
+                match Pin::new(&mut out.sink).poll_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => {
+                        if let Some(msg) = out.queue.pop_front() {
+                            if let Err(_e) = Pin::new(&mut out.sink).start_send(msg) {
+                                #[cfg(feature = "tracing")]
+                                tracing::debug!("error sending packet: {}", _e);
+                            }
+                            out.dirty = true;
+                        }
+                    }
+                    Poll::Ready(Err(_e)) => {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!("error sending packet: {}", _e);
+                        out.queue.pop_front();
+                    }
+                }
+            }
+            match buffered_rx.poll_recv(cx) {
+                Poll::Ready(Some(packets)) => {
+                    for packet in packets {
+                        out.queue.extend(packet_to_message(packet, protocol));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        if out.dirty {
+            #[cfg(feature = "tracing")]
+            tracing::trace!("ws flush");
+            if Pin::new(&mut out.sink).poll_flush(cx).is_ready() {
+                out.dirty = false;
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Queues packets that bypass the channel (volatile ones).
+    fn push(&self, packets: PacketBuf, protocol: ProtocolVersion) {
+        let mut out = self.lock();
+        for packet in packets {
+            out.queue.extend(packet_to_message(packet, protocol));
+        }
+    }
+
+    /// Flushes and closes the sink; direct writes are refused from now on.
+    async fn close(&self) {
+        self.lock().closed = true;
+        std::future::poll_fn(|cx| {
+            let mut out = self.lock();
+            let out = &mut *out;
+            while !out.queue.is_empty() {
+                if let Poll::Ready(ready) = Pin::new(&mut out.sink).poll_ready(cx) {
+                    let msg = out.queue.pop_front();
+                    if let (Ok(()), Some(msg)) = (ready, msg) {
+                        Pin::new(&mut out.sink).start_send(msg).ok();
+                    }
+                } else {
+                    return Poll::Pending;
+                }
+            }
+            Pin::new(&mut out.sink).poll_flush(cx)
+        })
+        .await
+        .ok();
+        std::future::poll_fn(|cx| Pin::new(&mut self.lock().sink).poll_close(cx)).await.ok();
+    }
+}
+
+impl<S, D> DirectWrite for WsWriter<S, D>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: Default + Send + Sync + 'static,
+{
+    fn try_write(&self, msg: &EncodedMessage) -> Result<(), DirectError> {
+        // A direct write is one non-blocking attempt made from the caller's
+        // task, often for many sockets in one poll: it must not spend (and,
+        // past tokio's budget, be refused by) that task's cooperative budget.
+        let attempt = std::future::poll_fn(|_| Poll::Ready(self.write_now(msg)));
+        tokio::task::unconstrained(attempt).now_or_never().unwrap_or(Err(DirectError::Busy))
+    }
+}
+
+impl<S, D> WsWriter<S, D>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: Default + Send + Sync + 'static,
+{
+    fn write_now(&self, msg: &EncodedMessage) -> Result<(), DirectError> {
+        let socket = self.socket.upgrade().ok_or(DirectError::Unavailable)?;
+        let mut out = self.lock();
+        if out.closed {
+            return Err(DirectError::Unavailable);
+        }
+        // Anything sent before this message and not yet in the sink (in the
+        // channel, reserved in it, or taken from it) must go first.
+        let tx = &socket.internal_tx;
+        if !out.queue.is_empty() || tx.capacity() != tx.max_capacity() {
+            return Err(DirectError::Busy);
+        }
+        // Polled without a task: whatever this registers replaces the writer
+        // task's wake-up, so the task is woken to poll again when anything is
+        // left pending (or was pending before).
+        let mut cx = Context::from_waker(Waker::noop());
+        let was_dirty = out.dirty;
+        let ready = Pin::new(&mut out.sink).poll_ready(&mut cx);
+        let written = match ready {
+            Poll::Ready(Ok(())) => {
+                let sent = Pin::new(&mut out.sink).start_send(Message::Text(msg.0.clone()));
+                out.dirty = true;
+                if Pin::new(&mut out.sink).poll_flush(&mut cx).is_ready() {
+                    out.dirty = false;
+                }
+                sent.map_err(|_| DirectError::Unavailable)
+            }
+            Poll::Ready(Err(_)) => Err(DirectError::Unavailable),
+            Poll::Pending => Err(DirectError::Busy),
+        };
+        let wake = was_dirty || out.dirty || ready.is_pending();
+        drop(out);
+        if wake {
+            self.wake.notify_one();
+        }
+        written
+    }
+}
+
+/// Maps a packet to a websocket message (`None` for a packet that is not sent
+/// over websocket).
+fn packet_to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Message> {
+    match packet {
+        Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+            if protocol == ProtocolVersion::V3 {
+                // v3 protocol requires packet type as the first byte.
+                // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                let mut buff = Vec::with_capacity(bin.len() + 1);
+                buff.push(0x04);
+                buff.extend(bin);
+                Some(Message::Binary(buff.into()))
+            } else {
+                Some(Message::Binary(bin))
+            }
+        }
+        // A Noop Packet maybe sent by the server to upgrade from a polling connection
+        // In the case that the packet was not poll in time it will remain in the buffer and therefore
+        // it should be discarded here
+        Packet::Noop => None,
+        packet => {
+            let packet: String = packet.try_into().ok()?;
+            Some(Message::Text(packet.into()))
+        }
+    }
+}
+
 /// Forwards all packets waiting to be sent to the websocket
 ///
-/// The websocket stream is flushed only when the internal channel is drained
+/// The websocket stream is flushed only when the internal channel is drained.
+/// Once running, it fills `direct` (if the request carried one) so that
+/// pre-encoded messages can be written without the channel.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    writer: Arc<WsWriter<S, H::Data>>,
+    direct: Option<DirectWriter>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -273,81 +491,34 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
+    if let Some(direct) = direct {
+        let writer: Arc<dyn DirectWrite> = writer.clone();
+        direct.fill(Arc::downgrade(&writer));
+    }
+    let protocol = socket.protocol;
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
         tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
-                }
-            }
+            () = std::future::poll_fn(|cx| writer.drive(buffered_rx, protocol, cx)) => break,
             _ = socket.cancellation_token.cancelled() => break,
             Ok(()) = volatile_rx.changed() => {
                 let val = volatile_rx.borrow_and_update().clone();
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
+                    writer.push(packets, protocol);
                 }
             },
+            () = writer.wake.notified() => {}
         }
-
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
     }
 
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    tx.flush().await.ok();
-    tx.close().await.ok();
+    writer.close().await;
 }
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
@@ -510,10 +681,10 @@ mod tests {
     async fn writer_waits_for_the_lock_of_a_polling_request() {
         let socket = socket();
         let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
+        let ws = WsWriter::new(server, &socket);
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), ws, None));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -531,10 +702,10 @@ mod tests {
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
         let socket = socket();
         let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
+        let ws = WsWriter::new(server, &socket);
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), ws, None));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();

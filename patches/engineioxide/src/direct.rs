@@ -1,0 +1,98 @@
+//! Direct writes of pre-encoded messages to a websocket connection.
+//!
+//! A server that sends the same message to many sockets (a room broadcast)
+//! pays, per socket, for encoding the packet, a push into the socket's
+//! channel and a wake-up of the socket's writer task. A [`DirectWriter`] lets
+//! it encode the message once ([`EncodedMessage`]) and write it to each
+//! socket's websocket from the calling thread, under the lock the writer task
+//! also takes, when nothing is waiting in the socket's channel. When anything
+//! is (or the connection is busy), the write is refused and the caller falls
+//! back to [`Socket::emit`](crate::Socket::emit), which keeps the order of
+//! everything sent to the socket.
+//!
+//! A [`DirectWriter`] is a slot: put one in the extensions of the websocket
+//! request (`GET ...?transport=websocket`); the websocket transport fills it
+//! once the connection's writer runs; writes are refused once the connection ends.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock, Weak};
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// An engine.io message packet (`4` + the message), encoded once and shared
+/// by every socket it is written to (cloning it is a reference count).
+#[derive(Clone)]
+pub struct EncodedMessage(pub(crate) Utf8Bytes);
+
+impl EncodedMessage {
+    /// Encodes `msg` as an engine.io message packet.
+    pub fn new(msg: &str) -> Self {
+        let mut text = String::with_capacity(msg.len() + 1);
+        text.push('4');
+        text.push_str(msg);
+        Self(Utf8Bytes::from(text))
+    }
+
+    /// The encoded packet's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the encoded packet is empty (never: it holds at least `4`).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for EncodedMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("EncodedMessage").field(&self.0.as_str()).finish()
+    }
+}
+
+/// Why a direct write did not happen; the caller sends through the socket's
+/// channel instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectError {
+    /// The connection has no direct writer (yet, or any more).
+    Unavailable,
+    /// Packets are waiting in the socket's channel, or the connection cannot
+    /// take a write now: a direct write would overtake them.
+    Busy,
+}
+
+/// Writes to one websocket connection, implemented by the websocket transport.
+pub(crate) trait DirectWrite: Send + Sync {
+    fn try_write(&self, msg: &EncodedMessage) -> Result<(), DirectError>;
+}
+
+/// A slot for the direct writer of one websocket connection (see the module
+/// docs). Cheap to clone; clones share the slot. It does not keep the
+/// connection alive: it may be kept by what the connection itself holds.
+#[derive(Clone, Default)]
+pub struct DirectWriter(Arc<OnceLock<Weak<dyn DirectWrite>>>);
+
+impl DirectWriter {
+    /// Writes `msg` to the connection now, or refuses without side effect.
+    pub fn try_write(&self, msg: &EncodedMessage) -> Result<(), DirectError> {
+        match self.0.get().and_then(Weak::upgrade) {
+            Some(writer) => writer.try_write(msg),
+            None => Err(DirectError::Unavailable),
+        }
+    }
+
+    /// Whether the connection's writer has started.
+    pub fn is_ready(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    pub(crate) fn fill(&self, writer: Weak<dyn DirectWrite>) {
+        let _ = self.0.set(writer);
+    }
+}
+
+impl fmt::Debug for DirectWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectWriter").field("ready", &self.is_ready()).finish()
+    }
+}
