@@ -4,8 +4,9 @@
 // its events follow it gap-free and once each, while other packets (acks,
 // events behind them) still go through the queue. Sockets subscribe at random
 // moments while a producer writes, over WebSocket, over long-polling, and over
-// long-polling upgraded to WebSocket; the direct path must be taken by the
-// WebSocket and the upgraded sockets (counted at /metrics).
+// long-polling upgraded to WebSocket, enough of them for the room to be written
+// on two lanes; the direct path must be taken by the WebSocket and the upgraded
+// sockets (counted at /metrics).
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -14,8 +15,10 @@ const { describe, it } = require('node:test');
 const { api, connect, mintToken, skipReason, sleep, useServer } = require('./harness');
 
 // Sockets per transport, and events the producer writes (in parallel writers).
-const SOCKETS_PER_TRANSPORT = 8;
-const EVENTS = 240;
+// 135 sockets in one room: past the size at which the server writes a room on
+// two lanes (crates/delivery, `SPLIT_ROOM`).
+const SOCKETS_PER_TRANSPORT = 45;
+const EVENTS = 400;
 const WRITERS = 4;
 
 const TRANSPORTS = {
@@ -78,11 +81,12 @@ describe('events written straight to WebSockets', { skip: skipReason(), timeout:
     const stepId = step.body.step.id;
     const before = await directWrites(url);
 
-    const token = mintToken(secret, { workspaces: [workspaceId], scope: 'subscribe' });
+    // One subject per transport: each stays under the per-subject connection limit.
+    const token = (transport) => mintToken(secret, { sub: `direct-${transport}`, workspaces: [workspaceId], scope: 'subscribe' });
     // Subscribes spread over the first half of the writes.
     const followers = Object.keys(TRANSPORTS).flatMap((transport) => Array.from(
       { length: SOCKETS_PER_TRANSPORT },
-      (_, i) => follower(url, token, jobId, transport, 20 + i * 40),
+      (_, i) => follower(url, token(transport), jobId, transport, 20 + i * 12),
     ));
     let written = 0;
     const writers = Array.from({ length: WRITERS }, async () => {

@@ -39,7 +39,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use jobstream_protocol::{JobSnapshot, Room};
@@ -159,7 +159,15 @@ struct HubInner {
     mailboxes: RwLock<HashMap<u64, Arc<Mailbox>>>,
     next_id: AtomicU64,
     stats: DeliveryStats,
+    /// The second dispatch lane (see [`Hub::dispatch`]), started on first use.
+    lane: OnceLock<tokio::sync::mpsc::UnboundedSender<Handoff>>,
 }
+
+/// A room with at least this many subscribers is dispatched on two lanes.
+const SPLIT_ROOM: usize = 128;
+
+/// Events and the subscribers the second lane offers them to, in order.
+type Handoff = (Vec<Arc<Committed>>, Vec<Vec<Arc<Mailbox>>>);
 
 /// Shards of the room index: a power of two, a few per core.
 const SHARDS: usize = 32;
@@ -207,6 +215,15 @@ impl Shard {
 /// cursors until the queue is empty again; then it hands them back and ends.
 /// While a worker runs, every event is queued behind what it is doing, so
 /// order is kept. An idle subscriber holds no task.
+/// Offers each event to its second-lane subscribers, in order.
+fn offer_all(hub: &Hub, events: &[Arc<Committed>], second: &[Vec<Arc<Mailbox>>]) {
+    for (event, mailboxes) in events.iter().zip(second) {
+        for mailbox in mailboxes {
+            mailbox.offer(hub, event);
+        }
+    }
+}
+
 struct Mailbox {
     id: u64,
     outlet: Arc<dyn Outlet>,
@@ -368,6 +385,7 @@ impl Hub {
             mailboxes: RwLock::default(),
             next_id: AtomicU64::new(1),
             stats: DeliveryStats::default(),
+            lane: OnceLock::new(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -429,6 +447,7 @@ impl Hub {
 
     /// Offers committed events to the subscribers whose rooms cover them.
     pub fn dispatch(&self, events: &[Arc<Committed>]) {
+        let mut second: Vec<Vec<Arc<Mailbox>>> = Vec::new();
         for event in events {
             let (job, workspace) = (&event.event.job_id, event.event.workspace_id.as_str());
             let (job_shard, ws_shard) = (self.job_shard(job), self.workspace_shard(workspace));
@@ -439,15 +458,58 @@ impl Hub {
             let by_ws: &Shard = other.as_deref().unwrap_or(&by_job);
             let job_set = by_job.by_job.get(job);
             let ws_set = by_ws.by_workspace.get(workspace);
-            for mailbox in job_set.into_iter().flat_map(HashMap::values) {
-                mailbox.offer(self, event);
+            let mut later = Vec::new();
+            // Large rooms: subscribers with odd ids go to the second lane.
+            let mut offer = |split: bool, id: u64, mailbox: &Arc<Mailbox>| {
+                if split && id % 2 == 1 {
+                    later.push(mailbox.clone());
+                } else {
+                    mailbox.offer(self, event);
+                }
+            };
+            let split = job_set.is_some_and(|set| set.len() >= SPLIT_ROOM);
+            for (id, mailbox) in job_set.into_iter().flatten() {
+                offer(split, *id, mailbox);
             }
+            let split = ws_set.is_some_and(|set| set.len() >= SPLIT_ROOM);
             for (id, mailbox) in ws_set.into_iter().flatten() {
                 // Once per subscriber, even when both of its rooms cover the event.
                 if !job_set.is_some_and(|set| set.contains_key(id)) {
-                    mailbox.offer(self, event);
+                    offer(split, *id, mailbox);
                 }
             }
+            second.push(later);
+        }
+        if second.iter().any(|later| !later.is_empty()) {
+            self.hand_off((events.to_vec(), second));
+        }
+    }
+
+    /// The second lane: the odd half of large rooms is offered each event by
+    /// another task, so that two cores write to the sockets of one large room.
+    /// It takes batches in dispatch order and offers in the same order, so a
+    /// subscriber still receives its events in order; it offers to the
+    /// subscribers chosen at dispatch, through their mailboxes, so that a
+    /// subscriber that unsubscribed since gets nothing (its unsubscribe comes
+    /// first in its mailbox). Without a runtime, or once it is gone, the
+    /// batch is offered here.
+    fn hand_off(&self, handoff: Handoff) {
+        let lane = self.inner.lane.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let hub = Arc::downgrade(&self.inner);
+                runtime.spawn(async move {
+                    while let Some((events, second)) = rx.recv().await {
+                        let Some(inner) = hub.upgrade() else { return };
+                        offer_all(&Hub { inner }, &events, &second);
+                    }
+                });
+            }
+            tx
+        });
+        if let Err(unsent) = lane.send(handoff) {
+            let (events, second) = unsent.0;
+            offer_all(self, &events, &second);
         }
     }
 

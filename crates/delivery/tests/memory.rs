@@ -177,3 +177,62 @@ async fn after_an_unsubscribe_nothing_of_the_room_arrives_and_no_task_is_left() 
     settled(&hub).await;
     assert_eq!(hub.sizes(), (0, 0, 0));
 }
+
+/// Waits until `done` holds (events on the second dispatch lane arrive from another task).
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..5000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("not reached in 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_room_is_written_on_two_lanes_and_each_subscriber_still_gets_each_event_once_in_order() {
+    let (source, hub) = setup();
+    let job = source.create_job("ws");
+    let mut staying = Vec::new();
+    let mut leaving = Vec::new();
+    for i in 0..300 {
+        let (sub, log, _) = subscriber(&hub);
+        sub.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+        if i % 10 == 3 { &mut leaving } else { &mut staying }.push((sub, log));
+    }
+    settled(&hub).await;
+
+    for _ in 0..100 {
+        commit(&source, &hub, job);
+    }
+    for (sub, _) in &leaving {
+        assert!(sub.unsubscribe(jobstream_protocol::Room::Job(job)).await);
+    }
+    let mut joining = Vec::new();
+    for _ in 0..20 {
+        let (sub, log, _) = subscriber(&hub);
+        let since = 100;
+        sub.subscribe_job(job, Some(since), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+        joining.push((sub, log, since));
+    }
+    for _ in 0..100 {
+        commit(&source, &hub, job);
+    }
+
+    until(|| staying.iter().all(|(_, log)| seqs(log, job).last() == Some(&200))).await;
+    until(|| joining.iter().all(|(_, log, _)| seqs(log, job).last() == Some(&200))).await;
+    settled(&hub).await;
+    for (_, log) in &staying {
+        assert_eq!(seqs(log, job), (1..=200).collect::<Vec<_>>());
+    }
+    for (_, log, since) in &joining {
+        assert_eq!(seqs(log, job), (since + 1..=200).collect::<Vec<_>>());
+    }
+    // Nothing after the unsubscribe: a gap-free prefix of what came before it.
+    for (_, log) in &leaving {
+        let got = seqs(log, job);
+        assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
+        assert!(got.len() <= 100);
+    }
+    assert!(hub.stats().fast.load(Ordering::Relaxed) >= 300 * 100, "the lanes write on the fast path");
+}

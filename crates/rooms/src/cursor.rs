@@ -267,9 +267,12 @@ impl Subscriptions {
     /// Classifies a committed event.
     pub fn classify(&self, event: EventKey<'_>) -> Verdict {
         let job = self.jobs.get(&event.job_id);
-        let workspace = self.workspaces.get(event.workspace_id);
-        if job != Some(&State::Active) && workspace != Some(&State::Active) {
-            return if job.is_some() || workspace.is_some() { Verdict::Pending } else { Verdict::Ignore };
+        // A followed job decides alone; the workspace is looked up only when it does not.
+        if job != Some(&State::Active) {
+            let workspace = self.workspaces.get(event.workspace_id);
+            if workspace != Some(&State::Active) {
+                return if job.is_some() || workspace.is_some() { Verdict::Pending } else { Verdict::Ignore };
+            }
         }
         let cursor = match self.cursors.get(&event.job_id) {
             Some(c) => c.seq,

@@ -17,36 +17,51 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock, Weak};
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use bytes::Bytes;
 
-/// An engine.io message packet (`4` + the message), encoded once and shared
-/// by every socket it is written to (cloning it is a reference count).
+/// An engine.io message packet (`4` + the message) as a complete server-to-
+/// client WebSocket text frame (RFC 6455 §5.2: unmasked, so the same bytes for
+/// every connection), encoded once and shared by every socket it is written to
+/// (cloning it is a reference count).
 #[derive(Clone)]
-pub struct EncodedMessage(pub(crate) Utf8Bytes);
+pub struct EncodedMessage {
+    pub(crate) frame: Bytes,
+}
 
 impl EncodedMessage {
-    /// Encodes `msg` as an engine.io message packet.
+    /// Encodes `msg` as an engine.io message packet in one final text frame.
     pub fn new(msg: &str) -> Self {
-        let mut text = String::with_capacity(msg.len() + 1);
-        text.push('4');
-        text.push_str(msg);
-        Self(Utf8Bytes::from(text))
+        let payload = msg.len() + 1;
+        let mut frame = Vec::with_capacity(payload + 10);
+        frame.push(0x81); // FIN, text
+        if payload < 126 {
+            frame.push(payload as u8);
+        } else if let Ok(len) = u16::try_from(payload) {
+            frame.push(126);
+            frame.extend_from_slice(&len.to_be_bytes());
+        } else {
+            frame.push(127);
+            frame.extend_from_slice(&(payload as u64).to_be_bytes());
+        }
+        frame.push(b'4');
+        frame.extend_from_slice(msg.as_bytes());
+        Self { frame: Bytes::from(frame) }
     }
 
-    /// The encoded packet's length in bytes.
+    /// The frame's length in bytes (what a direct write hands to the connection).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.frame.len()
     }
 
-    /// Whether the encoded packet is empty (never: it holds at least `4`).
+    /// Whether the frame is empty (never: it holds at least a header and `4`).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.frame.is_empty()
     }
 }
 
 impl fmt::Debug for EncodedMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("EncodedMessage").field(&self.0.as_str()).finish()
+        f.debug_struct("EncodedMessage").field("len", &self.frame.len()).finish()
     }
 }
 

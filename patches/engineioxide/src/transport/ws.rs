@@ -130,7 +130,7 @@ where
         .max_message_size(Some(engine.config.ws_max_message_size))
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
-    let ws_init = move || WebSocketStream::from_raw_socket(conn, Role::Server, Some(ws_config));
+    let ws_init = move || WebSocketStream::from_raw_socket(Backlogged::new(conn), Role::Server, Some(ws_config));
     let (socket, ws) = if let Some(sid) = sid {
         match engine.get_socket(sid) {
             None => return Err(Error::UnknownSessionID(sid)),
@@ -138,7 +138,7 @@ where
             Some(socket) => {
                 let mut ws = ws_init().await;
 
-                let upgrade_fut = upgrade_handshake::<H, S>(&socket, &mut ws);
+                let upgrade_fut = upgrade_handshake::<H, Backlogged<S>>(&socket, &mut ws);
                 match tokio::time::timeout(engine.config.upgrade_timeout, upgrade_fut)
                     .with_cancellation_token(&socket.cancellation_token)
                     .await
@@ -215,7 +215,7 @@ async fn forward_to_handler<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = std::future::poll_fn(|cx| ws.lock().sink.try_poll_next_unpin(cx)).await.transpose()? {
+    while let Some(msg) = std::future::poll_fn(|cx| ws.read(cx)).await.transpose()? {
         match msg {
             Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
                 Packet::Close => {
@@ -262,7 +262,7 @@ where
 /// The write half of a websocket connection, shared by its writer task and
 /// by direct writers ([`DirectWriter`]).
 struct WsOut<S> {
-    sink: WebSocketStream<S>,
+    sink: WebSocketStream<Backlogged<S>>,
     /// Messages taken from the socket's channel, not yet given to the sink.
     queue: VecDeque<Message>,
     /// The sink may hold bytes that are not flushed yet.
@@ -288,7 +288,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     D: Default + Send + Sync + 'static,
 {
-    fn new(ws: WebSocketStream<S>, socket: &Arc<Socket<D>>) -> Arc<Self> {
+    fn new(ws: WebSocketStream<Backlogged<S>>, socket: &Arc<Socket<D>>) -> Arc<Self> {
         Arc::new(WsWriter {
             out: std::sync::Mutex::new(WsOut { sink: ws, queue: VecDeque::new(), dirty: false, closed: false }),
             wake: Notify::new(),
@@ -298,6 +298,14 @@ where
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WsOut<S>> {
         self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the next message. Reading may queue a reply in the stream (a
+    /// pong, a close), so the stream is then dirty until flushed.
+    fn read(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, tungstenite::Error>>> {
+        let mut out = self.lock();
+        out.dirty = true;
+        out.sink.try_poll_next_unpin(cx)
     }
 
     /// Moves the socket's channel into the sink and flushes it. Ready when the
@@ -414,25 +422,109 @@ where
         // left pending (or was pending before).
         let mut cx = Context::from_waker(Waker::noop());
         let was_dirty = out.dirty;
-        let ready = Pin::new(&mut out.sink).poll_ready(&mut cx);
-        let written = match ready {
-            Poll::Ready(Ok(())) => {
-                let sent = Pin::new(&mut out.sink).start_send(Message::Text(msg.0.clone()));
-                out.dirty = true;
-                if Pin::new(&mut out.sink).poll_flush(&mut cx).is_ready() {
-                    out.dirty = false;
+        if out.dirty {
+            // The frame goes after whatever the stream holds: flush it first.
+            match Pin::new(&mut out.sink).poll_flush(&mut cx) {
+                Poll::Ready(Ok(())) => out.dirty = false,
+                Poll::Ready(Err(_)) => return Err(DirectError::Unavailable),
+                Poll::Pending => {
+                    drop(out);
+                    self.wake.notify_one();
+                    return Err(DirectError::Busy);
                 }
-                sent.map_err(|_| DirectError::Unavailable)
             }
-            Poll::Ready(Err(_)) => Err(DirectError::Unavailable),
-            Poll::Pending => Err(DirectError::Busy),
-        };
-        let wake = was_dirty || out.dirty || ready.is_pending();
+        }
+        // The stream holds nothing unwritten: the frame goes to the
+        // connection as it is (what it cannot take now waits in the backlog,
+        // ahead of anything written after it).
+        let written = out.sink.get_mut().write_frame(&msg.frame, &mut cx);
+        if out.sink.get_ref().has_backlog() {
+            out.dirty = true;
+        }
+        let wake = was_dirty || out.dirty;
         drop(out);
         if wake {
             self.wake.notify_one();
         }
-        written
+        written.map_err(|_| DirectError::Unavailable)
+    }
+}
+
+/// The connection under the WebSocket stream, with the bytes of direct writes
+/// it could not take at once. They go out before anything written after them.
+struct Backlogged<S> {
+    inner: S,
+    backlog: Vec<u8>,
+}
+
+impl<S: AsyncWrite + Unpin> Backlogged<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, backlog: Vec::new() }
+    }
+
+    fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Writes a whole frame now, or what the connection takes of it and the
+    /// rest into the backlog. Only called when nothing is buffered above.
+    fn write_frame(&mut self, frame: &[u8], cx: &mut Context<'_>) -> std::io::Result<()> {
+        if self.backlog.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, frame) {
+                Poll::Ready(Ok(n)) if n == frame.len() => return Ok(()),
+                Poll::Ready(Ok(n)) => self.backlog.extend_from_slice(&frame[n..]),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => self.backlog.extend_from_slice(frame),
+            }
+        } else {
+            self.backlog.extend_from_slice(frame);
+        }
+        Ok(())
+    }
+
+    /// Writes the backlog out; ready once it is empty.
+    fn poll_backlog(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.backlog.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.backlog) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.backlog.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.backlog.capacity() > 64 * 1024 {
+            self.backlog = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Backlogged<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Backlogged<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_backlog(cx))?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_backlog(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_backlog(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -668,10 +760,10 @@ mod tests {
         ))
     }
 
-    async fn ws_pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+    async fn ws_pair() -> (WebSocketStream<Backlogged<DuplexStream>>, WebSocketStream<DuplexStream>) {
         let (server, client) = tokio::io::duplex(1024);
         (
-            WebSocketStream::from_raw_socket(server, Role::Server, None).await,
+            WebSocketStream::from_raw_socket(Backlogged::new(server), Role::Server, None).await,
             WebSocketStream::from_raw_socket(client, Role::Client, None).await,
         )
     }
