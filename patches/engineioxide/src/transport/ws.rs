@@ -311,7 +311,7 @@ where
     /// Moves the socket's channel into the sink and flushes it. Ready when the
     /// channel is closed; pending otherwise, with the task registered for
     /// whatever it waits on.
-    fn drive(&self, buffered_rx: &mut mpsc::Receiver<PacketBuf>, protocol: ProtocolVersion, cx: &mut Context<'_>) -> Poll<()> {
+    fn drive(&self, buffered_rx: &mut mpsc::Receiver<Box<PacketBuf>>, protocol: ProtocolVersion, cx: &mut Context<'_>) -> Poll<()> {
         let mut out = self.lock();
         let out = &mut *out;
         loop {
@@ -336,7 +336,7 @@ where
             }
             match buffered_rx.poll_recv(cx) {
                 Poll::Ready(Some(packets)) => {
-                    for packet in packets {
+                    for packet in *packets {
                         out.queue.extend(packet_to_message(packet, protocol));
                     }
                 }
@@ -671,7 +671,7 @@ where
     // We send a last Noop request to close a potential waiting polling request.
     socket
         .internal_tx
-        .send(smallvec![Packet::Noop])
+        .send(Box::new(smallvec![Packet::Noop]))
         .await
         .map_err(|_| Error::Upgrade)?;
 
