@@ -15,8 +15,8 @@ const { describe, it } = require('node:test');
 const { api, connect, mintToken, skipReason, sleep, useServer } = require('./harness');
 
 // Sockets per transport, and events the producer writes (in parallel writers).
-// 135 sockets in one room: past the size at which the server writes a room on
-// two lanes (crates/delivery, `SPLIT_ROOM`).
+// 135 sockets in one room: well past the size at which the server writes a
+// room on two lanes (crates/delivery, `SPLIT_ROOM`).
 const SOCKETS_PER_TRANSPORT = 45;
 const EVENTS = 400;
 const WRITERS = 4;

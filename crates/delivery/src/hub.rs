@@ -164,7 +164,7 @@ struct HubInner {
 }
 
 /// A room with at least this many subscribers is dispatched on two lanes.
-const SPLIT_ROOM: usize = 128;
+const SPLIT_ROOM: usize = 32;
 
 /// Events and the subscribers the second lane offers them to, in order.
 type Handoff = (Vec<Arc<Committed>>, Vec<Vec<Arc<Mailbox>>>);
