@@ -163,6 +163,15 @@ struct HubInner {
     lane: OnceLock<tokio::sync::mpsc::UnboundedSender<Handoff>>,
 }
 
+/// Offers each event to its second-lane subscribers, in order.
+fn offer_all(hub: &Hub, events: &[Arc<Committed>], second: &[Vec<Arc<Mailbox>>]) {
+    for (event, mailboxes) in events.iter().zip(second) {
+        for mailbox in mailboxes {
+            mailbox.offer(hub, event);
+        }
+    }
+}
+
 /// A room with at least this many subscribers is dispatched on two lanes.
 const SPLIT_ROOM: usize = 32;
 
@@ -215,15 +224,6 @@ impl Shard {
 /// cursors until the queue is empty again; then it hands them back and ends.
 /// While a worker runs, every event is queued behind what it is doing, so
 /// order is kept. An idle subscriber holds no task.
-/// Offers each event to its second-lane subscribers, in order.
-fn offer_all(hub: &Hub, events: &[Arc<Committed>], second: &[Vec<Arc<Mailbox>>]) {
-    for (event, mailboxes) in events.iter().zip(second) {
-        for mailbox in mailboxes {
-            mailbox.offer(hub, event);
-        }
-    }
-}
-
 struct Mailbox {
     id: u64,
     outlet: Arc<dyn Outlet>,

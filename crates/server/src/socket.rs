@@ -378,8 +378,9 @@ fn outlet_error(err: &SendError) -> OutletError {
     }
 }
 
-/// The event as one engine.io message (`42["name",payload]`), encoded by the
-/// first socket that writes it directly and shared with the others.
+/// The event as a WebSocket frame carrying the engine.io message
+/// `42["name",payload]`, encoded by the first socket that writes it directly
+/// and shared with the others.
 fn encoded(committed: &Committed) -> Option<&EncodedMessage> {
     let encoded = committed.encoded.get_or_init(|| {
         let name = committed.event.socket_event().as_str();
