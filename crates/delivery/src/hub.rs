@@ -13,8 +13,9 @@
 //!   sent in order, then delivery goes on.
 //!
 //! **Two paths.** A caught-up subscriber (nothing queued, no worker running)
-//! gets the next event of its job written to its outlet by the dispatching
-//! thread itself, under the subscriber's short lock: no queue, no task woken.
+//! gets the next event of its job written to its outlet by its dispatch lane
+//! (one task per core; a small batch by the dispatching thread itself), under
+//! the subscriber's short lock: no queue of its own, no task of its own woken.
 //! The outlet encodes the event's JSON, which [`Committed`] holds encoded once
 //! for every subscriber. Everything else — a subscription being set up, a gap,
 //! a full outlet, a command — is queued, and a worker task is started that owns
@@ -38,7 +39,7 @@
 //! retried while the outlet is full.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -118,7 +119,7 @@ impl Default for DeliveryConfig {
 pub struct DeliveryStats {
     /// Events sent to outlets.
     pub delivered: AtomicU64,
-    /// Of those, events written by the dispatching thread to a caught-up
+    /// Of those, events written on dispatch (by a lane) to a caught-up
     /// subscriber (the fast path: no queue, no task woken).
     pub fast: AtomicU64,
     /// Subscribers handled by a worker task now (behind: setting up a
@@ -159,24 +160,41 @@ struct HubInner {
     mailboxes: RwLock<HashMap<u64, Arc<Mailbox>>>,
     next_id: AtomicU64,
     stats: DeliveryStats,
-    /// The second dispatch lane (see [`Hub::dispatch`]), started on first use.
-    lane: OnceLock<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+    /// The dispatch lanes (see [`Hub::dispatch`]): a subscriber is always on
+    /// lane `id % lanes.len()`.
+    lanes: Box<[Lane]>,
 }
 
-/// Offers each event to its second-lane subscribers, in order.
-fn offer_all(hub: &Hub, events: &[Arc<Committed>], second: &[Vec<Arc<Mailbox>>]) {
-    for (event, mailboxes) in events.iter().zip(second) {
+/// A batch with at most this many sends is offered by the dispatching thread
+/// itself (where its subscribers' lanes have nothing waiting): handing it to
+/// a lane would cost more than the sends.
+const INLINE_SENDS: usize = 8;
+
+/// At most this many lanes, whatever the number of cores.
+const MAX_LANES: usize = 8;
+
+/// One dispatch lane: a task that offers the batches handed to it, in the
+/// order they were handed, to the subscribers chosen at dispatch.
+struct Lane {
+    /// Started on first use.
+    tx: OnceLock<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+    /// Batches handed to the lane and not yet offered in full. While it is
+    /// above zero, the lane's subscribers are not offered anything inline
+    /// (that would overtake what waits).
+    waiting: AtomicUsize,
+}
+
+/// Events and, for each, the subscribers the lane offers it to, in order.
+type Handoff = (Vec<Arc<Committed>>, Vec<Vec<Arc<Mailbox>>>);
+
+/// Offers each event to its subscribers, in order.
+fn offer_all(hub: &Hub, events: &[Arc<Committed>], targets: &[Vec<Arc<Mailbox>>]) {
+    for (event, mailboxes) in events.iter().zip(targets) {
         for mailbox in mailboxes {
             mailbox.offer(hub, event);
         }
     }
 }
-
-/// A room with at least this many subscribers is dispatched on two lanes.
-const SPLIT_ROOM: usize = 32;
-
-/// Events and the subscribers the second lane offers them to, in order.
-type Handoff = (Vec<Arc<Committed>>, Vec<Vec<Arc<Mailbox>>>);
 
 /// Shards of the room index: a power of two, a few per core.
 const SHARDS: usize = 32;
@@ -218,7 +236,8 @@ impl Shard {
 ///
 /// **Fast path.** While nothing is queued and no worker runs, a dispatched
 /// event is classified against the cursors and written to the outlet right
-/// there, by the dispatching thread: no task is woken and nothing is queued.
+/// there, by the dispatch lane offering it: no task of the subscriber's is
+/// woken and nothing is queued.
 /// **Slow path.** Anything else (a subscription being set up, a gap, a full
 /// outlet, commands) is queued, and a worker task is started that owns the
 /// cursors until the queue is empty again; then it hands them back and ends.
@@ -385,7 +404,9 @@ impl Hub {
             mailboxes: RwLock::default(),
             next_id: AtomicU64::new(1),
             stats: DeliveryStats::default(),
-            lane: OnceLock::new(),
+            lanes: (0..std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, MAX_LANES))
+                .map(|_| Lane { tx: OnceLock::new(), waiting: AtomicUsize::new(0) })
+                .collect(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -446,8 +467,19 @@ impl Hub {
     }
 
     /// Offers committed events to the subscribers whose rooms cover them.
+    ///
+    /// The subscribers of each event are chosen here, under the index's
+    /// shared locks; the offers themselves are made by the dispatch lanes,
+    /// one task per core, each offering to its own subscribers (`id % lanes`)
+    /// in dispatch order. So the sends of a batch are spread over the cores
+    /// by their number, whatever the sizes of the rooms, and the dispatching
+    /// thread (the writer's commit) returns at once. A small batch (at most
+    /// [`INLINE_SENDS`] sends) is offered here instead, to each subscriber
+    /// whose lane has nothing waiting; the others go to their lane as usual.
     pub fn dispatch(&self, events: &[Arc<Committed>]) {
-        let mut second: Vec<Vec<Arc<Mailbox>>> = Vec::new();
+        let lanes = self.inner.lanes.len();
+        let mut targets: Vec<Vec<Vec<Arc<Mailbox>>>> = Vec::new();
+        let mut sends = 0;
         for event in events {
             let (job, workspace) = (&event.event.job_id, event.event.workspace_id.as_str());
             let (job_shard, ws_shard) = (self.job_shard(job), self.workspace_shard(workspace));
@@ -458,59 +490,80 @@ impl Hub {
             let by_ws: &Shard = other.as_deref().unwrap_or(&by_job);
             let job_set = by_job.by_job.get(job);
             let ws_set = by_ws.by_workspace.get(workspace);
-            let mut later = Vec::new();
-            // Large rooms: subscribers with odd ids go to the second lane.
-            let mut offer = |split: bool, id: u64, mailbox: &Arc<Mailbox>| {
-                if split && id % 2 == 1 {
-                    later.push(mailbox.clone());
-                } else {
-                    mailbox.offer(self, event);
-                }
-            };
-            let split = job_set.is_some_and(|set| set.len() >= SPLIT_ROOM);
+            let mut chosen: Vec<Vec<Arc<Mailbox>>> = vec![Vec::new(); lanes];
             for (id, mailbox) in job_set.into_iter().flatten() {
-                offer(split, *id, mailbox);
+                chosen[(*id as usize) % lanes].push(mailbox.clone());
             }
-            let split = ws_set.is_some_and(|set| set.len() >= SPLIT_ROOM);
             for (id, mailbox) in ws_set.into_iter().flatten() {
                 // Once per subscriber, even when both of its rooms cover the event.
                 if !job_set.is_some_and(|set| set.contains_key(id)) {
-                    offer(split, *id, mailbox);
+                    chosen[(*id as usize) % lanes].push(mailbox.clone());
                 }
             }
-            second.push(later);
+            sends += chosen.iter().map(Vec::len).sum::<usize>();
+            targets.push(chosen);
         }
-        if second.iter().any(|later| !later.is_empty()) {
-            self.hand_off((events.to_vec(), second));
+        if sends == 0 {
+            return;
+        }
+        // Per lane: the events and, for each, that lane's subscribers.
+        let mut per_lane: Vec<Vec<Vec<Arc<Mailbox>>>> = (0..lanes).map(|_| Vec::with_capacity(events.len())).collect();
+        for chosen in targets {
+            for (lane, mailboxes) in chosen.into_iter().enumerate() {
+                per_lane[lane].push(mailboxes);
+            }
+        }
+        for (lane, mut chosen) in per_lane.into_iter().enumerate() {
+            if chosen.iter().all(Vec::is_empty) {
+                continue;
+            }
+            if sends <= INLINE_SENDS && self.inner.lanes[lane].waiting.load(Ordering::Acquire) == 0 {
+                offer_all(self, events, &chosen);
+                continue;
+            }
+            // Only the events this lane has subscribers for.
+            let mut batch = Vec::with_capacity(events.len());
+            let mut kept = Vec::with_capacity(events.len());
+            for (event, mailboxes) in events.iter().zip(chosen.drain(..)) {
+                if !mailboxes.is_empty() {
+                    batch.push(event.clone());
+                    kept.push(mailboxes);
+                }
+            }
+            self.hand_off(lane, (batch, kept));
         }
     }
 
-    /// The second lane: the odd half of large rooms is offered each event by
-    /// another task, so that two cores write to the sockets of one large room.
-    /// It takes batches in dispatch order and offers in the same order, so a
-    /// subscriber still receives its events in order; it offers to the
-    /// subscribers chosen at dispatch, through their mailboxes, so that a
-    /// subscriber that unsubscribed since gets nothing (its unsubscribe comes
-    /// first in its mailbox). Without a runtime, or once it is gone, the
+    /// Hands a batch to a lane. Without a runtime, or once it is gone, the
     /// batch is offered here.
-    fn hand_off(&self, handoff: Handoff) {
-        let lane = self.inner.lane.get_or_init(|| {
+    fn hand_off(&self, lane: usize, handoff: Handoff) {
+        let Lane { tx, waiting } = &self.inner.lanes[lane];
+        let tx = tx.get_or_init(|| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let hub = Arc::downgrade(&self.inner);
                 runtime.spawn(async move {
-                    while let Some((events, second)) = rx.recv().await {
+                    while let Some((events, targets)) = rx.recv().await {
                         let Some(inner) = hub.upgrade() else { return };
-                        offer_all(&Hub { inner }, &events, &second);
+                        let hub = Hub { inner };
+                        offer_all(&hub, &events, &targets);
+                        hub.inner.lanes[lane].waiting.fetch_sub(1, Ordering::Release);
                     }
                 });
             }
             tx
         });
-        if let Err(unsent) = lane.send(handoff) {
-            let (events, second) = unsent.0;
-            offer_all(self, &events, &second);
+        waiting.fetch_add(1, Ordering::AcqRel);
+        if let Err(unsent) = tx.send(handoff) {
+            let (events, targets) = unsent.0;
+            offer_all(self, &events, &targets);
+            waiting.fetch_sub(1, Ordering::Release);
         }
+    }
+
+    /// Batches handed to the dispatch lanes and not yet offered in full.
+    pub fn dispatching(&self) -> usize {
+        self.inner.lanes.iter().map(|lane| lane.waiting.load(Ordering::Acquire)).sum()
     }
 
     /// (subscribers, job subscriptions, workspace subscriptions).

@@ -51,7 +51,8 @@ fn quiet() -> Announce {
 /// Waits until no subscriber is handled by a worker.
 async fn settled(hub: &Hub) {
     for _ in 0..5000 {
-        if hub.stats().behind.load(Ordering::Relaxed) == 0 {
+        // Lanes first: an offer they make may start a worker.
+        if hub.dispatching() == 0 && hub.stats().behind.load(Ordering::Acquire) == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -178,7 +179,7 @@ async fn after_an_unsubscribe_nothing_of_the_room_arrives_and_no_task_is_left() 
     assert_eq!(hub.sizes(), (0, 0, 0));
 }
 
-/// Waits until `done` holds (events on the second dispatch lane arrive from another task).
+/// Waits until `done` holds (events on the dispatch lanes arrive from other tasks).
 async fn until(done: impl Fn() -> bool) {
     for _ in 0..5000 {
         if done() {
@@ -190,7 +191,7 @@ async fn until(done: impl Fn() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_room_is_written_on_two_lanes_and_each_subscriber_still_gets_each_event_once_in_order() {
+async fn a_large_room_is_written_on_the_dispatch_lanes_and_each_subscriber_still_gets_each_event_once_in_order() {
     let (source, hub) = setup();
     let job = source.create_job("ws");
     let mut staying = Vec::new();
@@ -235,4 +236,66 @@ async fn a_large_room_is_written_on_two_lanes_and_each_subscriber_still_gets_eac
         assert!(got.len() <= 100);
     }
     assert!(hub.stats().fast.load(Ordering::Relaxed) >= 300 * 100, "the lanes write on the fast path");
+}
+
+#[tokio::test]
+async fn a_small_batch_is_not_offered_inline_ahead_of_a_batch_still_waiting_on_the_lane() {
+    // One thread: the lanes run only when this test awaits.
+    let (source, hub) = setup();
+    let job = source.create_job("ws");
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        let (other, _, _) = subscriber(&hub);
+        other.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+        others.push(other);
+    }
+    settled(&hub).await;
+    let catch_ups = hub.stats().catch_ups.load(Ordering::Relaxed);
+
+    commit(&source, &hub, job); // 21 sends: handed to the lanes
+    assert!(hub.dispatching() >= 1, "seq 1 waits on a lane");
+    drop(others);
+    commit(&source, &hub, job); // one send, for a subscriber whose lane has seq 1 waiting
+    settled(&hub).await;
+
+    assert_eq!(seqs(&log, job), vec![1, 2]);
+    let repaired = hub.stats().catch_ups.load(Ordering::Relaxed) - catch_ups;
+    assert_eq!(repaired, 0, "seq 2 did not overtake seq 1 (no gap to repair)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_workspaces_written_at_once_each_get_every_event_once_in_order() {
+    let (source, hub) = setup();
+    let mut rooms = Vec::new();
+    for w in 0..20 {
+        let workspace = format!("ws-{w}");
+        let job = source.create_job(&workspace);
+        let mut logs = Vec::new();
+        for _ in 0..10 {
+            let (sub, log, _) = subscriber(&hub);
+            sub.subscribe_workspace(&workspace, |_| quiet()).await.unwrap();
+            logs.push((sub, log));
+        }
+        rooms.push((job, logs));
+    }
+    settled(&hub).await;
+    let catch_ups = hub.stats().catch_ups.load(Ordering::Relaxed);
+
+    // Batches of one event per workspace, as a group commit hands them over.
+    for _ in 0..50 {
+        let batch: Vec<_> = rooms.iter().map(|(job, _)| source.append(*job).unwrap()).collect();
+        hub.dispatch(&batch);
+    }
+    until(|| rooms.iter().all(|(job, logs)| logs.iter().all(|(_, log)| seqs(log, *job).last() == Some(&50)))).await;
+    settled(&hub).await;
+
+    for (job, logs) in &rooms {
+        for (_, log) in logs {
+            assert_eq!(seqs(log, *job), (1..=50).collect::<Vec<_>>());
+            assert!(log.lock().unwrap().iter().all(|(j, _)| j == job), "only its own workspace's events");
+        }
+    }
+    assert_eq!(hub.stats().catch_ups.load(Ordering::Relaxed), catch_ups);
 }
