@@ -187,12 +187,19 @@ struct Lane {
 /// Events and, for each, the subscribers the lane offers it to, in order.
 type Handoff = (Vec<Arc<Committed>>, Vec<Vec<Arc<Mailbox>>>);
 
-/// Offers each event to its subscribers, in order.
+/// Offers each event to its subscribers, in order. The counters of the fast
+/// path are added once per batch: lanes on other cores share them.
 fn offer_all(hub: &Hub, events: &[Arc<Committed>], targets: &[Vec<Arc<Mailbox>>]) {
+    let mut fast = 0;
     for (event, mailboxes) in events.iter().zip(targets) {
         for mailbox in mailboxes {
-            mailbox.offer(hub, event);
+            fast += u64::from(mailbox.offer(hub, event));
         }
+    }
+    if fast > 0 {
+        let stats = &hub.inner.stats;
+        stats.delivered.fetch_add(fast, Ordering::Relaxed);
+        stats.fast.fetch_add(fast, Ordering::Relaxed);
     }
 }
 
@@ -298,22 +305,22 @@ impl Mailbox {
 
     /// Offers a committed event: written at once if the subscriber is caught
     /// up on its job and the outlet has room, else queued for the worker.
-    fn offer(self: &Arc<Self>, hub: &Hub, event: &Arc<Committed>) {
+    /// True when it was written here (the caller counts it as delivered on
+    /// the fast path).
+    fn offer(self: &Arc<Self>, hub: &Hub, event: &Arc<Committed>) -> bool {
         let stats = &hub.inner.stats;
         let mut state = self.state();
         if state.closed {
-            return;
+            return false;
         }
         if state.queue.is_empty() {
             if let Some(cursors) = state.cursors.as_mut() {
                 match cursors.subs.classify(key(event)) {
-                    Verdict::Ignore | Verdict::Duplicate => return,
+                    Verdict::Ignore | Verdict::Duplicate => return false,
                     Verdict::Deliver if self.outlet.try_send(event).is_ok() => {
                         cursors.subs.advance(key(event));
                         cursors.count(stats);
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                        stats.fast.fetch_add(1, Ordering::Relaxed);
-                        return;
+                        return true;
                     }
                     // The outlet is full or gone (the worker waits, or stops), or the event needs work.
                     _ => {}
@@ -326,10 +333,11 @@ impl Mailbox {
                 stats.overflows.fetch_add(1, Ordering::Relaxed);
                 self.push(hub, &mut state, Msg::Resync);
             }
-            return;
+            return false;
         }
         state.queued_events += 1;
         self.push(hub, &mut state, Msg::Event(event.clone()));
+        false
     }
 
     /// Queues a message and makes sure a worker will take it.

@@ -105,6 +105,11 @@ pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Stream {
     fn new(inner: TcpStream, write_stall: Duration) -> Self {
+        // Events are small and wanted now: no Nagle delay behind an
+        // unacknowledged earlier write (as Node's HTTP server does by default).
+        if let Err(err) = inner.set_nodelay(true) {
+            tracing::debug!(error = %err, "TCP_NODELAY could not be set");
+        }
         let mut inner = TimeoutStream::new(inner);
         inner.set_write_timeout(Some(write_stall));
         Self { inner: Box::pin(inner), conn: Conn::default() }
