@@ -486,7 +486,8 @@ impl Hub {
     /// whose lane has nothing waiting; the others go to their lane as usual.
     pub fn dispatch(&self, events: &[Arc<Committed>]) {
         let lanes = self.inner.lanes.len();
-        let mut targets: Vec<Vec<Vec<Arc<Mailbox>>>> = Vec::new();
+        // Per lane: the events it has subscribers for and, for each, those subscribers.
+        let mut per_lane: Vec<Handoff> = (0..lanes).map(|_| (Vec::new(), Vec::new())).collect();
         let mut sends = 0;
         for event in events {
             let (job, workspace) = (&event.event.job_id, event.event.workspace_id.as_str());
@@ -508,37 +509,23 @@ impl Hub {
                     chosen[(*id as usize) % lanes].push(mailbox.clone());
                 }
             }
-            sends += chosen.iter().map(Vec::len).sum::<usize>();
-            targets.push(chosen);
-        }
-        if sends == 0 {
-            return;
-        }
-        // Per lane: the events and, for each, that lane's subscribers.
-        let mut per_lane: Vec<Vec<Vec<Arc<Mailbox>>>> = (0..lanes).map(|_| Vec::with_capacity(events.len())).collect();
-        for chosen in targets {
-            for (lane, mailboxes) in chosen.into_iter().enumerate() {
-                per_lane[lane].push(mailboxes);
+            for ((batch, targets), mailboxes) in per_lane.iter_mut().zip(chosen) {
+                if !mailboxes.is_empty() {
+                    sends += mailboxes.len();
+                    batch.push(event.clone());
+                    targets.push(mailboxes);
+                }
             }
         }
-        for (lane, mut chosen) in per_lane.into_iter().enumerate() {
-            if chosen.iter().all(Vec::is_empty) {
+        for (lane, (batch, targets)) in per_lane.into_iter().enumerate() {
+            if batch.is_empty() {
                 continue;
             }
             if sends <= INLINE_SENDS && self.inner.lanes[lane].waiting.load(Ordering::Acquire) == 0 {
-                offer_all(self, events, &chosen);
-                continue;
+                offer_all(self, &batch, &targets);
+            } else {
+                self.hand_off(lane, (batch, targets));
             }
-            // Only the events this lane has subscribers for.
-            let mut batch = Vec::with_capacity(events.len());
-            let mut kept = Vec::with_capacity(events.len());
-            for (event, mailboxes) in events.iter().zip(chosen.drain(..)) {
-                if !mailboxes.is_empty() {
-                    batch.push(event.clone());
-                    kept.push(mailboxes);
-                }
-            }
-            self.hand_off(lane, (batch, kept));
         }
     }
 
