@@ -238,7 +238,7 @@ impl Application {
             .with_state(state.clone())
             .max_buffer_size(config.socket_buffer)
             // Clients send only small subscribe packets; a smaller read chunk saves memory per socket.
-            .ws_read_buffer_size(1024)
+            .ws_read_buffer_size(512)
             // The largest message a client may send, before and after CONNECT
             // (crate::limits): a WebSocket frame header announcing more is
             // refused before anything is allocated for it, a fragmented message
@@ -356,28 +356,35 @@ impl Application {
     }
 }
 
-/// Copies the URI and headers of Socket.IO requests into their own small
-/// allocations. socketioxide keeps each socket's request parts for the socket's
-/// life; as parsed, they point into the connection's 16 KiB read buffer and so
-/// would keep that buffer alive per connection.
+/// The headers of a Socket.IO request that are read after the layers in front
+/// of socketioxide: the token at CONNECT (`Authorization`, see
+/// `crate::socket`), the WebSocket key for the upgrade's answer, the type of a
+/// long-polling POST. The others (cookies, user agent, languages: often more
+/// than a kilobyte from a browser) are not kept for the socket's life.
+const SOCKET_HEADERS: [header::HeaderName; 3] =
+    [header::AUTHORIZATION, header::SEC_WEBSOCKET_KEY, header::CONTENT_TYPE];
+
+/// Keeps only the URI and the headers of Socket.IO requests that are read
+/// later ([`SOCKET_HEADERS`]), copied into their own small allocations.
+/// socketioxide keeps each socket's request parts for the socket's life; as
+/// parsed, they point into the connection's 16 KiB read buffer and so would
+/// keep that buffer alive per connection. (CORS and the other layers in front
+/// have seen every header by then.)
 async fn detach_socket_request(mut request: axum::extract::Request) -> axum::extract::Request {
     if request.uri().path().starts_with("/socket.io") {
         if let Ok(uri) = request.uri().to_string().parse() {
             *request.uri_mut() = uri;
         }
         let headers = std::mem::take(request.headers_mut());
+        let kept = SOCKET_HEADERS.iter().map(|name| headers.get_all(name).iter().count()).sum();
         let copied = request.headers_mut();
-        copied.reserve(headers.len());
-        let mut name = None;
-        for (key, value) in headers {
-            if let Some(key) = key {
-                name = Some(key);
-            }
-            if let (Some(key), Ok(value)) = (&name, HeaderValue::from_bytes(value.as_bytes())) {
-                copied.append(
-                    header::HeaderName::from_bytes(key.as_str().as_bytes()).unwrap_or_else(|_| key.clone()),
-                    value,
-                );
+        // Sized to what is kept (a map grown by insertion reserves room for six).
+        *copied = header::HeaderMap::with_capacity(kept);
+        for name in SOCKET_HEADERS {
+            for value in headers.get_all(&name) {
+                if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+                    copied.append(name.clone(), value);
+                }
             }
         }
     }

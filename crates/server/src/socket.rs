@@ -30,7 +30,7 @@ use jobstream_rooms::{authorize, Action, Claims, Decision};
 use serde::Serialize;
 use serde_json::Value;
 use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError, SocketIo, TransportType};
@@ -328,10 +328,7 @@ async fn authenticate(
     socket.extensions.insert(Holdings { _place: Arc::new(place), rooms: Arc::default() });
     socket.extensions.insert(Arc::new(crate::order::Sequencer::default()));
     socket.extensions.insert(Session::new(verified.claims, verified.expires, app.upgrades.clone()));
-    socket.on("subscribe:workspace:jobs", subscribe_workspace);
-    socket.on("unsubscribe:workspace:jobs", unsubscribe_workspace);
-    socket.on("subscribe:job", subscribe_job);
-    socket.on("unsubscribe:job", unsubscribe_job);
+    socket.on_fallback(on_request);
     socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason, State(app): State<AppState>| {
         app.upgrades.take(socket.id);
         // Gives the socket's place back to its subject.
@@ -346,6 +343,26 @@ async fn authenticate(
         tracing::debug!(socket = %socket.id, ?reason, "disconnected");
     });
     Ok(())
+}
+
+/// Every event of a socket: the four requests of CONTRACT §3 go to their
+/// handlers; any other event is ignored (no ack). One handler for all, not
+/// one registered per event name: each socket would hold a map of them.
+async fn on_request(
+    socket: SocketRef,
+    Event(event): Event,
+    data: TryData<Value>,
+    ack: Ack,
+    app: State<AppState>,
+    turn: crate::order::Turn,
+) {
+    match event.as_str() {
+        "subscribe:workspace:jobs" => subscribe_workspace(socket, data, ack, app, turn).await,
+        "unsubscribe:workspace:jobs" => unsubscribe_workspace(socket, data, ack, turn).await,
+        "subscribe:job" => subscribe_job(socket, data, ack, app, turn).await,
+        "unsubscribe:job" => unsubscribe_job(socket, data, ack, turn).await,
+        _ => {}
+    }
 }
 
 async fn on_connect(socket: SocketRef, State(app): State<AppState>) {

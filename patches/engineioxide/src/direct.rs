@@ -31,21 +31,7 @@ pub struct EncodedMessage {
 impl EncodedMessage {
     /// Encodes `msg` as an engine.io message packet in one final text frame.
     pub fn new(msg: &str) -> Self {
-        let payload = msg.len() + 1;
-        let mut frame = Vec::with_capacity(payload + 10);
-        frame.push(0x81); // FIN, text
-        if payload < 126 {
-            frame.push(payload as u8);
-        } else if let Ok(len) = u16::try_from(payload) {
-            frame.push(126);
-            frame.extend_from_slice(&len.to_be_bytes());
-        } else {
-            frame.push(127);
-            frame.extend_from_slice(&(payload as u64).to_be_bytes());
-        }
-        frame.push(b'4');
-        frame.extend_from_slice(msg.as_bytes());
-        Self { frame: Bytes::from(frame) }
+        Self { frame: Bytes::from(text_frame(b"4", msg.as_bytes())) }
     }
 
     /// The frame's length in bytes (what a direct write hands to the connection).
@@ -63,6 +49,26 @@ impl fmt::Debug for EncodedMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EncodedMessage").field("len", &self.frame.len()).finish()
     }
+}
+
+/// `prefix` then `text` as one final, unmasked WebSocket text frame
+/// (RFC 6455 §5.2: a server's frames are not masked).
+pub(crate) fn text_frame(prefix: &[u8], text: &[u8]) -> Vec<u8> {
+    let payload = prefix.len() + text.len();
+    let mut frame = Vec::with_capacity(payload + 10);
+    frame.push(0x81); // FIN, text
+    if payload < 126 {
+        frame.push(payload as u8);
+    } else if let Ok(len) = u16::try_from(payload) {
+        frame.push(126);
+        frame.extend_from_slice(&len.to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(payload as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(prefix);
+    frame.extend_from_slice(text);
+    frame
 }
 
 /// Why a direct write did not happen; the caller sends through the socket's

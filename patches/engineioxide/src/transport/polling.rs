@@ -192,8 +192,8 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                // A signal already pending means the client is already known to be alive.
+                socket.heartbeat_signal.notify_one();
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {

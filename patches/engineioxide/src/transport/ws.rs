@@ -72,18 +72,31 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
-    tokio::spawn(async move {
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
-
-        let res = match conn {
-            Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
-            Err(_e) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("ws upgrade error: {}", _e);
-                return;
+    // Boxed apart from the connection's task: the request is needed only until
+    // the session is open, and the spawned future keeps nothing of it.
+    let opening = {
+        let engine = engine.clone();
+        Box::pin(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(conn) => open_session(&engine, hyper_util::rt::TokioIo::new(conn), protocol, sid, parts)
+                    .await
+                    .map(Some),
+                Err(_e) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("ws upgrade error: {}", _e);
+                    Ok(None)
+                }
             }
+        })
+    };
+    tokio::spawn(async move {
+        let res = match opening.await {
+            Ok(Some(opened)) => {
+                serve_session(&engine, opened).await;
+                Ok(())
+            }
+            Ok(None) => return,
+            Err(e) => Err(e),
         };
 
         match res {
@@ -110,10 +123,9 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 /// Sends an open packet if it is not an upgrade from a polling request
 ///
 /// Read packets from the websocket and handle them, it will block until the connection is closed
-#[cfg_attr(
-    feature = "tracing",
-    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
-)]
+///
+/// (No `tracing::instrument` here: it stores the body's future twice in the
+/// one it returns, which lives as long as the connection.)
 pub async fn on_init<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
@@ -124,6 +136,99 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The handshake runs in its own allocation, freed once it is done: its
+    // state (the stream by value, the upgrade's timer) would otherwise size
+    // this future, which lives as long as the connection. (A statement of
+    // its own: as a temporary of the statement that awaits it, the unboxed
+    // future would still take room in this one.)
+    let opening = Box::pin(open_session(&engine, conn, protocol, sid, req_data));
+    let opened = opening.await?;
+    serve_session(&engine, opened).await;
+    Ok(())
+}
+
+/// A websocket connection's session, once open: the session, the stream
+/// behind its lock, the heartbeat's interval and timeout when the
+/// connection's task is to run it, and the slot for direct writes, if the
+/// request carried one. (All small: it is kept in the connection's future.)
+struct Opened<D: Default + Send + Sync + 'static, S> {
+    socket: Arc<Socket<D>>,
+    ws: Arc<WsWriter<S, D>>,
+    heartbeat: Option<(std::time::Duration, std::time::Duration)>,
+    direct: Option<DirectWriter>,
+}
+
+/// Serves an open websocket session until it ends. The reader, the writer
+/// and (for a session opened on this websocket) the heartbeat share the
+/// caller's task: one task per connection.
+async fn serve_session<H: EngineIoHandler, S>(engine: &Arc<EngineIo<H>>, opened: Opened<H::Data, S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Opened { socket, ws, heartbeat, direct } = opened;
+    // (The futures are made inside `join!`: bound to variables first, they
+    // would take room in this future twice.)
+    tokio::join!(
+        read_until_closed(engine, &ws, &socket, heartbeat),
+        forward_to_socket::<H, S>(socket.clone(), ws.clone(), direct),
+    );
+}
+
+/// Reads the connection (and runs the heartbeat, if given) until the session
+/// ends, then closes the session with the reason.
+async fn read_until_closed<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    ws: &WsWriter<S, H::Data>,
+    socket: &Arc<Socket<H::Data>>,
+    heartbeat: Option<(std::time::Duration, std::time::Duration)>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let read = async {
+        match heartbeat {
+            Some((interval, timeout)) => tokio::select! {
+                biased;
+                read = forward_to_handler(engine, ws, socket) => read,
+                () = socket.heartbeat(interval, timeout) => Ok(()),
+            },
+            None => forward_to_handler(engine, ws, socket).await,
+        }
+    };
+    match read.with_cancellation_token(&socket.cancellation_token).await {
+        Some(Err(ref e)) => {
+            let reason =
+                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
+
+            #[cfg(feature = "tracing")]
+            tracing::debug!("error when handling packet: {:?}", e);
+            engine.close_session(socket.id, reason);
+        }
+        Some(Ok(())) => {
+            if !socket.cancellation_token.is_cancelled() {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = %socket.id, "ws transport was closed");
+                engine.close_session(socket.id, DisconnectReason::TransportClose);
+            }
+        }
+        None => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "socket is closing");
+        }
+    }
+}
+
+/// The session of a new websocket connection: a new one (after sending the
+/// open packet), or the polling session it upgrades.
+async fn open_session<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    conn: S,
+    protocol: ProtocolVersion,
+    sid: Option<Sid>,
+    req_data: Parts,
+) -> Result<Opened<H::Data, S>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let direct = req_data.extensions.get::<DirectWriter>().cloned();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
@@ -131,10 +236,10 @@ where
         .max_frame_size(Some(engine.config.ws_max_frame_size));
 
     let ws_init = move || WebSocketStream::from_raw_socket(Backlogged::new(conn), Role::Server, Some(ws_config));
-    let (socket, ws) = if let Some(sid) = sid {
+    if let Some(sid) = sid {
         match engine.get_socket(sid) {
-            None => return Err(Error::UnknownSessionID(sid)),
-            Some(socket) if socket.is_ws() => return Err(Error::MultipleWebsocketRequests),
+            None => Err(Error::UnknownSessionID(sid)),
+            Some(socket) if socket.is_ws() => Err(Error::MultipleWebsocketRequests),
             Some(socket) => {
                 let mut ws = ws_init().await;
 
@@ -156,7 +261,7 @@ where
                         return Err(Error::Upgrade);
                     }
                 }
-                (socket, ws)
+                Ok(Opened { ws: WsWriter::new(ws, &socket), socket, heartbeat: None, direct })
             }
         }
     } else {
@@ -167,43 +272,18 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
-        (socket, ws)
-    };
-    // One lock for the reader, the writer task and direct writes: a direct
-    // write never finds the stream half-locked (as with `split`, where it would
-    // have to wait for the reader's task).
-    let ws = WsWriter::new(ws, &socket);
-
-    // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), ws.clone(), direct));
-
-    // pipe between internal socket channel and websocket
-    match forward_to_handler(&engine, &ws, &socket)
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    {
-        Some(Err(ref e)) => {
-            let reason =
-                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
-
-            #[cfg(feature = "tracing")]
-            tracing::debug!("error when handling packet: {:?}", e);
-            engine.close_session(socket.id, reason);
-        }
-        Some(Ok(())) => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "ws transport was closed");
-            engine.close_session(socket.id, DisconnectReason::TransportClose);
-        }
-        None => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "socket is closing");
-        }
+        let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
+        let heartbeat = if socket.protocol == ProtocolVersion::V4 {
+            Some((interval, timeout))
+        } else {
+            socket.clone().spawn_heartbeat(interval, timeout);
+            None
+        };
+        // One lock for the reader, the writer and direct writes: a direct
+        // write never finds the stream half-locked (as with `split`, where it
+        // would have to wait for the reader's task).
+        Ok(Opened { ws: WsWriter::new(ws, &socket), socket, heartbeat, direct })
     }
-    Ok(())
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
@@ -225,8 +305,8 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    // A signal already pending means the client is already known to be alive.
+                    socket.heartbeat_signal.notify_one();
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
@@ -315,7 +395,30 @@ where
         let mut out = self.lock();
         let out = &mut *out;
         loop {
-            while !out.queue.is_empty() {
+            while let Some(msg) = out.queue.front() {
+                if let Message::Text(text) = msg {
+                    // Framed here and written to the connection as a direct
+                    // write is, once the stream holds nothing unwritten: the
+                    // stream's own write buffer, which would keep the
+                    // capacity of the largest message for the connection's
+                    // life, is left empty.
+                    if out.dirty {
+                        match Pin::new(&mut out.sink).poll_flush(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(_) => out.dirty = false,
+                        }
+                    }
+                    let frame = crate::direct::text_frame(b"", text.as_bytes());
+                    out.queue.pop_front();
+                    if let Err(_e) = out.sink.get_mut().write_frame(&frame, cx) {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!("error sending packet: {}", _e);
+                    }
+                    if out.sink.get_ref().has_backlog() {
+                        out.dirty = true;
+                    }
+                    continue;
+                }
                 match Pin::new(&mut out.sink).poll_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {
@@ -343,6 +446,10 @@ where
                 Poll::Ready(None) => return Poll::Ready(()),
                 Poll::Pending => break,
             }
+        }
+        if out.queue.capacity() > 0 {
+            // All written: an idle connection keeps no queue.
+            out.queue = VecDeque::new();
         }
         if out.dirty {
             #[cfg(feature = "tracing")]
@@ -494,7 +601,8 @@ impl<S: AsyncWrite + Unpin> Backlogged<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        if self.backlog.capacity() > 64 * 1024 {
+        if self.backlog.capacity() > 0 {
+            // Written out: the connection keeps no buffer while it is idle.
             self.backlog = Vec::new();
         }
         Poll::Ready(Ok(()))
@@ -805,5 +913,48 @@ mod tests {
             .await
             .expect("the writer should stop")
             .unwrap();
+    }
+
+    /// The writer frames text messages itself: short, 16-bit and 64-bit
+    /// lengths arrive whole and in order, between messages tungstenite writes
+    /// (a pong the reader queued, say), and nothing stays buffered after.
+    #[tokio::test]
+    async fn messages_framed_by_the_writer_arrive_whole_and_in_order() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let ws = WsWriter::new(server, &socket);
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), ws.clone(), None));
+
+        let sizes = [0usize, 1, 124, 125, 126, 65_534, 65_535, 65_536, 200_000];
+        let texts: Vec<String> = sizes.iter().map(|n| "x".repeat(*n)).collect();
+        let mut got = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            if i == 4 {
+                // A message written by tungstenite itself (as a pong the
+                // reader queued), between framed ones: it goes first.
+                while got.len() < 4 {
+                    let msg = tokio::time::timeout(TIMEOUT, client.next()).await.expect("a message").unwrap().unwrap();
+                    got.push(msg);
+                }
+                let mut out = ws.lock();
+                out.sink.start_send_unpin(Message::Pong(Bytes::from_static(b"p"))).unwrap();
+                out.dirty = true;
+            }
+            socket.emit(Str::from(text.clone())).unwrap();
+        }
+        while got.len() < texts.len() + 1 {
+            let msg = tokio::time::timeout(TIMEOUT, client.next()).await.expect("every message").unwrap().unwrap();
+            got.push(msg);
+        }
+        let mut expected: Vec<Message> = texts.iter().map(|t| Message::text(format!("4{t}"))).collect();
+        expected.insert(4, Message::Pong(Bytes::from_static(b"p")));
+        assert_eq!(got, expected);
+        {
+            let out = ws.lock();
+            assert!(out.queue.is_empty() && out.queue.capacity() == 0, "the queue is released");
+            assert!(!out.sink.get_ref().has_backlog() && out.sink.get_ref().backlog.capacity() == 0);
+        }
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(TIMEOUT, writer).await.expect("the writer should stop").unwrap();
     }
 }
