@@ -351,6 +351,28 @@ struct WsOut<S> {
     closed: bool,
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> WsOut<S> {
+    /// Writes a complete frame after whatever the stream holds: that is
+    /// flushed first (pending while it cannot be), then the frame goes to the
+    /// connection as it is, without tungstenite's buffer (what the connection
+    /// cannot take now waits in the backlog, ahead of anything written after
+    /// it). `Err` when the connection has failed.
+    fn write_frame(&mut self, frame: &[u8], cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        if self.dirty {
+            match Pin::new(&mut self.sink).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.dirty = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let written = self.sink.get_mut().write_frame(frame, cx);
+        if self.sink.get_ref().has_backlog() {
+            self.dirty = true;
+        }
+        Poll::Ready(written.map_err(|_| ()))
+    }
+}
+
 /// A websocket connection's writer: the socket's channel drains into the sink
 /// under `out`'s lock, and a direct write takes the same lock and goes only
 /// when the channel and `queue` are empty, so that it never overtakes a
@@ -397,25 +419,16 @@ where
         loop {
             while let Some(msg) = out.queue.front() {
                 if let Message::Text(text) = msg {
-                    // Framed here and written to the connection as a direct
-                    // write is, once the stream holds nothing unwritten: the
+                    // Framed here and written as a direct write is: the
                     // stream's own write buffer, which would keep the
                     // capacity of the largest message for the connection's
                     // life, is left empty.
-                    if out.dirty {
-                        match Pin::new(&mut out.sink).poll_flush(cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(_) => out.dirty = false,
-                        }
-                    }
                     let frame = crate::direct::text_frame(b"", text.as_bytes());
+                    let written = std::task::ready!(out.write_frame(&frame, cx));
                     out.queue.pop_front();
-                    if let Err(_e) = out.sink.get_mut().write_frame(&frame, cx) {
+                    if written.is_err() {
                         #[cfg(feature = "tracing")]
-                        tracing::debug!("error sending packet: {}", _e);
-                    }
-                    if out.sink.get_ref().has_backlog() {
-                        out.dirty = true;
+                        tracing::debug!("error sending packet: the connection failed");
                     }
                     continue;
                 }
@@ -529,31 +542,16 @@ where
         // left pending (or was pending before).
         let mut cx = Context::from_waker(Waker::noop());
         let was_dirty = out.dirty;
-        if out.dirty {
-            // The frame goes after whatever the stream holds: flush it first.
-            match Pin::new(&mut out.sink).poll_flush(&mut cx) {
-                Poll::Ready(Ok(())) => out.dirty = false,
-                Poll::Ready(Err(_)) => return Err(DirectError::Unavailable),
-                Poll::Pending => {
-                    drop(out);
-                    self.wake.notify_one();
-                    return Err(DirectError::Busy);
-                }
-            }
-        }
-        // The stream holds nothing unwritten: the frame goes to the
-        // connection as it is (what it cannot take now waits in the backlog,
-        // ahead of anything written after it).
-        let written = out.sink.get_mut().write_frame(&msg.frame, &mut cx);
-        if out.sink.get_ref().has_backlog() {
-            out.dirty = true;
-        }
+        let written = out.write_frame(&msg.frame, &mut cx);
         let wake = was_dirty || out.dirty;
         drop(out);
         if wake {
             self.wake.notify_one();
         }
-        written.map_err(|_| DirectError::Unavailable)
+        match written {
+            Poll::Ready(written) => written.map_err(|()| DirectError::Unavailable),
+            Poll::Pending => Err(DirectError::Busy),
+        }
     }
 }
 
