@@ -5,8 +5,10 @@
 //! and refuses, naming the field by its JSON path:
 //! - a number whose value would change when stored: serde_json keeps integers
 //!   that fit in 64 bits exactly and every other number as an IEEE 754 double,
-//!   so `18446744073709551617` or `0.10000000000000000001` would read back as
-//!   another value (CONTRACT §7, "Stored JSON");
+//!   written back in its shortest form, so `18446744073709551617` or
+//!   `0.10000000000000000001` would read back as another value, while
+//!   `20000000000000000000` reads back as `2e19`, the same value (CONTRACT §7,
+//!   "Stored JSON");
 //! - nesting deeper than [`MAX_DEPTH`]: stored events wrap producer JSON in a
 //!   few more levels, and JSON readers stop at 128, so a deeper value could be
 //!   written but never read back;
@@ -256,6 +258,16 @@ mod tests {
             Some("events[0].payload.a[1]".into())
         );
         assert_eq!(field_of(r#"{"metadata":{"n":18446744073709551615,"m":-9223372036854775808}}"#), None);
+    }
+
+    #[test]
+    fn an_integer_beyond_64_bits_that_a_double_writes_back_as_sent_is_accepted() {
+        // 2e19 is a double, written back as `2e19`: the same value.
+        assert_eq!(field_of(r#"{"metadata":{"n":20000000000000000000,"m":-1000000000000000000000}}"#), None);
+        let back: serde_json::Value = serde_json::from_str("20000000000000000000").unwrap_or_default();
+        assert!(reads_back_exactly(&back.to_string()), "{back}");
+        // 2^64 is a double too, but written back as 18446744073709552000.
+        assert_eq!(field_of(r#"{"metadata":{"n":18446744073709551616}}"#), Some("metadata.n".into()));
     }
 
     #[test]

@@ -153,9 +153,23 @@ proptest! {
     }
 
     #[test]
-    fn an_integer_literal_is_accepted_exactly_when_it_fits_in_64_bits(digits in "-?[1-9][0-9]{0,30}") {
+    fn an_integer_literal_is_accepted_exactly_when_it_fits_in_64_bits_or_a_double_writes_it_back_as_sent(digits in "-?[1-9][0-9]{0,30}") {
         let fits = digits.parse::<i64>().is_ok() || digits.parse::<u64>().is_ok();
-        prop_assert_eq!(reads_back_exactly(&digits), fits);
+        // Independent of the implementation: std's shortest round-trip form of the
+        // nearest double, printed without an exponent, is the literal itself
+        // (`20000000000000000000` yes, `18446744073709551616` no: it would come back
+        // as `18446744073709552000`).
+        let double_as_sent = digits.parse::<f64>().is_ok_and(|f| f.is_finite() && format!("{f}") == digits);
+        prop_assert_eq!(reads_back_exactly(&digits), fits || double_as_sent, "{}", digits);
+    }
+
+    #[test]
+    fn an_integer_literal_past_64_bits_is_accepted_only_when_it_comes_back_as_sent(exponent in 20u32..=30, lead in 1u8..=9, tail in 0u64..1000) {
+        let round = format!("{lead}{}", "0".repeat(exponent as usize - 1));
+        prop_assert!(reads_back_exactly(&round), "{} is held by a double and written back as sent", round);
+        let ragged = format!("{lead}{}{tail:03}", "0".repeat(exponent as usize - 4));
+        let expected = ragged.parse::<u64>().is_ok() || ragged.parse::<f64>().is_ok_and(|f| format!("{f}") == ragged);
+        prop_assert_eq!(reads_back_exactly(&ragged), expected, "{}", ragged);
     }
 
     #[test]
