@@ -15,9 +15,6 @@ COPY --from=build /usr/local/bin/jobstream /usr/local/bin/jobstream
 USER jobstream
 WORKDIR /var/lib/jobstream
 ENV JOBSTREAM_LISTEN=0.0.0.0:3000
-# Two glibc malloc arenas instead of one per thread: about 10% less memory per
-# idle connection (docs/operations.md, "Memory"; BENCHMARKS.md §1).
-ENV MALLOC_ARENA_MAX=2
 EXPOSE 3000
 ENTRYPOINT ["jobstream"]
 CMD ["serve"]

@@ -55,6 +55,21 @@ use crate::source::EventSource;
 pub trait Outlet: Send + Sync + 'static {
     /// Sends one event without waiting. [`OutletError::Full`] means: try again later.
     fn try_send(&self, event: &Committed) -> Result<(), OutletError>;
+    /// Sends the first events of `events` (not empty), in order, without
+    /// waiting: how many it took (at least one), or why it took none. An
+    /// outlet that can write several events at once (a replay) does so; by
+    /// default, [`Outlet::try_send`] one after the other.
+    fn try_send_many(&self, events: &[Arc<Committed>]) -> Result<usize, OutletError> {
+        let mut sent = 0;
+        for event in events {
+            match self.try_send(event) {
+                Ok(()) => sent += 1,
+                Err(err) if sent == 0 => return Err(err),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
     /// Ends the connection (the client may reconnect and resume).
     fn close(&self);
     /// After [`OutletError::Full`]: resolves when the outlet may have room
@@ -1090,15 +1105,39 @@ impl Worker {
     /// Sends a page's events that the subscriber has not had; `false` when it
     /// stopped early (unsubscribed meanwhile, or a hole in the table: nothing
     /// more to send).
+    ///
+    /// The events to deliver are chosen first (each one's cursor advanced as
+    /// it is chosen: the worker owns the cursors, and if a send fails for good
+    /// the subscriber stops), then handed to the outlet as a run, which it may
+    /// write several at a time.
     async fn send_page(&mut self, events: Vec<Arc<Committed>>) -> Result<bool, Stop> {
+        let mut run = Vec::with_capacity(events.len());
+        let mut complete = true;
         for event in events {
             match self.c.subs.classify(key(&event)) {
-                Verdict::Deliver => self.deliver(&event).await?,
+                Verdict::Deliver => {
+                    self.c.subs.advance(key(&event));
+                    run.push(event);
+                }
                 Verdict::Duplicate => {}
-                _ => return Ok(false),
+                _ => {
+                    complete = false;
+                    break;
+                }
             }
         }
-        Ok(true)
+        let mut at = 0;
+        while at < run.len() {
+            let outlet = self.outlet.clone();
+            let rest = &run[at..];
+            let mut taken = 0;
+            self.wait_while_full(|| outlet.try_send_many(rest).map(|n| taken = n)).await?;
+            // At least one, by the trait's contract; never past the end.
+            let taken = taken.clamp(1, rest.len());
+            at += taken;
+            self.hub.inner.stats.delivered.fetch_add(taken as u64, Ordering::Relaxed);
+        }
+        Ok(complete)
     }
 
     /// Starts the cursor of a job followed through `workspace_id` at the last

@@ -299,3 +299,65 @@ async fn many_workspaces_written_at_once_each_get_every_event_once_in_order() {
     }
     assert_eq!(hub.stats().catch_ups.load(Ordering::Relaxed), catch_ups);
 }
+
+/// Takes at most 1, 2, 3 or 4 events per call in turn, and is full on every
+/// third call: the worker's runs must still arrive once each, in order.
+struct Batcher {
+    log: Log,
+    calls: Mutex<usize>,
+    /// How many calls took more than one event.
+    many: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Batcher {
+    fn take(&self, keys: &[(Uuid, i64)]) -> Result<usize, OutletError> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls
+        };
+        if call % 3 == 0 {
+            return Err(OutletError::Full);
+        }
+        let take = keys.len().min(call % 4 + 1);
+        if take > 1 {
+            self.many.fetch_add(1, Ordering::Relaxed);
+        }
+        self.log.lock().unwrap().extend_from_slice(&keys[..take]);
+        Ok(take)
+    }
+}
+
+impl Outlet for Batcher {
+    fn try_send(&self, event: &Committed) -> Result<(), OutletError> {
+        self.take(&[(event.event.job_id, event.event.seq)]).map(|_| ())
+    }
+
+    fn try_send_many(&self, events: &[Arc<Committed>]) -> Result<usize, OutletError> {
+        let keys: Vec<(Uuid, i64)> = events.iter().map(|e| (e.event.job_id, e.event.seq)).collect();
+        self.take(&keys)
+    }
+
+    fn close(&self) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_handed_to_the_outlet_in_runs_arrives_once_in_order_however_much_each_call_takes() {
+    let source = Arc::new(MemorySource::new());
+    let hub = Hub::with_source(source.clone(), DeliveryConfig { page_size: 7, ..DeliveryConfig::default() });
+    let job = source.create_job("ws");
+    for _ in 0..100 {
+        source.append(job).unwrap();
+    }
+    let (log, many): (Log, Arc<std::sync::atomic::AtomicUsize>) = Default::default();
+    let sub = hub.subscriber(Arc::new(Batcher { log: log.clone(), calls: Mutex::new(0), many: many.clone() }));
+    sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    // Live events while the replay runs.
+    for _ in 0..50 {
+        commit(&source, &hub, job);
+    }
+    until(|| seqs(&log, job).len() >= 150).await;
+    settled(&hub).await;
+    assert_eq!(seqs(&log, job), (1..=150).collect::<Vec<_>>());
+    assert!(many.load(Ordering::Relaxed) > 0, "runs were handed over several events at a time");
+}

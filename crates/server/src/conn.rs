@@ -13,6 +13,7 @@
 //! under it is what is left. The cost per connection is one small shared
 //! allocation and an atomic check per read and write.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +28,7 @@ use engineioxide::DirectWriter;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_io_timeout::TimeoutStream;
+use tokio::time::{Instant, Sleep};
 
 /// What a [`Conn`] shares with its stream.
 #[derive(Debug, Default)]
@@ -94,10 +95,19 @@ impl Conn {
 /// everything held for it is freed; it resumes with `since` or
 /// `Last-Event-ID` when it comes back. A slow reader that keeps reading is
 /// never cut: the timer restarts at each write that makes progress.
+///
+/// The stall timer is allocated the first time a write has to wait, so an
+/// idle connection (or one whose writes the kernel always takes) holds none.
 #[derive(Debug)]
 pub struct Stream {
-    inner: Pin<Box<TimeoutStream<TcpStream>>>,
+    inner: TcpStream,
     conn: Conn,
+    /// How long a write may wait without progress.
+    write_stall: Duration,
+    /// Armed while a write waits; fires at the stall deadline.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether `stall` is armed for the wait in progress.
+    waiting: bool,
 }
 
 /// How long a write may wait on a client that does not read, by default.
@@ -110,14 +120,41 @@ impl Stream {
         if let Err(err) = inner.set_nodelay(true) {
             tracing::debug!(error = %err, "TCP_NODELAY could not be set");
         }
-        let mut inner = TimeoutStream::new(inner);
-        inner.set_write_timeout(Some(write_stall));
-        Self { inner: Box::pin(inner), conn: Conn::default() }
+        Self { inner, conn: Conn::default(), write_stall, stall: None, waiting: false }
     }
 
     /// The connection's handle, for its requests' `ConnectInfo<Conn>`.
     pub fn conn(&self) -> &Conn {
         &self.conn
+    }
+
+    /// Runs the stall timer around one poll of a write, flush or shutdown:
+    /// a poll that waits arms it (once per wait, so it measures the time
+    /// without progress), a poll that completes disarms it, and a wait past
+    /// the deadline fails with `TimedOut`.
+    fn timed<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.waiting = false;
+            return result;
+        }
+        let deadline = Instant::now() + self.write_stall;
+        let stall = match &mut self.stall {
+            Some(stall) => {
+                if !self.waiting {
+                    stall.as_mut().reset(deadline);
+                }
+                stall
+            }
+            None => self.stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.waiting = true;
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.waiting = false;
+                Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Counts what a write wrote, and wakes those waiting for progress.
@@ -160,7 +197,7 @@ impl AsyncRead for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Ok(()));
         }
-        self.inner.as_mut().poll_read(cx, buf)
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -169,7 +206,8 @@ impl AsyncWrite for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        let result = self.inner.as_mut().poll_write(cx, buf);
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let result = self.timed(cx, result);
         self.wrote(result)
     }
 
@@ -181,7 +219,8 @@ impl AsyncWrite for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        let result = self.inner.as_mut().poll_write_vectored(cx, bufs);
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let result = self.timed(cx, result);
         self.wrote(result)
     }
 
@@ -193,12 +232,14 @@ impl AsyncWrite for Stream {
         if self.conn.is_closed() {
             return Poll::Ready(Err(closed_error()));
         }
-        let result = self.inner.as_mut().poll_flush(cx);
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        let result = self.timed(cx, result);
         self.check(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.as_mut().poll_shutdown(cx)
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.timed(cx, result)
     }
 }
 

@@ -10,6 +10,14 @@ use jobstream_server::auth::{Secret, Signer};
 use jobstream_server::config::{jwt_secret_from_env, Cli, Command, ServeArgs};
 use jobstream_server::{app, telemetry, Application, Config};
 
+/// jemalloc instead of the system's malloc: it gives the pages a connect burst
+/// freed back to the system (with the settings in `.cargo/config.toml`, at
+/// once), where glibc's malloc keeps them in its arenas; see BENCHMARKS.md §1.
+/// Off with `--no-default-features`.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -34,6 +34,12 @@ impl EncodedMessage {
         Self { frame: Bytes::from(text_frame(b"4", msg.as_bytes())) }
     }
 
+    /// Starts several messages written in one go (see [`EncodedBatch`]), with
+    /// room for `bytes` of messages (their frame headers included).
+    pub fn batch(bytes: usize) -> EncodedBatch {
+        EncodedBatch { frames: Vec::with_capacity(bytes), count: 0 }
+    }
+
     /// The frame's length in bytes (what a direct write hands to the connection).
     pub fn len(&self) -> usize {
         self.frame.len()
@@ -51,24 +57,87 @@ impl fmt::Debug for EncodedMessage {
     }
 }
 
+/// Engine.io message packets, each in its own frame, one after the other:
+/// written as one [`EncodedMessage`], they reach the connection in one write
+/// (a socket sent many messages at once, as in a replay, costs one system
+/// call per batch instead of one per message) and the client reads them as
+/// separate messages, in order.
+#[derive(Default)]
+pub struct EncodedBatch {
+    frames: Vec<u8>,
+    count: usize,
+}
+
+impl EncodedBatch {
+    /// Adds one message: the concatenation of `parts` (so that a caller
+    /// assembling a packet from pieces copies them once, here). Its frame
+    /// takes `parts`' length + 11 bytes at most.
+    pub fn push(&mut self, parts: &[&str]) {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        push_frame_header(&mut self.frames, len + 1);
+        self.frames.push(b'4');
+        for part in parts {
+            self.frames.extend_from_slice(part.as_bytes());
+        }
+        self.count += 1;
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Messages so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no message was added.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The frames, to write as one message.
+    pub fn finish(self) -> EncodedMessage {
+        EncodedMessage { frame: Bytes::from(self.frames) }
+    }
+}
+
+impl fmt::Debug for EncodedBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedBatch").field("count", &self.count).field("len", &self.frames.len()).finish()
+    }
+}
+
 /// `prefix` then `text` as one final, unmasked WebSocket text frame
 /// (RFC 6455 §5.2: a server's frames are not masked).
 pub(crate) fn text_frame(prefix: &[u8], text: &[u8]) -> Vec<u8> {
-    let payload = prefix.len() + text.len();
-    let mut frame = Vec::with_capacity(payload + 10);
-    frame.push(0x81); // FIN, text
-    if payload < 126 {
-        frame.push(payload as u8);
-    } else if let Ok(len) = u16::try_from(payload) {
-        frame.push(126);
-        frame.extend_from_slice(&len.to_be_bytes());
-    } else {
-        frame.push(127);
-        frame.extend_from_slice(&(payload as u64).to_be_bytes());
-    }
-    frame.extend_from_slice(prefix);
-    frame.extend_from_slice(text);
+    let mut frame = Vec::with_capacity(prefix.len() + text.len() + 10);
+    push_text_frame(&mut frame, prefix, text);
     frame
+}
+
+/// Appends `prefix` then `text` to `out` as one frame (see [`text_frame`]).
+pub(crate) fn push_text_frame(out: &mut Vec<u8>, prefix: &[u8], text: &[u8]) {
+    push_frame_header(out, prefix.len() + text.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(text);
+}
+
+/// Appends the header of a final, unmasked text frame of `payload` bytes, in
+/// the shortest length form (RFC 6455 §5.2), and reserves room for the payload.
+fn push_frame_header(out: &mut Vec<u8>, payload: usize) {
+    out.reserve(payload + 10);
+    out.push(0x81); // FIN, text
+    if payload < 126 {
+        out.push(payload as u8);
+    } else if let Ok(len) = u16::try_from(payload) {
+        out.push(126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(payload as u64).to_be_bytes());
+    }
 }
 
 /// Why a direct write did not happen; the caller sends through the socket's

@@ -358,6 +358,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsOut<S> {
     /// cannot take now waits in the backlog, ahead of anything written after
     /// it). `Err` when the connection has failed.
     fn write_frame(&mut self, frame: &[u8], cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        std::task::ready!(self.flush_held(cx))?;
+        let written = self.sink.get_mut().write_frame(frame, cx);
+        if self.sink.get_ref().has_backlog() {
+            self.dirty = true;
+        }
+        Poll::Ready(written.map_err(|_| ()))
+    }
+
+    /// Flushes what the stream holds (a pong, a close, a backlog), if
+    /// anything: ready once nothing is held, `Err` when the connection failed.
+    fn flush_held(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         if self.dirty {
             match Pin::new(&mut self.sink).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.dirty = false,
@@ -365,13 +376,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsOut<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        let written = self.sink.get_mut().write_frame(frame, cx);
-        if self.sink.get_ref().has_backlog() {
-            self.dirty = true;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Frames the text messages at the front of the queue, as many as fit in
+    /// [`WRITE_BATCH`] bytes (at least one), and writes them as one write:
+    /// a socket that is sent many messages at once (a replay) costs one
+    /// system call per batch, not one per message. Pending (nothing taken)
+    /// while what the stream holds cannot be flushed.
+    fn write_texts(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if std::task::ready!(self.flush_held(cx)).is_err() {
+            // The connection failed: what is queued cannot be written.
+            self.queue.clear();
+            return Poll::Ready(());
         }
-        Poll::Ready(written.map_err(|_| ()))
+        let mut batch = Vec::new();
+        while let Some(Message::Text(text)) = self.queue.front() {
+            if !batch.is_empty() && batch.len() + text.len() > WRITE_BATCH {
+                break;
+            }
+            crate::direct::push_text_frame(&mut batch, b"", text.as_bytes());
+            self.queue.pop_front();
+        }
+        if let Poll::Ready(Err(())) = self.write_frame(&batch, cx) {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("error sending packet: the connection failed");
+        }
+        Poll::Ready(())
     }
 }
+
+/// The most messages the writer takes from the socket's channel before
+/// writing what it took.
+const DRAIN_BATCH: usize = 256;
+
+/// The most bytes of text frames the writer puts in one write (a larger
+/// message is written alone).
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// A websocket connection's writer: the socket's channel drains into the sink
 /// under `out`'s lock, and a direct write takes the same lock and goes only
@@ -416,49 +457,49 @@ where
     fn drive(&self, buffered_rx: &mut mpsc::Receiver<Box<PacketBuf>>, protocol: ProtocolVersion, cx: &mut Context<'_>) -> Poll<()> {
         let mut out = self.lock();
         let out = &mut *out;
+        let mut closed = false;
         loop {
-            while let Some(msg) = out.queue.front() {
-                if let Message::Text(text) = msg {
-                    // Framed here and written as a direct write is: the
-                    // stream's own write buffer, which would keep the
-                    // capacity of the largest message for the connection's
-                    // life, is left empty.
-                    let frame = crate::direct::text_frame(b"", text.as_bytes());
-                    let written = std::task::ready!(out.write_frame(&frame, cx));
-                    out.queue.pop_front();
-                    if written.is_err() {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!("error sending packet: the connection failed");
-                    }
-                    continue;
-                }
-                match Pin::new(&mut out.sink).poll_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(())) => {
-                        if let Some(msg) = out.queue.pop_front() {
-                            if let Err(_e) = Pin::new(&mut out.sink).start_send(msg) {
-                                #[cfg(feature = "tracing")]
-                                tracing::debug!("error sending packet: {}", _e);
-                            }
-                            out.dirty = true;
+            // What the channel holds now goes into the queue first, so that
+            // it is written in as few writes as it takes.
+            while !closed && out.queue.len() < DRAIN_BATCH {
+                match buffered_rx.poll_recv(cx) {
+                    Poll::Ready(Some(packets)) => {
+                        for packet in *packets {
+                            out.queue.extend(packet_to_message(packet, protocol));
                         }
                     }
-                    Poll::Ready(Err(_e)) => {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!("error sending packet: {}", _e);
-                        out.queue.pop_front();
-                    }
+                    Poll::Ready(None) => closed = true,
+                    Poll::Pending => break,
                 }
             }
-            match buffered_rx.poll_recv(cx) {
-                Poll::Ready(Some(packets)) => {
-                    for packet in *packets {
-                        out.queue.extend(packet_to_message(packet, protocol));
+            let Some(msg) = out.queue.front() else { break };
+            if let Message::Text(_) = msg {
+                // Framed here and written as a direct write is: the stream's
+                // own write buffer, which would keep the capacity of the
+                // largest message for the connection's life, is left empty.
+                std::task::ready!(out.write_texts(cx));
+                continue;
+            }
+            match Pin::new(&mut out.sink).poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {
+                    if let Some(msg) = out.queue.pop_front() {
+                        if let Err(_e) = Pin::new(&mut out.sink).start_send(msg) {
+                            #[cfg(feature = "tracing")]
+                            tracing::debug!("error sending packet: {}", _e);
+                        }
+                        out.dirty = true;
                     }
                 }
-                Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Pending => break,
+                Poll::Ready(Err(_e)) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("error sending packet: {}", _e);
+                    out.queue.pop_front();
+                }
             }
+        }
+        if closed {
+            return Poll::Ready(());
         }
         if out.queue.capacity() > 0 {
             // All written: an idle connection keeps no queue.
@@ -916,6 +957,63 @@ mod tests {
     /// The writer frames text messages itself: short, 16-bit and 64-bit
     /// lengths arrive whole and in order, between messages tungstenite writes
     /// (a pong the reader queued, say), and nothing stays buffered after.
+    /// Counts the writes made to the stream under it.
+    struct Counted {
+        inner: DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// A replay sends many messages at once: they go out in a few writes,
+    /// whole and in order, not one write each.
+    #[tokio::test]
+    async fn messages_waiting_together_are_written_together_in_order() {
+        let socket = socket();
+        let (server, client) = tokio::io::duplex(4 * 1024 * 1024);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = Counted { inner: server, writes: writes.clone() };
+        let server = WebSocketStream::from_raw_socket(Backlogged::new(server), Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let ws = WsWriter::new(server, &socket);
+
+        // Sizes around the batch limit too, so that batches split.
+        let texts: Vec<String> = (0..100).map(|i| format!("{i}:{}", "y".repeat((i % 7) * 3000))).collect();
+        for text in &texts {
+            socket.emit(Str::from(text.clone())).unwrap();
+        }
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), ws.clone(), None));
+        let mut got = Vec::new();
+        while got.len() < texts.len() {
+            let msg = tokio::time::timeout(TIMEOUT, client.next()).await.expect("every message").unwrap().unwrap();
+            got.push(msg);
+        }
+        let expected: Vec<Message> = texts.iter().map(|t| Message::text(format!("4{t}"))).collect();
+        assert_eq!(got, expected);
+        let total: usize = texts.iter().map(|t| t.len() + 5).sum();
+        let writes = writes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(writes <= total / WRITE_BATCH + 2, "{writes} writes for {total} bytes in 100 messages");
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(TIMEOUT, writer).await.expect("the writer should stop").unwrap();
+    }
+
     #[tokio::test]
     async fn messages_framed_by_the_writer_arrive_whole_and_in_order() {
         let socket = socket();
