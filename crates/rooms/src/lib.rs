@@ -12,5 +12,5 @@ pub mod grant;
 pub mod horizon;
 
 pub use cursor::{EventKey, Subscriptions, Unreachable, Verdict};
-pub use grant::{authorize, Action, Claims, Decision, Denial, Scope};
+pub use grant::{authorize, Action, Claims, Decision, Denial, Scope, Workspaces};
 pub use horizon::Horizon;

@@ -237,8 +237,10 @@ impl Application {
         let (socket_layer, io) = SocketIo::builder()
             .with_state(state.clone())
             .max_buffer_size(config.socket_buffer)
-            // Clients send only small subscribe packets; a smaller read chunk saves memory per socket.
-            .ws_read_buffer_size(512)
+            // Clients send small packets (a pong is 7 bytes on the wire, a
+            // subscribe about 100): the read buffer, kept for the socket's
+            // life, is sized for them; a larger message takes more reads.
+            .ws_read_buffer_size(256)
             // The largest message a client may send, before and after CONNECT
             // (crate::limits): a WebSocket frame header announcing more is
             // refused before anything is allocated for it, a fragmented message

@@ -454,7 +454,8 @@ impl Outlet for SocketOutlet {
         let Some(direct) = self.budget.direct() else { return self.try_send(first).map(|()| 1) };
         // `42["name",payload]`, as `encoded` makes it, in a frame of at most
         // 11 more bytes.
-        let framed = |committed: &Committed| committed.json.get().len() + committed.event.socket_event().as_str().len() + 17;
+        let framed =
+            |committed: &Committed| committed.json.get().len() + committed.event.socket_event().as_str().len() + 17;
         let mut take = 0;
         let mut bytes = 0;
         for committed in events {
