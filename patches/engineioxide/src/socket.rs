@@ -227,6 +227,11 @@ where
     /// allocations, about 0.5 KB, per socket).
     pub(crate) heartbeat_signal: tokio::sync::Notify,
 
+    /// The heartbeat's own task, when it runs in one (a session opened on
+    /// polling): an upgrade to websocket stops it and runs the heartbeat in
+    /// the connection's task instead.
+    heartbeat_task: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
 
@@ -269,6 +274,7 @@ where
             volatile_tx,
 
             heartbeat_signal: tokio::sync::Notify::new(),
+            heartbeat_task: std::sync::Mutex::new(None),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -305,15 +311,29 @@ where
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
         let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
+        let socket = self.clone();
+        let task = tokio::spawn(
             cancellation_token
-                .run_until_cancelled_owned(async move { self.heartbeat(interval, timeout).await })
+                .run_until_cancelled_owned(async move { socket.heartbeat(interval, timeout).await })
                 .inspect(|_v| {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
                 }),
         );
+        *self.heartbeat_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
+    }
+
+    /// Stops the heartbeat's own task, if one runs: `true` if it did (the
+    /// caller then runs the heartbeat itself).
+    pub(crate) fn stop_heartbeat_task(&self) -> bool {
+        let task = self.heartbeat_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        match task {
+            Some(task) if !task.is_finished() => {
+                task.abort();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The heartbeat job, run by the caller's task (a websocket connection
@@ -610,6 +630,7 @@ where
             volatile_tx,
 
             heartbeat_signal: tokio::sync::Notify::new(),
+            heartbeat_task: std::sync::Mutex::new(None),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

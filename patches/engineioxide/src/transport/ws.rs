@@ -261,7 +261,12 @@ where
                         return Err(Error::Upgrade);
                     }
                 }
-                Ok(Opened { ws: WsWriter::new(ws, &socket), socket, heartbeat: None, direct })
+                // The heartbeat moves into the connection's task (EIO 4):
+                // its own task, spawned with the polling session, stops. It
+                // starts again with a ping, as a fresh session's does.
+                let moved = socket.protocol == ProtocolVersion::V4 && socket.stop_heartbeat_task();
+                let heartbeat = moved.then_some((engine.config.ping_interval, engine.config.ping_timeout));
+                Ok(Opened { ws: WsWriter::new(ws, &socket), socket, heartbeat, direct })
             }
         }
     } else {
