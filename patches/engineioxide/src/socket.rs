@@ -366,6 +366,27 @@ where
         self.heartbeat_job_v4(interval, timeout).await
     }
 
+    /// Queues a ping (or, in v3, a pong) behind what the socket's channel
+    /// holds. A full channel is a client still reading what it was sent (a
+    /// replay fills it whenever the client falls behind), not a dead one: the
+    /// packet waits for room, up to `timeout`; only a channel that makes no
+    /// room for that long (nothing is being read) fails the heartbeat.
+    async fn send_heartbeat_packet(&self, packet: Packet, timeout: Duration) -> Result<(), Error> {
+        let packet = Box::new(smallvec![packet]);
+        match self.internal_tx.try_send(packet) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::HeartbeatTimeout),
+            Err(mpsc::error::TrySendError::Full(packet)) => {
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?self.id, "channel full: the heartbeat waits for room");
+                match tokio::time::timeout(timeout, self.internal_tx.send(packet)).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(Error::HeartbeatTimeout),
+                }
+            }
+        }
+    }
+
     /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
     ///
     /// If the client does not respond within the timeout, the connection is closed.
@@ -387,9 +408,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Ping]))
-                .map_err(|_| Error::HeartbeatTimeout)?;
+            self.send_heartbeat_packet(Packet::Ping, timeout).await?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
@@ -417,9 +436,7 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Pong]))
-                .map_err(|_| Error::HeartbeatTimeout)?;
+            self.send_heartbeat_packet(Packet::Pong, timeout).await?;
         }
     }
 

@@ -962,6 +962,64 @@ mod tests {
     /// The writer frames text messages itself: short, 16-bit and 64-bit
     /// lengths arrive whole and in order, between messages tungstenite writes
     /// (a pong the reader queued, say), and nothing stays buffered after.
+    /// A socket of a 2-packet channel, recording why it was closed.
+    fn small_socket() -> (Arc<Socket<()>>, Arc<std::sync::Mutex<Vec<DisconnectReason>>>) {
+        let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = reasons.clone();
+        let config = EngineIoConfig::builder().max_buffer_size(2).build();
+        let socket = Arc::new(Socket::new(
+            ProtocolVersion::V4,
+            TransportType::Websocket,
+            &config,
+            Request::<()>::default().into_parts().0,
+            Box::new(move |_, reason| recorded.lock().unwrap().push(reason)),
+            false,
+        ));
+        (socket, reasons)
+    }
+
+    /// A full channel is a client behind on what it was sent, not a dead
+    /// one: the ping waits for room instead of closing the socket.
+    #[tokio::test]
+    async fn a_ping_waits_for_room_in_a_full_channel_instead_of_closing_the_socket() {
+        let (socket, reasons) = small_socket();
+        while socket.emit(Str::from("backlog")).is_ok() {}
+        let heartbeat = {
+            let socket = socket.clone();
+            tokio::spawn(async move { socket.heartbeat(Duration::from_millis(50), Duration::from_millis(400)).await })
+        };
+        // The client reads slowly: the channel stays full past several ping
+        // ticks, then drains, the ping comes out after the backlog, and the
+        // client answers it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut rx = socket.internal_rx.lock().await;
+        let mut got = Vec::new();
+        while got.last() != Some(&Packet::Ping) {
+            let packets = tokio::time::timeout(TIMEOUT, rx.buffered_rx.recv()).await.expect("a packet").unwrap();
+            got.extend(packets.into_iter());
+        }
+        assert_eq!(got.len(), 3, "the backlog, then the ping: {got:?}");
+        socket.heartbeat_signal.notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(reasons.lock().unwrap().is_empty(), "closed: {:?}", reasons.lock().unwrap());
+        assert!(!heartbeat.is_finished());
+        heartbeat.abort();
+    }
+
+    /// A channel that makes no room for the ping timeout: nothing is being
+    /// read, and the heartbeat closes the socket.
+    #[tokio::test]
+    async fn a_channel_that_stays_full_for_the_ping_timeout_fails_the_heartbeat() {
+        let (socket, reasons) = small_socket();
+        while socket.emit(Str::from("backlog")).is_ok() {}
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(TIMEOUT, socket.heartbeat(Duration::from_millis(50), Duration::from_millis(200)))
+            .await
+            .expect("the heartbeat ends");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(*reasons.lock().unwrap(), vec![DisconnectReason::HeartbeatTimeout]);
+    }
+
     /// Counts the writes made to the stream under it.
     struct Counted {
         inner: DuplexStream,
