@@ -148,6 +148,30 @@ describe('replaying a job of 100,000 events', { skip: skipReason(), timeout: 180
     assert.equal(received.count, TOTAL - since);
   });
 
+  it('keeps a socket whose client falls behind during the replay just as its ping is due, and gives it every event', async () => {
+    // The server pings 25 s after the socket opened; a replay fills the
+    // socket's buffer whenever the client falls behind, and the ping must
+    // wait for room there rather than close the socket (docs/behaviour.md).
+    const socket = await openSocket();
+    const opened = Date.now();
+    const received = follow(socket, jobId);
+    let disconnected = null;
+    socket.on('disconnect', (reason) => { disconnected = reason; });
+    await sleep(Math.max(0, 24_300 - (Date.now() - opened)));
+
+    const acked = emitAck(socket, 'subscribe:job', { jobId, since: 0 });
+    // The client's event loop is busy for 1.5 s right after subscribing.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500);
+    const ack = await acked;
+    await received.until(TOTAL, REPLAY_LIMIT_MS);
+
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    assert.equal(disconnected, null, `disconnected: ${disconnected}`);
+    assert.equal(socket.connected, true);
+    assert.deepEqual(received.problems, []);
+    assert.equal(received.count, TOTAL);
+  }, { timeout: 90_000 });
+
   it('gives nothing to a socket subscribing with since equal to the last seq', async () => {
     const socket = await openSocket();
     const received = follow(socket, jobId);
