@@ -40,6 +40,9 @@ pub struct EventPage {
     pub more: bool,
 }
 
+/// The most workspace ids [`EventStore::jobs`] binds in one statement.
+pub const IN_LIST_MAX: usize = 10_000;
+
 /// A filter for [`EventStore::jobs`].
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery {
@@ -100,21 +103,41 @@ impl EventStore {
     }
 
     /// Jobs, newest first.
+    ///
+    /// A token may name more workspaces than one SQL statement takes bound
+    /// values (SQLite: 32,766): the list is then read in parts of at most
+    /// [`IN_LIST_MAX`] ids, each part's newest `limit` jobs, merged newest
+    /// first and cut to `limit` (the newest `limit` of the union are among
+    /// them).
     pub async fn jobs(&self, query: JobQuery) -> Result<Vec<JobSnapshot>, ReadError> {
-        // A job whose deletion has begun is gone everywhere (not listed).
-        let mut select = jobs::Entity::find().filter(not_being_deleted());
-        if let Some(workspaces) = query.workspaces {
-            select = select.filter(jobs::Column::WorkspaceId.is_in(workspaces));
+        let parts: Vec<Option<&[String]>> = match &query.workspaces {
+            None => vec![None],
+            Some(ids) if ids.len() <= IN_LIST_MAX => vec![Some(ids.as_slice())],
+            Some(ids) => ids.chunks(IN_LIST_MAX).map(Some).collect(),
+        };
+        let several = parts.len() > 1;
+        let mut rows = Vec::new();
+        for workspaces in parts {
+            // A job whose deletion has begun is gone everywhere (not listed).
+            let mut select = jobs::Entity::find().filter(not_being_deleted());
+            if let Some(workspaces) = workspaces {
+                select = select.filter(jobs::Column::WorkspaceId.is_in(workspaces.iter().cloned()));
+            }
+            if let Some(status) = query.status {
+                select = select.filter(jobs::Column::Status.eq(status.as_str()));
+            }
+            let part = select
+                .order_by_desc(jobs::Column::CreatedAt)
+                .order_by_desc(jobs::Column::Id)
+                .limit(query.limit)
+                .all(&self.db)
+                .await?;
+            rows.extend(part);
         }
-        if let Some(status) = query.status {
-            select = select.filter(jobs::Column::Status.eq(status.as_str()));
+        if several {
+            rows.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+            rows.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
         }
-        let rows = select
-            .order_by_desc(jobs::Column::CreatedAt)
-            .order_by_desc(jobs::Column::Id)
-            .limit(query.limit)
-            .all(&self.db)
-            .await?;
         rows.into_iter().map(|j| job_snapshot(j, None)).collect()
     }
 
@@ -586,17 +609,21 @@ impl EventStore {
         workspaces: Vec<String>,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<(Uuid, i64)>, ReadError> {
-        if workspaces.is_empty() {
-            return Ok(Vec::new());
+        // In parts of at most IN_LIST_MAX ids: a node may follow more
+        // workspaces than one statement takes bound values.
+        let mut updated = Vec::new();
+        for part in workspaces.chunks(IN_LIST_MAX) {
+            let rows = jobs::Entity::find()
+                .select_only()
+                .column(jobs::Column::Id)
+                .column(jobs::Column::LastSeq)
+                .filter(jobs::Column::WorkspaceId.is_in(part.iter().cloned()))
+                .filter(jobs::Column::UpdatedAt.gte(since))
+                .into_tuple::<(Uuid, i64)>()
+                .all(&self.db)
+                .await?;
+            updated.extend(rows);
         }
-        Ok(jobs::Entity::find()
-            .select_only()
-            .column(jobs::Column::Id)
-            .column(jobs::Column::LastSeq)
-            .filter(jobs::Column::WorkspaceId.is_in(workspaces))
-            .filter(jobs::Column::UpdatedAt.gte(since))
-            .into_tuple::<(Uuid, i64)>()
-            .all(&self.db)
-            .await?)
+        Ok(updated)
     }
 }

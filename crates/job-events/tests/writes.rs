@@ -190,6 +190,32 @@ async fn workspace_snapshots_list_recent_jobs_and_every_cursor(db: &TestDb) {
     assert_eq!(cursors, ids.into_iter().map(|id| (id, 3)).collect());
 }
 
+/// A token may name more workspaces than one SQL statement takes bound
+/// values (SQLite: 32,766): its list is read in parts, with the same answer
+/// as a list of only the workspaces that have jobs.
+async fn jobs_of_more_workspaces_than_a_statement_takes_are_listed_newest_first(db: &TestDb) {
+    let (writer, _) = writer(db);
+    for workspace in ["ws-a", "ws-b", "ws-c", "ws-a", "ws-c"] {
+        writer.create_job(new_job(workspace)).await.unwrap();
+    }
+    let mut many: Vec<String> = (0..40_000).map(|i| format!("none-{i}")).collect();
+    many.insert(3, "ws-a".into());
+    many.insert(20_000, "ws-b".into());
+    many.push("ws-c".into());
+    for limit in [50, 3, 1] {
+        let query = |workspaces: Vec<String>| jobstream_job_events::JobQuery {
+            workspaces: Some(workspaces),
+            status: None,
+            limit,
+        };
+        let few = writer.store().jobs(query(vec!["ws-a".into(), "ws-b".into(), "ws-c".into()])).await.unwrap();
+        let listed = writer.store().jobs(query(many.clone())).await.unwrap();
+        let ids = |jobs: &[jobstream_protocol::JobSnapshot]| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(&listed), ids(&few), "limit {limit}");
+        assert_eq!(listed.len(), 5.min(limit as usize));
+    }
+}
+
 /// A replay page is what subscribers got live: the same events, byte for byte
 /// on the wire, whatever the kind, text or stream (pages of any size).
 async fn events_read_back_are_byte_identical_to_what_was_published(db: &TestDb) {
@@ -347,4 +373,5 @@ on_both_engines!(
     a_finished_job_refuses_writes_but_job_events,
     creating_the_same_job_id_twice_returns_the_existing_job,
     workspace_snapshots_list_recent_jobs_and_every_cursor,
+    jobs_of_more_workspaces_than_a_statement_takes_are_listed_newest_first,
 );
