@@ -399,21 +399,26 @@ fn outlet_error(err: &SendError) -> OutletError {
 /// [`SocketOutlet::try_send_many`] (a larger event is written alone).
 const DIRECT_BATCH_BYTES: usize = 64 * 1024;
 
+/// The Socket.IO packet of an event, `2["name",payload]`, in pieces (event
+/// names are fixed ASCII words: no JSON escaping needed).
+fn packet_parts(committed: &Committed) -> [&str; 5] {
+    ["2[\"", committed.event.socket_event().as_str(), "\",", committed.json.get(), "]"]
+}
+
+/// The bytes of the event's WebSocket frame, at most: its packet, the
+/// engine.io type and a frame header of at most 10 bytes.
+fn framed_len(committed: &Committed) -> usize {
+    packet_parts(committed).iter().map(|part| part.len()).sum::<usize>() + 11
+}
+
 /// The event as a WebSocket frame carrying the engine.io message
 /// `42["name",payload]`, encoded by the first socket that writes it directly
 /// and shared with the others.
 fn encoded(committed: &Committed) -> Option<&EncodedMessage> {
     let encoded = committed.encoded.get_or_init(|| {
-        let name = committed.event.socket_event().as_str();
-        let payload = committed.json.get();
-        // Event names are fixed ASCII words: no JSON escaping needed.
-        let mut packet = String::with_capacity(name.len() + payload.len() + 6);
-        packet.push_str("2[\"");
-        packet.push_str(name);
-        packet.push_str("\",");
-        packet.push_str(payload);
-        packet.push(']');
-        Arc::new(EncodedMessage::new(&packet))
+        let mut one = EncodedMessage::batch(framed_len(committed));
+        one.push(&packet_parts(committed));
+        Arc::new(one.finish())
     });
     encoded.downcast_ref::<EncodedMessage>()
 }
@@ -452,24 +457,19 @@ impl Outlet for SocketOutlet {
             return self.try_send(first).map(|()| 1);
         }
         let Some(direct) = self.budget.direct() else { return self.try_send(first).map(|()| 1) };
-        // `42["name",payload]`, as `encoded` makes it, in a frame of at most
-        // 11 more bytes.
-        let framed =
-            |committed: &Committed| committed.json.get().len() + committed.event.socket_event().as_str().len() + 17;
         let mut take = 0;
         let mut bytes = 0;
         for committed in events {
-            if take > 0 && bytes + framed(committed) > DIRECT_BATCH_BYTES {
+            if take > 0 && bytes + framed_len(committed) > DIRECT_BATCH_BYTES {
                 break;
             }
             take += 1;
-            bytes += framed(committed);
+            bytes += framed_len(committed);
         }
         // Sized at once: grown by doubling, a batch would be copied each time.
         let mut batch = EncodedMessage::batch(bytes);
         for committed in &events[..take] {
-            let name = committed.event.socket_event().as_str();
-            batch.push(&["2[\"", name, "\",", committed.json.get(), "]"]);
+            batch.push(&packet_parts(committed));
         }
         let count = batch.count();
         let message = batch.finish();
