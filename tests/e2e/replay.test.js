@@ -210,4 +210,31 @@ describe('replaying a job of 100,000 events', { skip: skipReason(), timeout: 180
     assert.equal(received.last, TOTAL + live);
     assert.equal(received.count, TOTAL + live - since);
   });
+
+  it('acks an unsubscribe sent during the replay before the replay ends, and sends nothing of the job after the ack', async () => {
+    const socket = await openSocket();
+    const log = []; // [jobId, seq] in arrival order, and 'ack' where the unsubscribe's ack came
+    socket.onAny((event, data) => { if (SERVER_EVENTS.includes(event)) log.push([data.jobId, data.seq]); });
+    const sentinel = await producer.createJob({ workspaceId, type: 'e2e.sentinel' });
+    assert.equal(sentinel.status, 201, JSON.stringify(sentinel.body));
+    const sentinelId = sentinel.body.id;
+
+    const subscribed = await emitAck(socket, 'subscribe:job', { jobId, since: 0 });
+    assert.equal(subscribed.ok, true, JSON.stringify(subscribed));
+    while (log.length === 0) await sleep(1);
+    const unsubscribed = await emitAck(socket, 'unsubscribe:job', { jobId });
+    log.push('ack');
+    assert.equal(unsubscribed.ok, true, JSON.stringify(unsubscribed));
+    // The sentinel: a later event on another job, on the same socket.
+    assert.equal((await emitAck(socket, 'subscribe:job', { jobId: sentinelId })).ok, true);
+    const answer = await producer.addEvent(sentinelId, { type: 'gate.passed', payload: { sentinel: true } });
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    while (!log.some((entry) => entry[0] === sentinelId)) await sleep(5);
+
+    const ack = log.indexOf('ack');
+    const before = log.slice(0, ack).map(([, seq]) => seq);
+    assert.ok(before.length < TOTAL / 2, `acked after ${before.length} of ${TOTAL} events: the replay stopped`);
+    assert.deepEqual(before, before.map((_, i) => i + 1), 'the events before the ack are 1, 2, 3, ... in order');
+    assert.deepEqual(log.slice(ack + 1).filter((entry) => entry[0] === jobId), [], 'nothing of the job after the ack');
+  });
 });

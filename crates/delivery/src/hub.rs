@@ -1073,7 +1073,12 @@ impl Worker {
         self.hub.inner.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
         let mut next: Option<(i64, EventPage)> = None;
         loop {
-            let cursor = self.c.subs.cursor(job_id).unwrap_or(0);
+            // Between pages: an unsubscribe or a close waiting behind this
+            // catch-up takes effect now, not after the rest of the job's history.
+            self.take_leaving().await?;
+            let Some(cursor) = self.c.subs.cursor(job_id) else {
+                return Ok(());
+            };
             let page = match next.take() {
                 // Read from where this page's predecessor ended, which is
                 // where its sending left the cursor.
@@ -1099,6 +1104,34 @@ impl Worker {
             if !sent || !more {
                 return Ok(());
             }
+        }
+    }
+
+    /// Handles now the unsubscribes and the close that wait in the mailbox
+    /// ahead of any other command: a catch-up calls it between pages, so
+    /// that leaving a room does not wait for a long replay to end.
+    ///
+    /// Only queued *events* are overtaken, never a command: an unsubscribe
+    /// queued behind a `Begin` or an activation (of any room) stays behind
+    /// it, so a room's subscribe and unsubscribe are handled in the order
+    /// they were made. Overtaken events of the room left are then dropped
+    /// (their room is no longer followed) instead of sent before the ack:
+    /// either way nothing of the room follows the ack.
+    async fn take_leaving(&mut self) -> Result<(), Stop> {
+        loop {
+            let msg = {
+                let mut state = self.mailbox.state();
+                let at = state
+                    .queue
+                    .iter()
+                    .take_while(|msg| matches!(msg, Msg::Event(_) | Msg::Resync | Msg::Unsubscribe(..) | Msg::Close))
+                    .position(|msg| matches!(msg, Msg::Unsubscribe(..) | Msg::Close));
+                match at.and_then(|at| state.queue.remove(at)) {
+                    Some(msg) => msg,
+                    None => return Ok(()),
+                }
+            };
+            Box::pin(self.handle(msg)).await?;
         }
     }
 

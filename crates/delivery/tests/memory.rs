@@ -361,3 +361,120 @@ async fn a_replay_handed_to_the_outlet_in_runs_arrives_once_in_order_however_muc
     assert_eq!(seqs(&log, job), (1..=150).collect::<Vec<_>>());
     assert!(many.load(Ordering::Relaxed) > 0, "runs were handed over several events at a time");
 }
+
+/// An announcement that records itself in the log as `(nil, -1)`.
+fn recorded(log: &Log) -> Announce {
+    let log = log.clone();
+    Box::new(move || {
+        log.lock().unwrap().push((Uuid::nil(), -1));
+        Ok(())
+    })
+}
+
+/// A hub reading pages of 100, and a job with `events` events.
+fn long_job(events: usize) -> (Arc<MemorySource>, Hub, Uuid) {
+    let source = Arc::new(MemorySource::new());
+    let hub = Hub::with_source(source.clone(), DeliveryConfig { page_size: 100, ..DeliveryConfig::default() });
+    let job = source.create_job("ws");
+    for _ in 0..events {
+        source.append(job).unwrap();
+    }
+    (source, hub, job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_during_a_replay_is_acked_after_the_page_being_sent_not_after_the_whole_history() {
+    let (source, hub, job) = long_job(5000);
+    let other = source.create_job("ws");
+    let (sub, log, full) = subscriber(&hub);
+    sub.subscribe_job(other, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    full.store(true, Ordering::Release);
+    sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    // The replay's first page waits on the full outlet.
+    until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(job), Some(recorded(&log))).await.map_err(|_| ()).unwrap();
+    full.store(false, Ordering::Release);
+    until(|| log.lock().unwrap().contains(&(Uuid::nil(), -1))).await;
+    commit(&source, &hub, job);
+    commit(&source, &hub, other); // the sentinel, on the same subscriber
+    until(|| seqs(&log, other) == vec![1]).await;
+    settled(&hub).await;
+
+    let log = log.lock().unwrap().clone();
+    let ack = log.iter().position(|entry| *entry == (Uuid::nil(), -1)).unwrap();
+    let replayed: Vec<i64> = log[..ack].iter().filter(|(j, _)| *j == job).map(|(_, s)| *s).collect();
+    assert!(
+        !replayed.is_empty() && replayed.len() <= 200,
+        "acked after the page being sent: {} events",
+        replayed.len()
+    );
+    assert_eq!(replayed, (1..=replayed.len() as i64).collect::<Vec<_>>());
+    assert!(log[ack..].iter().all(|(j, _)| *j != job), "nothing of the job after the ack");
+    drop(sub);
+    settled(&hub).await;
+    assert_eq!(hub.sizes(), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_left_during_its_replay_but_still_followed_through_its_workspace_is_replayed_to_the_end() {
+    let (source, hub, job) = long_job(1000);
+    let (sub, log, full) = subscriber(&hub);
+    full.store(true, Ordering::Release);
+    sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
+    sub.subscribe_workspace("ws", |_| quiet()).await.unwrap();
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(job), Some(recorded(&log))).await.map_err(|_| ()).unwrap();
+    full.store(false, Ordering::Release);
+    commit(&source, &hub, job);
+    until(|| seqs(&log, job).len() >= 1001).await;
+    settled(&hub).await;
+
+    assert_eq!(seqs(&log, job), (1..=1001).collect::<Vec<_>>());
+    assert!(log.lock().unwrap().contains(&(Uuid::nil(), -1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_closed_during_a_replay_stops_at_the_page_being_sent() {
+    let (_source, hub, job) = long_job(5000);
+    let (sub, log, full) = subscriber(&hub);
+    full.store(true, Ordering::Release);
+    sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
+    drop(sub);
+    full.store(false, Ordering::Release);
+    settled(&hub).await;
+
+    assert!(seqs(&log, job).len() <= 200, "stopped after the page being sent");
+    assert_eq!(hub.sizes(), (0, 0, 0));
+    assert_eq!(hub.stats().cursors.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_and_unsubscribes_made_during_a_replay_are_acked_in_the_order_they_were_made() {
+    let (source, hub, job) = long_job(3000);
+    let other = source.create_job("ws");
+    let (sub, log, full) = subscriber(&hub);
+    let mark = |n: i64| -> Announce {
+        let log = log.clone();
+        Box::new(move || {
+            log.lock().unwrap().push((Uuid::nil(), n));
+            Ok(())
+        })
+    };
+    full.store(true, Ordering::Release);
+    sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
+    sub.subscribe_job(other, None, |_| Ok::<(), ()>(()), |_| mark(-2)).await.unwrap();
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(other), Some(mark(-1))).await.map_err(|_| ()).unwrap();
+    sub.subscribe_job(other, None, |_| Ok::<(), ()>(()), |_| mark(-3)).await.unwrap();
+    full.store(false, Ordering::Release);
+    until(|| log.lock().unwrap().contains(&(Uuid::nil(), -3))).await;
+    commit(&source, &hub, other);
+    commit(&source, &hub, job);
+    until(|| seqs(&log, other) == vec![1] && seqs(&log, job).len() == 3001).await;
+    settled(&hub).await;
+
+    let marks: Vec<i64> = log.lock().unwrap().iter().filter(|(j, _)| j.is_nil()).map(|(_, n)| *n).collect();
+    assert_eq!(marks, vec![-2, -1, -3]);
+    assert_eq!(seqs(&log, job), (1..=3001).collect::<Vec<_>>());
+}
