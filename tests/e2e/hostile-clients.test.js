@@ -48,6 +48,29 @@ async function nonReadingSocket(url, token) {
   return ws;
 }
 
+// A Socket.IO client over raw long-polling requests: connects, then polls
+// only when told to.
+async function pollingSocket(url, token) {
+  const base = `${url}/socket.io/?EIO=4&transport=polling`;
+  const open = await (await fetch(base)).text();
+  const { sid } = JSON.parse(open.slice(1));
+  const at = `${base}&sid=${sid}`;
+  const post = async (packets) => {
+    const response = await fetch(at, { method: 'POST', body: packets.join('\x1e'), headers: { 'content-type': 'text/plain' } });
+    assert.equal(response.status, 200);
+    await response.text();
+  };
+  const poll = async () => (await (await fetch(at)).text()).split('\x1e');
+  await post([`40${JSON.stringify({ token })}`]);
+  // A ping may come first (the server pings once the session opens).
+  for (let i = 0; i < 5; i += 1) {
+    const packets = await poll();
+    if (packets.includes('2')) await post(['3']);
+    if (packets.some((p) => p.startsWith('40'))) return { post, poll };
+  }
+  throw new Error('no CONNECT packet in five polls');
+}
+
 describe('clients that stop reading', { skip: skipReason(), timeout: 120_000 }, () => {
   const ctx = useServer({ env: { JOBSTREAM_STALL_TIMEOUT: STALL } });
   const workspace = randomUUID();
@@ -124,6 +147,54 @@ describe('clients that stop reading', { skip: skipReason(), timeout: 120_000 }, 
     await sleep(4000); // past the stall timeout
     socket.resume(); // read what was sent; the server has ended the stream
     await until(() => closed, 'the stream to be closed by the server', 30_000);
+  });
+
+  it('holds a bounded number of bytes for long-polling sockets that stop polling during a replay, and serves one that polls again', async (t) => {
+    // 500 chunks of 60 kB: a replay of 30 MB for each socket.
+    const job = (await producer.createJob({ workspaceId: workspace, type: 'poll-replay' })).body.id;
+    await producer.setStatus(job, { status: 'queued' });
+    await producer.setStatus(job, { status: 'running' });
+    const step = (await producer.startStep(job, { name: 's', phase: 'execution', stepType: 'command' })).body.step.id;
+    const chunk = 'p'.repeat(60_000);
+    for (let i = 0; i < 500; i += 1) {
+      assert.equal((await producer.stepOutput(job, step, { chunk })).status, 200);
+    }
+    const total = (await producer.getJob(job)).body.lastSeq;
+    const SOCKETS = 12;
+    const pid = ctx.server.pid();
+    const before = rssKiB(pid);
+    const sockets = [];
+    for (let i = 0; i < SOCKETS; i += 1) {
+      const socket = await pollingSocket(ctx.server.url, token);
+      await socket.post([`42${i}["subscribe:job",{"jobId":"${job}","since":0}]`]);
+      sockets.push(socket);
+    }
+    await sleep(2000); // nobody polls
+    const grown = rssKiB(pid) - before;
+    t.diagnostic(`server memory grew by ${grown} KiB for ${SOCKETS} long-polling sockets that stopped polling`);
+    assert.ok(grown < SOCKETS * 16 * 1024, `the server holds ${grown} KiB for ${SOCKETS} sockets that stopped polling (${SOCKETS} replays of 30 MB would be ${SOCKETS * 30} MB)`);
+
+    // The first socket polls again (within the stall timeout of its worker) and gets everything, in order.
+    const seqs = [];
+    const deadline = Date.now() + 60_000;
+    while (seqs.length < total && Date.now() < deadline) {
+      for (const packet of await sockets[0].poll()) {
+        if (packet.startsWith('42[')) seqs.push(JSON.parse(packet.slice(2))[1].seq);
+        if (packet === '2') await sockets[0].post(['3']);
+      }
+    }
+    assert.deepEqual(seqs, Array.from({ length: total }, (_, i) => i + 1));
+  });
+
+  it('holds a bounded number of bytes for a long-polling socket that sends 300 subscribes and never polls', async (t) => {
+    const pid = ctx.server.pid();
+    const before = rssKiB(pid);
+    const socket = await pollingSocket(ctx.server.url, token);
+    await socket.post(Array.from({ length: 300 }, (_, i) => `42${i}["subscribe:job",{"jobId":"${bigJob}"}]`));
+    await sleep(1500);
+    const grown = rssKiB(pid) - before;
+    t.diagnostic(`server memory grew by ${grown} KiB for the socket that never polls`);
+    assert.ok(grown < 64 * 1024, `the server holds ${grown} KiB for one socket that never polls (300 acks of 900 kB would be 270 MiB)`);
   });
 
   it('still serves a client that reads slowly but steadily', async () => {

@@ -2,18 +2,20 @@
 //!
 //! socketioxide buffers a socket's packets by count (`JOBSTREAM_SOCKET_BUFFER`),
 //! whatever their size, so a client that stops reading could make the server
-//! hold its buffer full of large packets (acks carrying job snapshots with big
-//! metadata). Over WebSocket, a [`Budget`] counts the bytes handed to the
-//! socket and the bytes its TCP connection has written: past
+//! hold its buffer full of large packets (a replay of large step output, acks
+//! carrying job snapshots with big metadata). A [`Budget`] counts the bytes
+//! handed to the socket and the bytes that left for the client: over
+//! WebSocket, what its TCP connection has written; over long-polling, what
+//! the socket's polls have taken (each poll's response body, credited by
+//! [`crate::expiry::close_on_poll`] as it is answered). Past
 //! [`SOCKET_BUFFER_BYTES`] in between, deliveries wait (the delivery worker
 //! sees a full outlet) and subscribes wait before reading anything, so what the
 //! server holds for the socket stays bounded in bytes. A client that never
-//! reads again is closed by the connection's write-stall timeout. Over
-//! long-polling, packets wait in engine.io's count-bounded buffer until the
-//! client polls, and a client that stops polling is closed by the heartbeat.
+//! reads again is closed by the connection's write-stall timeout (WebSocket),
+//! or by the heartbeat and the delivery stall timeout (long-polling).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use engineioxide::DirectWriter;
@@ -29,6 +31,12 @@ pub const SOCKET_BUFFER_BYTES: u64 = 2 * 1024 * 1024;
 pub struct Budget {
     /// Bytes handed to the socket.
     sent: AtomicU64,
+    /// Bytes its long-polling responses have taken (before any WebSocket).
+    polled: AtomicU64,
+    /// Woken when a poll takes bytes, and when the socket is gone.
+    polls: tokio::sync::Notify,
+    /// The socket is gone: nothing waits for room any more.
+    closed: std::sync::atomic::AtomicBool,
     /// The WebSocket connection, once attached (a socket has at most one).
     websocket: OnceLock<Attached>,
 }
@@ -59,16 +67,23 @@ impl Budget {
         });
     }
 
-    /// The attached connection, once its WebSocket is up (its writer runs):
-    /// an upgrade that never completes leaves the socket on long-polling,
-    /// unmeasured.
-    fn attached(&self) -> Option<&Attached> {
-        self.websocket.get().filter(|a| a.direct.is_ready())
+    /// Counts `bytes` taken to the client by a long-polling response.
+    pub fn polled(&self, bytes: u64) {
+        self.polled.fetch_add(bytes, Ordering::AcqRel);
+        self.polls.notify_waiters();
     }
 
-    /// Whether a WebSocket connection is measured (else nothing is).
-    pub fn is_measured(&self) -> bool {
-        self.attached().is_some()
+    /// The socket is gone: [`Budget::room`] waits no longer.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.polls.notify_waiters();
+    }
+
+    /// The attached connection, once its WebSocket is up (its writer runs):
+    /// until then (and for good, after an upgrade that never completes) the
+    /// socket is measured by its polls.
+    fn attached(&self) -> Option<&Attached> {
+        self.websocket.get().filter(|a| a.direct.is_ready())
     }
 
     /// The WebSocket's direct writer, once it is up.
@@ -76,14 +91,15 @@ impl Budget {
         self.attached().map(|a| &a.direct)
     }
 
-    /// Bytes handed over and not yet written (0 when not measured).
+    /// Bytes handed over and not yet gone to the client (written to the
+    /// WebSocket's connection, or taken by a poll).
     pub fn outstanding(&self) -> u64 {
         match self.attached() {
             Some(a) => {
                 let handed = self.sent.load(Ordering::Acquire).saturating_sub(a.sent);
                 handed.saturating_sub(a.conn.written().saturating_sub(a.written))
             }
-            None => 0,
+            None => self.sent.load(Ordering::Acquire).saturating_sub(self.polled.load(Ordering::Acquire)),
         }
     }
 
@@ -92,21 +108,34 @@ impl Budget {
         self.outstanding() >= SOCKET_BUFFER_BYTES
     }
 
-    /// Resolves at the attached connection's next write that makes progress;
-    /// `None` when no connection is attached (long-polling).
-    pub fn progress(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        let conn = self.attached()?.conn.clone();
-        Some(async move { conn.progressed().await })
+    /// Resolves at the next progress: the attached connection's next write
+    /// that makes some, or (long-polling) the socket's next poll.
+    pub fn progress(self: &Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let budget = self.clone();
+        async move { budget.next_progress().await }
     }
 
-    /// Waits until the budget has room (or the connection closes).
+    async fn next_progress(&self) {
+        match self.attached() {
+            Some(Attached { conn, .. }) => conn.progressed().await,
+            None => {
+                let polled = self.polls.notified();
+                tokio::pin!(polled);
+                polled.as_mut().enable();
+                if !self.closed.load(Ordering::Acquire) {
+                    polled.await;
+                }
+            }
+        }
+    }
+
+    /// Waits until the budget has room (or the socket is gone).
     pub async fn room(&self) {
         while self.is_spent() {
-            let Some(Attached { conn, .. }) = self.attached() else { return };
-            if conn.is_closed() {
+            if self.closed.load(Ordering::Acquire) || self.attached().is_some_and(|a| a.conn.is_closed()) {
                 return;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.progressed()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.next_progress()).await;
         }
     }
 }

@@ -235,7 +235,14 @@ pub async fn close_on_poll(State(transports): State<Transports>, request: Reques
                 () = session.closing() => None,
                 response = next.run(request) => Some(response),
             };
-            response.unwrap_or_else(|| close_polling(&socket))
+            match response {
+                Some(response) => {
+                    // What the poll took off the socket's buffer, for its byte budget.
+                    session.polled(axum::body::HttpBody::size_hint(response.body()).lower());
+                    response
+                }
+                None => close_polling(&socket),
+            }
         }
         Some("websocket") => {
             if let Some(ConnectInfo(conn)) = request.extensions().get::<ConnectInfo<Conn>>() {

@@ -135,6 +135,11 @@ impl Session {
         }
     }
 
+    /// Counts the bytes a long-polling response took to the client (see [`crate::budget`]).
+    pub(crate) fn polled(&self, bytes: u64) {
+        self.0.budget.polled(bytes);
+    }
+
     fn websocket(&self) -> Option<Conn> {
         self.0.websocket.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -335,6 +340,7 @@ async fn authenticate(
         socket.extensions.remove::<Holdings>();
         if let Some(session) = socket.extensions.remove::<Session>() {
             app.expiries.remove(session.expires(), socket.id);
+            session.0.budget.close();
             if let Some(subscriber) = session.0.subscriber.get() {
                 subscriber.close();
             }
@@ -487,9 +493,10 @@ impl Outlet for SocketOutlet {
         close_transport(&self.socket);
     }
 
-    /// Over WebSocket, a full socket makes room when its connection writes.
+    /// A full socket makes room when its connection writes (WebSocket) or
+    /// its client polls (long-polling).
     fn ready(&self) -> Option<jobstream_delivery::ReadyFuture> {
-        self.budget.progress().map(|ready| Box::pin(ready) as jobstream_delivery::ReadyFuture)
+        Some(Box::pin(self.budget.progress()))
     }
 }
 
@@ -515,7 +522,7 @@ impl FromMessageParts<LocalAdapter> for Ack {
 impl Ack {
     fn try_send<T: Serialize + ?Sized>(&self, body: &T) -> Result<(), SendError> {
         // Only a budget measured against a WebSocket needs the ack's size.
-        let budget = self.socket.extensions.get::<Session>().map(|s| s.0.budget.clone()).filter(|b| b.is_measured());
+        let budget = self.socket.extensions.get::<Session>().map(|s| s.0.budget.clone());
         if budget.as_ref().is_some_and(|b| b.is_spent()) {
             return Err(SendError::Socket(SocketError::InternalChannelFull));
         }
