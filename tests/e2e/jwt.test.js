@@ -8,7 +8,7 @@
 'use strict';
 
 const assert = require('node:assert/strict');
-const { execFileSync } = require('node:child_process');
+const { execFileSync, spawnSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
@@ -163,6 +163,24 @@ describe('tokens of an identity provider (JWKS, iss, aud)', { skip: skipReason()
     assert.equal(payload.aud, AUDIENCE);
     const socket = await connect(ctx.server.url, token);
     socket.close();
+  });
+
+  it('`jobstream token` refuses an empty, blank or control-character workspace with a clear message and mints nothing', () => {
+    for (const workspace of ['', '   ', 'a\tb']) {
+      const run = spawnSync(binaryPath(), ['token', '--sub', 'cli', '--workspace', 'fine', '--workspace', workspace], {
+        env: { ...process.env, JOBSTREAM_JWT_SECRET: ctx.server.secret, RUST_LOG: 'warn' },
+        encoding: 'utf8',
+      });
+      assert.notEqual(run.status, 0, JSON.stringify(workspace));
+      assert.equal(run.stdout, '', 'nothing minted');
+      assert.match(run.stderr, /--workspace .* must not (be empty|contain control characters); name a workspace, or "\*" for all/);
+    }
+    const all = spawnSync(binaryPath(), ['token', '--sub', 'cli', '--workspace', '*'], {
+      env: { ...process.env, JOBSTREAM_JWT_SECRET: ctx.server.secret, RUST_LOG: 'warn' },
+      encoding: 'utf8',
+    });
+    assert.equal(all.status, 0, all.stderr);
+    assert.match(all.stdout.trim(), /^[\w-]+\.[\w-]+\.[\w-]+$/);
   });
 
   it('refuses a wrong aud or iss, an nbf in the future, a crit header, an unknown kid, alg none and key confusion', async () => {

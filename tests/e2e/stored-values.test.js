@@ -102,6 +102,31 @@ describe('values that one backend cannot store', { skip: skipReason(), timeout: 
     }
   });
 
+  it('refuses the workspace id "*" (every workspace, in a token) wherever a workspace is named, and creates nothing', async () => {
+    const adminToken = mintToken(ctx.server.secret, { workspaces: ['*'] });
+    const admin = api(ctx.server.url, adminToken);
+    const created = await raw(ctx.server.url, adminToken, 'POST', '/api/v1/jobs', JSON.stringify({ workspaceId: '*', type: 'x' }));
+    assert.equal(created.status, 422, created.text);
+    assert.match(JSON.parse(created.text).error.message, /^workspaceId: must not be "\*"/);
+    assertHttpError(await admin.listJobs({ workspaceId: '*' }), 422, 'invalid_payload');
+    const stream = await fetch(`${ctx.server.url}/api/v1/workspaces/*/events/stream`, {
+      headers: { authorization: `Bearer ${adminToken}` },
+    });
+    assert.equal(stream.status, 422);
+    await stream.body.cancel();
+    const socket = await connect(ctx.server.url, adminToken);
+    try {
+      const ack = await emitAck(socket, 'subscribe:workspace:jobs', { workspaceId: '*' });
+      assert.equal(ack.ok, false, JSON.stringify(ack));
+      assert.equal(ack.error.code, 'invalid_payload', JSON.stringify(ack));
+    } finally {
+      socket.close();
+    }
+    // Names that only contain a star are workspace ids like any other.
+    const starred = await admin.createJob({ workspaceId: '**', type: 'x' });
+    assert.equal(starred.status, 201, JSON.stringify(starred.body));
+  });
+
   it('answers 404 for ids with a NUL in the path', async () => {
     assertHttpError(await producer.getJob('a\u0000b'), 404, 'not_found');
     assertHttpError(await producer.events(`${jobId}\u0000`, {}), 404, 'not_found');

@@ -91,11 +91,23 @@ pub fn event_id(body: &Value) -> Result<Option<Uuid>, ValidationError> {
     }
 }
 
-/// Checks a workspace id: non-empty, at most 200 bytes, no control characters.
+/// In a token's `workspaces`, every workspace (CONTRACT §4); never a workspace id.
+pub const ALL_WORKSPACES: &str = "*";
+
+/// Checks a workspace id: non-empty, at most 200 bytes, no control
+/// characters, not [`ALL_WORKSPACES`] (a workspace named `*` could be reached
+/// by no token but a token for every workspace, and a request naming it would
+/// read as "all").
 pub fn check_workspace_id(field: &str, id: &str) -> Result<(), ValidationError> {
     check_text(field, id, 200)?;
     if id.chars().any(char::is_control) {
         return Err(ValidationError::new(field, "must not contain control characters"));
+    }
+    if id == ALL_WORKSPACES {
+        return Err(ValidationError::new(
+            field,
+            "must not be \"*\": it is no workspace id (in a token's workspaces it means every workspace)",
+        ));
     }
     Ok(())
 }
@@ -454,6 +466,17 @@ impl BatchRequest {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_workspace_id_is_refused_when_empty_blank_too_long_with_control_characters_or_the_wildcard() {
+        for bad in ["", "  ", "a\nb", "\u{7f}", "*"] {
+            assert!(check_workspace_id("workspaceId", bad).is_err(), "{bad:?} is refused");
+        }
+        assert!(check_workspace_id("workspaceId", &"w".repeat(201)).is_err());
+        for good in ["w", "**", "*a", "a*", " * ", "team-1", &"w".repeat(200)] {
+            assert!(check_workspace_id("workspaceId", good).is_ok(), "{good:?} is a workspace id");
+        }
+    }
 
     #[test]
     fn an_event_id_is_a_uuid_or_absent() {

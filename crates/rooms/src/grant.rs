@@ -106,7 +106,7 @@ impl Claims {
 
     /// Whether the token names every workspace (`*`).
     pub fn all_workspaces(&self) -> bool {
-        self.workspaces.contains("*")
+        self.workspaces.contains(jobstream_protocol::requests::ALL_WORKSPACES)
     }
 }
 

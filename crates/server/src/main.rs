@@ -118,6 +118,10 @@ fn token(args: &jobstream_server::config::TokenArgs) -> Result<(), String> {
     if scopes.is_empty() {
         return Err(format!("--scope {:?} names no known scope: use \"subscribe\", \"publish\" or both", args.scope));
     }
+    for workspace in args.workspaces.iter().filter(|w| w.as_str() != jobstream_protocol::requests::ALL_WORKSPACES) {
+        jobstream_protocol::requests::check_workspace_id("--workspace", workspace)
+            .map_err(|err| format!("--workspace {workspace:?} {}; name a workspace, or \"*\" for all", err.message))?;
+    }
     let signer = Signer::new(Secret::new(secret)).with_claims(args.claims.issuer(), args.claims.audience());
     println!("{}", signer.mint(&args.sub, &args.workspaces, &scopes, args.ttl).map_err(|e| e.to_string())?);
     Ok(())

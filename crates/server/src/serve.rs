@@ -127,6 +127,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .max_header_size(settings.max_header_bytes.max(crate::limits::MIN_HEADER_BYTES))
+        .max_buf_size(read_buffer_limit(settings.max_header_bytes))
         .keep_alive(true);
 
     // Dropping the receiver tells the loop and every connection to stop.
@@ -193,4 +194,53 @@ pub async fn serve(
     drop(close_rx);
     drop(listener);
     close_tx.closed().await;
+}
+
+/// hyper's own limit on a connection's read buffer (about 400 KiB): a request
+/// head must fit in it whatever `max_header_size` says.
+const HYPER_READ_BUFFER: usize = 8192 + 4096 * 100;
+
+/// The connection's read buffer limit: hyper's, or more when the largest
+/// request head is set above it, so that `--max-header-bytes` is the limit
+/// that applies (a head past the buffer would be refused with 431 too, at a
+/// size no setting names).
+fn read_buffer_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_add(crate::limits::MIN_HEADER_BYTES).max(HYPER_READ_BUFFER)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::config::Config;
+    use crate::testing::TestServer;
+
+    /// The status line's code of a `GET /healthz` with one header of `size` bytes.
+    async fn status_with_header(server: &TestServer, size: usize) -> String {
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap_or_else(|e| panic!("{e}"));
+        let head =
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "x".repeat(size));
+        // The server may answer (431) and close before it has read everything.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_largest_request_head_set_above_hypers_read_buffer_is_the_limit_that_applies() {
+        let mut config = Config::for_tests("sqlite::memory:", "a-test-secret-of-enough-length-000");
+        config.limits.max_header_bytes = 2 * 1024 * 1024;
+        let server = TestServer::start_with(config).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status_with_header(&server, 1_500_000).await, "HTTP/1.1 200 OK");
+        assert_eq!(status_with_header(&server, 2_200_000).await, "HTTP/1.1 431 Request Header Fields Too Large");
+    }
+
+    #[test]
+    fn the_read_buffer_limit_is_never_below_hypers_default_nor_below_the_largest_head() {
+        assert_eq!(super::read_buffer_limit(8192), super::HYPER_READ_BUFFER);
+        assert_eq!(super::read_buffer_limit(64 * 1024), super::HYPER_READ_BUFFER);
+        assert!(super::read_buffer_limit(4 * 1024 * 1024) > 4 * 1024 * 1024);
+        assert!(super::read_buffer_limit(usize::MAX) == usize::MAX);
+    }
 }
