@@ -113,3 +113,92 @@ async fn polling_peeked_packets_preserve_order() {
     assert_eq!(poll(&mut svc, &sid).await, "4world");
     assert_eq!(poll(&mut svc, &sid).await, "4there");
 }
+
+/// Upgrades the polling session `sid` to websocket through the probe handshake.
+async fn upgrade<H: EngineIoHandler>(
+    svc: &mut EngineIoService<H>,
+    sid: &str,
+) -> tokio_tungstenite::WebSocketStream<fixture::StreamImpl> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = fixture::create_ws_upgrade_connection(svc, sid.parse().unwrap()).await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
+            .await
+            .expect("the probe is answered")
+            .unwrap()
+            .unwrap();
+        if msg == Message::text("3probe") {
+            break;
+        }
+    }
+    ws.send(Message::text("5")).await.unwrap();
+    ws
+}
+
+/// The text messages the websocket receives next, until `n` have come.
+async fn next_texts(ws: &mut tokio_tungstenite::WebSocketStream<fixture::StreamImpl>, n: usize) -> Vec<String> {
+    use futures_util::StreamExt;
+    let mut texts = Vec::new();
+    while texts.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
+            .await
+            .expect("a message")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
+            if text.as_str() != "2" {
+                texts.push(text.to_string());
+            }
+        }
+    }
+    texts
+}
+
+/// The packet a poll peeked and could not fit was sent before those still in
+/// the channel: after an upgrade to websocket it comes first, not never.
+#[tokio::test]
+async fn a_packet_peeked_by_the_last_poll_is_sent_first_after_an_upgrade() {
+    let (mut svc, mut socket_rx) = create_small_payload_server(10).await;
+    let sid = create_polling_connection(&mut svc).await;
+    let socket = socket_rx.recv().await.unwrap();
+    drain_initial_ping(&mut svc, &sid).await;
+
+    socket.emit("hello").unwrap();
+    socket.emit("world").unwrap();
+    socket.emit("there").unwrap();
+    // The poll takes "hello" and peeks "world".
+    assert_eq!(poll(&mut svc, &sid).await, "4hello");
+
+    let mut ws = upgrade(&mut svc, &sid).await;
+    socket.emit("after").unwrap();
+    assert_eq!(next_texts(&mut ws, 3).await, vec!["4world", "4there", "4after"]);
+}
+
+/// An upgrade while the socket's channel is full (a client that stopped
+/// polling while the server sent) completes, and every packet then arrives
+/// in order over the websocket.
+#[tokio::test]
+async fn an_upgrade_completes_while_the_channel_is_full_and_every_packet_arrives_in_order() {
+    let (socket_tx, mut socket_rx) = mpsc::channel(1);
+    let config = EngineIoConfig::builder()
+        .ping_interval(Duration::from_secs(60))
+        .ping_timeout(Duration::from_secs(60))
+        .max_buffer_size(8)
+        .build();
+    let mut svc = EngineIoService::with_config(Arc::new(SocketHandler { socket_tx }), config);
+    let sid = create_polling_connection(&mut svc).await;
+    let socket = socket_rx.recv().await.unwrap();
+    drain_initial_ping(&mut svc, &sid).await;
+
+    let mut sent = 0;
+    while socket.emit(format!("m{sent}")).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(sent, 8, "the channel is full");
+
+    let mut ws = upgrade(&mut svc, &sid).await;
+    let expected: Vec<String> = (0..sent).map(|i| format!("4m{i}")).collect();
+    assert_eq!(next_texts(&mut ws, sent).await, expected);
+}

@@ -732,8 +732,15 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     let InternalRx {
         buffered_rx,
         volatile_rx,
-        ..
+        peeked_packet,
     } = &mut *internal_rx;
+
+    // The packet the last poll took from the channel but could not fit in its
+    // payload was sent before anything still in the channel: it goes first
+    // (and before any direct write, which waits for the writer's queue).
+    if let Some(packets) = peeked_packet.take() {
+        writer.push(packets, socket.protocol);
+    }
 
     if let Some(direct) = direct {
         let writer: Arc<dyn DirectWrite> = writer.clone();
@@ -821,11 +828,14 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
-    socket
-        .internal_tx
-        .send(Box::new(smallvec![Packet::Noop]))
-        .await
-        .map_err(|_| Error::Upgrade)?;
+    // A poll waits only on an empty channel: a full one (packets that no poll
+    // takes now, since polls are answered with a Noop while upgrading) has no
+    // poll to close, and waiting for room in it would wait until the upgrade
+    // times out.
+    match socket.internal_tx.try_send(Box::new(smallvec![Packet::Noop])) {
+        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Upgrade),
+    }
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
     // All other polling connection will be immediately closed with a NOOP packet.
