@@ -395,6 +395,13 @@ enum Msg {
     Close,
 }
 
+impl Msg {
+    /// A subscriber's request (or its end), as opposed to an event or a resynchronisation.
+    fn is_command(&self) -> bool {
+        !matches!(self, Msg::Event(_) | Msg::Resync)
+    }
+}
+
 struct ActivateJob {
     job_id: Uuid,
     workspace_id: String,
@@ -1073,9 +1080,14 @@ impl Worker {
         self.hub.inner.stats.catch_ups.fetch_add(1, Ordering::Relaxed);
         let mut next: Option<(i64, EventPage)> = None;
         loop {
-            // Between pages: an unsubscribe or a close waiting behind this
-            // catch-up takes effect now, not after the rest of the job's history.
-            self.take_leaving().await?;
+            // Between pages: the subscribes, unsubscribes and close waiting
+            // behind this catch-up take effect now, not after the rest of the
+            // job's history. No page is held while they run (one may start a
+            // catch-up of its own): the next page is read again after them.
+            if self.has_commands() {
+                next = None;
+                self.take_commands().await?;
+            }
             let Some(cursor) = self.c.subs.cursor(job_id) else {
                 return Ok(());
             };
@@ -1107,25 +1119,28 @@ impl Worker {
         }
     }
 
-    /// Handles now the unsubscribes and the close that wait in the mailbox
-    /// ahead of any other command: a catch-up calls it between pages, so
-    /// that leaving a room does not wait for a long replay to end.
+    /// Whether a command (anything but an event or a resynchronisation) waits in the mailbox.
+    fn has_commands(&self) -> bool {
+        self.mailbox.state().queue.iter().any(Msg::is_command)
+    }
+
+    /// Handles now, in the order they were queued, the commands waiting in
+    /// the mailbox (subscribes being set up, activations, unsubscribes, a
+    /// close): a catch-up calls it between pages, so that a subscription made
+    /// or left during a long replay does not wait for the replay to end.
     ///
-    /// Only queued *events* are overtaken, never a command: an unsubscribe
-    /// queued behind a `Begin` or an activation (of any room) stays behind
-    /// it, so a room's subscribe and unsubscribe are handled in the order
-    /// they were made. Overtaken events of the room left are then dropped
-    /// (their room is no longer followed) instead of sent before the ack:
-    /// either way nothing of the room follows the ack.
-    async fn take_leaving(&mut self) -> Result<(), Stop> {
+    /// Only queued *events* (and resynchronisations) are overtaken, never a
+    /// command: the socket's requests still take effect, and are acked, in
+    /// the order they were made. An overtaken event is classified when its
+    /// turn comes, against the cursors as they are then: an event of a room
+    /// left is dropped (nothing of the room follows the unsubscribe's ack);
+    /// one a newer subscription's catch-up already sent is a duplicate and
+    /// dropped; any other is delivered in `seq` order, as ever.
+    async fn take_commands(&mut self) -> Result<(), Stop> {
         loop {
             let msg = {
                 let mut state = self.mailbox.state();
-                let at = state
-                    .queue
-                    .iter()
-                    .take_while(|msg| matches!(msg, Msg::Event(_) | Msg::Resync | Msg::Unsubscribe(..) | Msg::Close))
-                    .position(|msg| matches!(msg, Msg::Unsubscribe(..) | Msg::Close));
+                let at = state.queue.iter().position(Msg::is_command);
                 match at.and_then(|at| state.queue.remove(at)) {
                     Some(msg) => msg,
                     None => return Ok(()),

@@ -478,3 +478,45 @@ async fn subscribes_and_unsubscribes_made_during_a_replay_are_acked_in_the_order
     assert_eq!(marks, vec![-2, -1, -3]);
     assert_eq!(seqs(&log, job), (1..=3001).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_and_an_unsubscribe_made_during_a_replay_take_effect_between_its_pages() {
+    let (source, hub, a) = long_job(5000);
+    let b = source.create_job("ws");
+    for _ in 0..700 {
+        source.append(b).unwrap();
+    }
+    let (sub, log, full) = subscriber(&hub);
+    let mark = |n: i64| -> Announce {
+        let log = log.clone();
+        Box::new(move || {
+            log.lock().unwrap().push((Uuid::nil(), n));
+            Ok(())
+        })
+    };
+    full.store(true, Ordering::Release);
+    sub.subscribe_job(a, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
+    // Behind A's replay: a subscribe of B with its own history, then leaving A.
+    sub.subscribe_job(b, Some(0), |_| Ok::<(), ()>(()), |_| mark(-2)).await.unwrap();
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(a), Some(mark(-1))).await.map_err(|_| ()).unwrap();
+    full.store(false, Ordering::Release);
+    commit(&source, &hub, b); // a live event of B, the sentinel
+    until(|| seqs(&log, b).len() == 701).await;
+    settled(&hub).await;
+
+    let entries = log.lock().unwrap().clone();
+    let at = |n: i64| entries.iter().position(|entry| *entry == (Uuid::nil(), n)).unwrap();
+    let a_before = |i: usize| entries[..i].iter().filter(|(j, _)| *j == a).count();
+    assert!(at(-2) < at(-1), "acked in the order they were made");
+    assert!(
+        a_before(at(-2)) <= 200,
+        "B subscribed after the page being sent, not after {} events of A",
+        a_before(at(-2))
+    );
+    assert!(a_before(at(-1)) <= 200, "A left after the page being sent");
+    assert!(entries[at(-1)..].iter().all(|(j, _)| *j != a), "nothing of A after its unsubscribe ack");
+    assert_eq!(seqs(&log, b), (1..=701).collect::<Vec<_>>());
+    let a_seqs = seqs(&log, a);
+    assert_eq!(a_seqs, (1..=a_seqs.len() as i64).collect::<Vec<_>>());
+}
