@@ -165,7 +165,7 @@ describe('tokens of an identity provider (JWKS, iss, aud)', { skip: skipReason()
     socket.close();
   });
 
-  it('`jobstream token` refuses an empty, blank or control-character workspace with a clear message and mints nothing', () => {
+  it('`jobstream token` refuses an empty subject or a workspace that is no workspace id, and `jobstream prune` such a workspace, with a clear message', () => {
     for (const workspace of ['', '   ', 'a\tb']) {
       const run = spawnSync(binaryPath(), ['token', '--sub', 'cli', '--workspace', 'fine', '--workspace', workspace], {
         env: { ...process.env, JOBSTREAM_JWT_SECRET: ctx.server.secret, RUST_LOG: 'warn' },
@@ -174,6 +174,21 @@ describe('tokens of an identity provider (JWKS, iss, aud)', { skip: skipReason()
       assert.notEqual(run.status, 0, JSON.stringify(workspace));
       assert.equal(run.stdout, '', 'nothing minted');
       assert.match(run.stderr, /--workspace .* must not (be empty|contain control characters); name a workspace, or "\*" for all/);
+    }
+    for (const sub of ['', '   ']) {
+      const run = spawnSync(binaryPath(), ['token', '--sub', sub, '--workspace', 'fine'], {
+        env: { ...process.env, JOBSTREAM_JWT_SECRET: ctx.server.secret, RUST_LOG: 'warn' },
+        encoding: 'utf8',
+      });
+      assert.notEqual(run.status, 0, JSON.stringify(sub));
+      assert.equal(run.stdout, '', 'nothing minted');
+      assert.match(run.stderr, /--sub must name who the token is for/);
+    }
+    for (const workspace of ['*', '', ' ']) {
+      const run = spawnSync(binaryPath(), ['prune', '--finished-before', '1d', '--workspace', workspace, '--dry-run',
+        '--database-url', 'sqlite::memory:'], { env: { ...process.env, RUST_LOG: 'warn' }, encoding: 'utf8' });
+      assert.notEqual(run.status, 0, JSON.stringify(workspace));
+      assert.match(run.stderr, /--workspace .* must not be .*; leave it out to prune every workspace/);
     }
     const all = spawnSync(binaryPath(), ['token', '--sub', 'cli', '--workspace', '*'], {
       env: { ...process.env, JOBSTREAM_JWT_SECRET: ctx.server.secret, RUST_LOG: 'warn' },

@@ -77,6 +77,12 @@ async fn migrate(database_url: &str) -> Result<(), String> {
 }
 
 async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String> {
+    if let Some(workspace) = &args.workspace {
+        // Checked before the database is opened: a name no job can have would delete nothing, silently.
+        jobstream_protocol::requests::check_workspace_id("--workspace", workspace).map_err(|err| {
+            format!("--workspace {workspace:?} {}; leave it out to prune every workspace", err.message)
+        })?;
+    }
     let url = &args.database.database_url;
     let db = jobstream_job_events::open(url).await.map_err(|e| e.to_string())?;
     jobstream_job_events::migrate(&db).await.map_err(|e| e.to_string())?;
@@ -114,6 +120,9 @@ async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String>
 fn token(args: &jobstream_server::config::TokenArgs) -> Result<(), String> {
     let secret = jwt_secret_from_env()
         .ok_or("JOBSTREAM_JWT_SECRET is not set: set it to the server's secret to mint tokens the server accepts")?;
+    if args.sub.trim().is_empty() {
+        return Err("--sub must name who the token is for (the server refuses a token without a subject)".into());
+    }
     let scopes = Claims::parse_scopes(Some(&args.scope));
     if scopes.is_empty() {
         return Err(format!("--scope {:?} names no known scope: use \"subscribe\", \"publish\" or both", args.scope));
