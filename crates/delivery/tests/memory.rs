@@ -362,11 +362,11 @@ async fn a_replay_handed_to_the_outlet_in_runs_arrives_once_in_order_however_muc
     assert!(many.load(Ordering::Relaxed) > 0, "runs were handed over several events at a time");
 }
 
-/// An announcement that records itself in the log as `(nil, -1)`.
-fn recorded(log: &Log) -> Announce {
+/// An announcement (an ack) that records itself in the log as `(nil, n)`.
+fn mark(log: &Log, n: i64) -> Announce {
     let log = log.clone();
     Box::new(move || {
-        log.lock().unwrap().push((Uuid::nil(), -1));
+        log.lock().unwrap().push((Uuid::nil(), n));
         Ok(())
     })
 }
@@ -392,7 +392,7 @@ async fn an_unsubscribe_during_a_replay_is_acked_after_the_page_being_sent_not_a
     sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
     // The replay's first page waits on the full outlet.
     until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
-    sub.unsubscribe_then(jobstream_protocol::Room::Job(job), Some(recorded(&log))).await.map_err(|_| ()).unwrap();
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(job), Some(mark(&log, -1))).await.map_err(|_| ()).unwrap();
     full.store(false, Ordering::Release);
     until(|| log.lock().unwrap().contains(&(Uuid::nil(), -1))).await;
     commit(&source, &hub, job);
@@ -423,7 +423,7 @@ async fn a_job_left_during_its_replay_but_still_followed_through_its_workspace_i
     sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
     until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
     sub.subscribe_workspace("ws", |_| quiet()).await.unwrap();
-    sub.unsubscribe_then(jobstream_protocol::Room::Job(job), Some(recorded(&log))).await.map_err(|_| ()).unwrap();
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(job), Some(mark(&log, -1))).await.map_err(|_| ()).unwrap();
     full.store(false, Ordering::Release);
     commit(&source, &hub, job);
     until(|| seqs(&log, job).len() >= 1001).await;
@@ -454,19 +454,12 @@ async fn subscribes_and_unsubscribes_made_during_a_replay_are_acked_in_the_order
     let (source, hub, job) = long_job(3000);
     let other = source.create_job("ws");
     let (sub, log, full) = subscriber(&hub);
-    let mark = |n: i64| -> Announce {
-        let log = log.clone();
-        Box::new(move || {
-            log.lock().unwrap().push((Uuid::nil(), n));
-            Ok(())
-        })
-    };
     full.store(true, Ordering::Release);
     sub.subscribe_job(job, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
     until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
-    sub.subscribe_job(other, None, |_| Ok::<(), ()>(()), |_| mark(-2)).await.unwrap();
-    sub.unsubscribe_then(jobstream_protocol::Room::Job(other), Some(mark(-1))).await.map_err(|_| ()).unwrap();
-    sub.subscribe_job(other, None, |_| Ok::<(), ()>(()), |_| mark(-3)).await.unwrap();
+    sub.subscribe_job(other, None, |_| Ok::<(), ()>(()), |_| mark(&log, -2)).await.unwrap();
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(other), Some(mark(&log, -1))).await.map_err(|_| ()).unwrap();
+    sub.subscribe_job(other, None, |_| Ok::<(), ()>(()), |_| mark(&log, -3)).await.unwrap();
     full.store(false, Ordering::Release);
     until(|| log.lock().unwrap().contains(&(Uuid::nil(), -3))).await;
     commit(&source, &hub, other);
@@ -487,19 +480,12 @@ async fn a_subscribe_and_an_unsubscribe_made_during_a_replay_take_effect_between
         source.append(b).unwrap();
     }
     let (sub, log, full) = subscriber(&hub);
-    let mark = |n: i64| -> Announce {
-        let log = log.clone();
-        Box::new(move || {
-            log.lock().unwrap().push((Uuid::nil(), n));
-            Ok(())
-        })
-    };
     full.store(true, Ordering::Release);
     sub.subscribe_job(a, Some(0), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
     until(|| hub.stats().catch_ups.load(Ordering::Relaxed) > 0).await;
     // Behind A's replay: a subscribe of B with its own history, then leaving A.
-    sub.subscribe_job(b, Some(0), |_| Ok::<(), ()>(()), |_| mark(-2)).await.unwrap();
-    sub.unsubscribe_then(jobstream_protocol::Room::Job(a), Some(mark(-1))).await.map_err(|_| ()).unwrap();
+    sub.subscribe_job(b, Some(0), |_| Ok::<(), ()>(()), |_| mark(&log, -2)).await.unwrap();
+    sub.unsubscribe_then(jobstream_protocol::Room::Job(a), Some(mark(&log, -1))).await.map_err(|_| ()).unwrap();
     full.store(false, Ordering::Release);
     commit(&source, &hub, b); // a live event of B, the sentinel
     until(|| seqs(&log, b).len() == 701).await;

@@ -134,6 +134,30 @@ pub async fn create_ws_upgrade_connection<H: EngineIoHandler>(
     new_ws_mock_conn(svc, ProtocolVersion::V4, Some(sid)).await
 }
 
+/// Upgrades the polling session `sid` to websocket through the whole probe
+/// handshake (`2probe`, `3probe`, `5`).
+pub async fn upgrade_to_ws<H: EngineIoHandler>(
+    svc: &mut EngineIoService<H>,
+    sid: Sid,
+) -> WebSocketStream<StreamImpl> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = create_ws_upgrade_connection(svc, sid).await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
+            .await
+            .expect("the probe is answered")
+            .unwrap()
+            .unwrap();
+        if msg == Message::text("3probe") {
+            break;
+        }
+    }
+    ws.send(Message::text("5")).await.unwrap();
+    ws
+}
+
 pin_project_lite::pin_project! {
     pub struct StreamImpl {
         tx: mpsc::UnboundedSender<Result<Bytes, io::Error>>,

@@ -114,29 +114,6 @@ async fn polling_peeked_packets_preserve_order() {
     assert_eq!(poll(&mut svc, &sid).await, "4there");
 }
 
-/// Upgrades the polling session `sid` to websocket through the probe handshake.
-async fn upgrade<H: EngineIoHandler>(
-    svc: &mut EngineIoService<H>,
-    sid: &str,
-) -> tokio_tungstenite::WebSocketStream<fixture::StreamImpl> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let mut ws = fixture::create_ws_upgrade_connection(svc, sid.parse().unwrap()).await;
-    ws.send(Message::text("2probe")).await.unwrap();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(2), ws.next())
-            .await
-            .expect("the probe is answered")
-            .unwrap()
-            .unwrap();
-        if msg == Message::text("3probe") {
-            break;
-        }
-    }
-    ws.send(Message::text("5")).await.unwrap();
-    ws
-}
-
 /// The text messages the websocket receives next, until `n` have come.
 async fn next_texts(ws: &mut tokio_tungstenite::WebSocketStream<fixture::StreamImpl>, n: usize) -> Vec<String> {
     use futures_util::StreamExt;
@@ -171,7 +148,7 @@ async fn a_packet_peeked_by_the_last_poll_is_sent_first_after_an_upgrade() {
     // The poll takes "hello" and peeks "world".
     assert_eq!(poll(&mut svc, &sid).await, "4hello");
 
-    let mut ws = upgrade(&mut svc, &sid).await;
+    let mut ws = fixture::upgrade_to_ws(&mut svc, sid.parse().unwrap()).await;
     socket.emit("after").unwrap();
     assert_eq!(next_texts(&mut ws, 3).await, vec!["4world", "4there", "4after"]);
 }
@@ -198,7 +175,7 @@ async fn an_upgrade_completes_while_the_channel_is_full_and_every_packet_arrives
     }
     assert_eq!(sent, 8, "the channel is full");
 
-    let mut ws = upgrade(&mut svc, &sid).await;
+    let mut ws = fixture::upgrade_to_ws(&mut svc, sid.parse().unwrap()).await;
     let expected: Vec<String> = (0..sent).map(|i| format!("4m{i}")).collect();
     assert_eq!(next_texts(&mut ws, sent).await, expected);
 }

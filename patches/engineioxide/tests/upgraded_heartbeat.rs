@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod fixture;
 
-use fixture::{create_polling_connection, create_server, create_ws_upgrade_connection};
+use fixture::{create_polling_connection, create_server};
 
 #[derive(Debug, Clone)]
 struct Handler {
@@ -41,20 +41,7 @@ async fn upgraded(
 ) -> tokio_tungstenite::WebSocketStream<fixture::StreamImpl> {
     let mut svc = create_server(Handler { disconnect_tx }).await;
     let sid = create_polling_connection(&mut svc).await;
-    let mut ws = create_ws_upgrade_connection(&mut svc, sid.parse().unwrap()).await;
-    ws.send(Message::text("2probe")).await.unwrap();
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(1), ws.next())
-            .await
-            .expect("the probe is answered")
-            .unwrap()
-            .unwrap();
-        if msg == Message::text("3probe") {
-            break;
-        }
-    }
-    ws.send(Message::text("5")).await.unwrap();
-    ws
+    fixture::upgrade_to_ws(&mut svc, sid.parse().unwrap()).await
 }
 
 #[tokio::test]
