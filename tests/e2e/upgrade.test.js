@@ -10,7 +10,7 @@
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
 const { describe, it, before, after } = require('node:test');
-// socket.io-client's own transport layer (installed with it), for its transport classes.
+// socket.io-client's own transport layer, for its transport classes.
 const { NodeXHR, NodeWebSocket } = require('engine.io-client');
 const {
   SERVER_EVENTS, api, connect, mintToken, skipReason, useServer,
