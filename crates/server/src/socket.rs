@@ -521,7 +521,7 @@ impl FromMessageParts<LocalAdapter> for Ack {
 
 impl Ack {
     fn try_send<T: Serialize + ?Sized>(&self, body: &T) -> Result<(), SendError> {
-        // Only a budget measured against a WebSocket needs the ack's size.
+        // The ack's bytes count in the socket's budget, over either transport.
         let budget = self.socket.extensions.get::<Session>().map(|s| s.0.budget.clone());
         if budget.as_ref().is_some_and(|b| b.is_spent()) {
             return Err(SendError::Socket(SocketError::InternalChannelFull));
