@@ -75,7 +75,8 @@ pub trait Outlet: Send + Sync + 'static {
     /// After [`OutletError::Full`]: resolves when the outlet may have room
     /// again (its connection wrote something). `None` when it cannot tell;
     /// the worker then retries after a backoff (2 ms doubling to 50 ms).
-    fn ready(&self) -> Option<ReadyFuture> {
+    /// Called on the outlet's own handle, which the future may keep.
+    fn ready(self: Arc<Self>) -> Option<ReadyFuture> {
         None
     }
 }
@@ -265,30 +266,72 @@ impl Shard {
 /// cursors until the queue is empty again; then it hands them back and ends.
 /// While a worker runs, every event is queued behind what it is doing, so
 /// order is kept. An idle subscriber holds no task.
+///
+/// Laid out in declaration order (`repr(C)`): what the fast path reads for
+/// every event (the lock, the queue, the cursors, the outlet) is at the start,
+/// in one object, so that a delivery touches as few cache lines as it can.
+#[repr(C)]
 struct Mailbox {
-    id: u64,
+    state: std::sync::Mutex<MailboxState>,
     outlet: Arc<dyn Outlet>,
+    id: u64,
     /// The rooms this subscriber is indexed under: leaving touches only these.
     rooms: std::sync::Mutex<Vec<Room>>,
-    state: std::sync::Mutex<MailboxState>,
 }
 
+#[repr(C)]
 struct MailboxState {
-    /// The cursors, when no worker has them (a worker runs exactly while this is `None`).
-    cursors: Option<Box<Cursors>>,
+    /// A worker runs and owns the cursors (`cursors` is then empty).
+    worker: bool,
+    /// The subscriber has stopped: nothing more is taken.
+    closed: bool,
+    /// The job the fast path delivered last, and its position, kept here
+    /// instead of in `cursors` while that job's events keep coming in order
+    /// (see [`Hot`]).
+    hot: Option<Hot>,
     /// What waits for the worker.
     queue: VecDeque<Msg>,
+    /// The cursors, when no worker has them.
+    cursors: Cursors,
     /// Events in `queue`: bounded by `queue_limit`, commands are not counted.
     queued_events: usize,
     /// Set when an event was not queued; cleared by the worker when it resynchronises.
     overflowed: bool,
-    /// The subscriber has stopped: nothing more is taken.
-    closed: bool,
+}
+
+/// The fast path's write-back cache of one cursor.
+///
+/// When the fast path delivers an event (its classification said
+/// [`Verdict::Deliver`], the outlet took it, the cursor advanced), it keeps
+/// the job and the new position here. The next event of that job is then
+/// classified against this copy alone: `seq` at or below it is a duplicate,
+/// `seq` one above it the next event to deliver, which is what classifying it
+/// against the cursors would say, because nothing else changes the
+/// subscriptions meanwhile (only a worker does, and a worker starts only
+/// after [`MailboxState::flush_hot`]). Anything else (another job, a gap, a
+/// full outlet) writes the position back to the cursors first and goes the
+/// usual way. So the cursors of a subscriber following one job in order are
+/// read once, not for every event: a delivery touches the subscriber's own
+/// object and its connection, nothing more.
+struct Hot {
+    job_id: Uuid,
+    seq: i64,
+}
+
+impl MailboxState {
+    /// Writes the fast path's cached position back to the cursors.
+    fn flush_hot(&mut self) {
+        if let Some(Hot { job_id, seq }) = self.hot.take() {
+            let known = self.cursors.subs.advance_existing(job_id, seq);
+            debug_assert!(known, "a hot position belongs to a cursor");
+        }
+    }
 }
 
 /// A subscriber's position in each followed job, and what waits on a
 /// subscription being set up.
 #[derive(Default)]
+#[repr(C)]
 struct Cursors {
     subs: Subscriptions,
     /// The number of cursors last added to [`DeliveryStats::cursors`].
@@ -328,18 +371,37 @@ impl Mailbox {
         if state.closed {
             return false;
         }
-        if state.queue.is_empty() {
-            if let Some(cursors) = state.cursors.as_mut() {
-                match cursors.subs.classify(key(event)) {
-                    Verdict::Ignore | Verdict::Duplicate => return false,
-                    Verdict::Deliver if self.outlet.try_send(event).is_ok() => {
-                        cursors.subs.advance(key(event));
-                        cursors.count(stats);
+        'fast: {
+            if !state.queue.is_empty() || state.worker {
+                break 'fast;
+            }
+            let seq = event.event.seq;
+            if let Some(hot) = state.hot.as_mut().filter(|hot| hot.job_id == event.event.job_id) {
+                if seq <= hot.seq {
+                    return false;
+                }
+                if seq == hot.seq + 1 {
+                    if self.outlet.try_send(event).is_ok() {
+                        hot.seq = seq;
                         return true;
                     }
-                    // The outlet is full or gone (the worker waits, or stops), or the event needs work.
-                    _ => {}
+                    // Full or gone: the worker takes it from here.
+                    state.flush_hot();
+                    break 'fast;
                 }
+            }
+            state.flush_hot();
+            let cursors = &mut state.cursors;
+            match cursors.subs.classify(key(event)) {
+                Verdict::Ignore | Verdict::Duplicate => return false,
+                Verdict::Deliver if self.outlet.try_send(event).is_ok() => {
+                    cursors.subs.advance(key(event));
+                    cursors.count(stats);
+                    state.hot = Some(Hot { job_id: event.event.job_id, seq });
+                    return true;
+                }
+                // The outlet is full or gone (the worker waits, or stops), or the event needs work.
+                _ => {}
             }
         }
         if state.queued_events >= hub.inner.config.queue_limit {
@@ -361,7 +423,10 @@ impl Mailbox {
             return;
         }
         state.queue.push_back(msg);
-        if let Some(cursors) = state.cursors.take() {
+        if !state.worker {
+            state.flush_hot();
+            state.worker = true;
+            let cursors = Box::new(std::mem::take(&mut state.cursors));
             hub.inner.stats.behind.fetch_add(1, Ordering::Relaxed);
             let worker = Worker {
                 id: self.id,
@@ -461,16 +526,18 @@ impl Hub {
     pub fn subscriber(&self, outlet: Arc<dyn Outlet>) -> Subscriber {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let state = MailboxState {
-            cursors: Some(Box::default()),
+            worker: false,
+            closed: false,
+            hot: None,
             queue: VecDeque::new(),
+            cursors: Cursors::default(),
             queued_events: 0,
             overflowed: false,
-            closed: false,
         };
         let mailbox =
-            Arc::new(Mailbox { id, outlet, rooms: std::sync::Mutex::default(), state: std::sync::Mutex::new(state) });
+            Arc::new(Mailbox { state: std::sync::Mutex::new(state), outlet, id, rooms: std::sync::Mutex::default() });
         write(&self.inner.mailboxes).insert(id, mailbox.clone());
-        Subscriber { id, hub: self.clone(), mailbox, rooms: tokio::sync::Mutex::new(HashSet::new()) }
+        Subscriber { id, hub: self.clone(), mailbox, calls: tokio::sync::Mutex::new(()), max_rooms: 0 }
     }
 
     fn shard_of<K: std::hash::Hash + ?Sized>(&self, kind: u8, key: &K) -> &RwLock<Shard> {
@@ -687,6 +754,13 @@ pub enum SubscribeError<E> {
         /// The job's newest seq.
         last_seq: i64,
     },
+    /// The subscriber already has `limit` subscriptions (see
+    /// [`Subscriber::with_room_limit`]) and this one would be new.
+    #[error("{limit} subscriptions, the most allowed")]
+    TooManyRooms {
+        /// The limit.
+        limit: usize,
+    },
     /// The snapshot could not be read.
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -697,9 +771,12 @@ pub struct Subscriber {
     id: u64,
     hub: Hub,
     mailbox: Arc<Mailbox>,
-    /// The rooms registered in the hub index. Its lock also serialises this
-    /// subscriber's subscribe and unsubscribe calls.
-    rooms: tokio::sync::Mutex<HashSet<Room>>,
+    /// Serialises this subscriber's subscribe and unsubscribe calls. While it
+    /// is held and no call is under way, the rooms of the mailbox (those
+    /// registered in the hub index) are exactly the subscriber's subscriptions.
+    calls: tokio::sync::Mutex<()>,
+    /// The most subscriptions at once; 0 for no limit.
+    max_rooms: usize,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -713,14 +790,31 @@ impl Subscriber {
         self.mailbox.send(&self.hub, msg);
     }
 
-    /// Registers `room` (if new) so that events committed from now on reach the worker.
-    fn begin(&self, rooms: &HashSet<Room>, room: &Room) -> bool {
-        let fresh = !rooms.contains(room);
+    /// At most `max` subscriptions at once (0: no limit): a subscribe to one
+    /// more room is refused with [`SubscribeError::TooManyRooms`]; a room
+    /// already subscribed to does not count again.
+    #[must_use]
+    pub fn with_room_limit(mut self, max: usize) -> Self {
+        self.max_rooms = max;
+        self
+    }
+
+    /// Registers `room` (if new) so that events committed from now on reach
+    /// the worker: whether it is new, or the refusal when it is one too many.
+    fn begin<E>(&self, room: &Room) -> Result<bool, SubscribeError<E>> {
+        let fresh = {
+            let rooms = lock(&self.mailbox.rooms);
+            let fresh = !rooms.contains(room);
+            if fresh && self.max_rooms != 0 && rooms.len() >= self.max_rooms {
+                return Err(SubscribeError::TooManyRooms { limit: self.max_rooms });
+            }
+            fresh
+        };
         if fresh {
             self.hub.add_room(&self.mailbox, room);
         }
         self.send(Msg::Begin(room.clone()));
-        fresh
+        Ok(fresh)
     }
 
     fn abort(&self, fresh: bool, room: Room) {
@@ -755,9 +849,9 @@ impl Subscriber {
         announce: impl FnOnce(JobSnapshot) -> Announce,
         refuse: Option<Refuse>,
     ) -> Result<(), SubscribeError<E>> {
-        let mut rooms = self.rooms.lock().await;
+        let _calls = self.calls.lock().await;
         let room = Room::Job(job_id);
-        let fresh = self.begin(&rooms, &room);
+        let fresh = self.begin(&room)?;
         let job = match self.hub.inner.store.job(job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -777,7 +871,6 @@ impl Subscriber {
             self.abort(fresh, room);
             return Err(SubscribeError::InvalidCursor { since, last_seq: job.last_seq });
         }
-        rooms.insert(room);
         let (workspace_id, last_seq) = (job.workspace_id.clone(), job.last_seq);
         self.send(Msg::ActivateJob(Box::new(ActivateJob {
             job_id,
@@ -798,12 +891,11 @@ impl Subscriber {
         workspace_id: &str,
         announce: impl FnOnce(Vec<JobSnapshot>) -> Announce,
     ) -> Result<(), SubscribeError<std::convert::Infallible>> {
-        let mut rooms = self.rooms.lock().await;
+        let _calls = self.calls.lock().await;
         let room = Room::Workspace(workspace_id.to_owned());
-        let fresh = self.begin(&rooms, &room);
+        let fresh = self.begin(&room)?;
         match self.hub.inner.store.workspace_snapshot(workspace_id).await {
             Ok(WorkspaceSnapshot { jobs, cursors, horizon }) => {
-                rooms.insert(room);
                 let announce = announce(jobs);
                 let workspace_id = workspace_id.to_owned();
                 let activation = ActivateWorkspace { workspace_id, cursors, horizon, announce };
@@ -826,8 +918,8 @@ impl Subscriber {
     /// more events of the room can reach the outlet. Without a subscription,
     /// hands `announce` back (there is nothing to wait for).
     pub async fn unsubscribe_then(&self, room: Room, announce: Option<Announce>) -> Result<(), Option<Announce>> {
-        let mut rooms = self.rooms.lock().await;
-        if !rooms.remove(&room) {
+        let _calls = self.calls.lock().await;
+        if !lock(&self.mailbox.rooms).contains(&room) {
             return Err(announce);
         }
         self.hub.remove_room(&self.mailbox, &room);
@@ -888,7 +980,8 @@ impl Worker {
                         if !self.c.subs.has_pending() {
                             self.c.pending = Vec::new();
                         }
-                        state.cursors = Some(self.c);
+                        state.cursors = *self.c;
+                        state.worker = false;
                         self.hub.inner.stats.behind.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
@@ -1055,7 +1148,7 @@ impl Worker {
                         tracing::info!(subscriber = self.id, "subscriber has not read for {waited:?}; closing it");
                         return Err(Stop);
                     }
-                    match self.outlet.ready() {
+                    match self.outlet.clone().ready() {
                         // Woken by the connection's progress; the timeout only
                         // covers a wake-up that came between the send and now.
                         Some(ready) => {

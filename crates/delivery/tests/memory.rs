@@ -506,3 +506,92 @@ async fn a_subscribe_and_an_unsubscribe_made_during_a_replay_take_effect_between
     let a_seqs = seqs(&log, a);
     assert_eq!(a_seqs, (1..=a_seqs.len() as i64).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_subscribe_with_an_older_since_after_fast_deliveries_repeats_nothing_and_goes_on_in_order() {
+    let (source, hub) = setup();
+    let job = source.create_job("ws");
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    settled(&hub).await;
+    for _ in 0..5 {
+        commit(&source, &hub, job);
+    }
+    assert_eq!(seqs(&log, job), vec![1, 2, 3, 4, 5]);
+
+    // The position the fast path reached (5) decides, not the one the cursors had before it.
+    sub.subscribe_job(job, Some(2), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    settled(&hub).await;
+    commit(&source, &hub, job);
+    commit(&source, &hub, job);
+
+    assert_eq!(seqs(&log, job), (1..=7).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn jobs_of_a_workspace_interleaved_and_dispatched_twice_arrive_once_each_in_order() {
+    let (source, hub) = setup();
+    let (a, b) = (source.create_job("ws"), source.create_job("ws"));
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_workspace("ws", |_| quiet()).await.unwrap();
+    settled(&hub).await;
+
+    for job in [a, a, b, a, b, b, a, a, b] {
+        let event = commit(&source, &hub, job);
+        // Again, as a second path (a bus, a retry) would: a duplicate.
+        hub.dispatch(std::slice::from_ref(&event));
+    }
+    settled(&hub).await;
+
+    assert_eq!(seqs(&log, a), vec![1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&log, b), vec![1, 2, 3, 4]);
+    assert_eq!(hub.stats().behind.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_job_left_after_fast_deliveries_and_followed_again_resumes_after_what_was_given() {
+    let (source, hub) = setup();
+    let job = source.create_job("ws");
+    let (sub, log, _) = subscriber(&hub);
+    sub.subscribe_job(job, None, |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    settled(&hub).await;
+    for _ in 0..3 {
+        commit(&source, &hub, job);
+    }
+    assert!(sub.unsubscribe(jobstream_protocol::Room::Job(job)).await);
+    settled(&hub).await;
+    commit(&source, &hub, job); // 4: not followed
+
+    // Followed again from an older `since`: 4 is sent (never given), 1–3 are not again.
+    sub.subscribe_job(job, Some(1), |_| Ok::<(), ()>(()), |_| quiet()).await.unwrap();
+    settled(&hub).await;
+    commit(&source, &hub, job);
+
+    assert_eq!(seqs(&log, job), vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_subscriber_with_a_room_limit_refuses_one_room_too_many_but_not_a_room_it_has() {
+    let (source, hub) = setup();
+    let (a, b, c) = (source.create_job("ws"), source.create_job("ws"), source.create_job("ws"));
+    let (log, full): (Log, Arc<AtomicBool>) = Default::default();
+    let sub = hub.subscriber(Arc::new(Collector { log: log.clone(), full })).with_room_limit(2);
+    let ok = |_: &jobstream_protocol::JobSnapshot| Ok::<(), ()>(());
+    sub.subscribe_job(a, None, ok, |_| quiet()).await.unwrap();
+    sub.subscribe_job(b, None, ok, |_| quiet()).await.unwrap();
+
+    let refused = sub.subscribe_job(c, None, ok, |_| quiet()).await;
+    assert!(matches!(refused, Err(jobstream_delivery::SubscribeError::TooManyRooms { limit: 2 })));
+    sub.subscribe_job(a, None, ok, |_| quiet()).await.unwrap();
+    assert!(sub.unsubscribe(jobstream_protocol::Room::Job(b)).await);
+    sub.subscribe_job(c, None, ok, |_| quiet()).await.unwrap();
+    settled(&hub).await;
+    commit(&source, &hub, b);
+    commit(&source, &hub, c);
+    commit(&source, &hub, a); // the sentinel
+
+    assert_eq!(seqs(&log, c), vec![1]);
+    assert_eq!(seqs(&log, a), vec![1]);
+    assert!(seqs(&log, b).is_empty());
+    assert_eq!(hub.subscription_counts(), (1, 2, 0));
+}

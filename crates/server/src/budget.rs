@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use engineioxide::DirectWriter;
+use engineioxide::{DirectHandle, DirectWriter};
 
 use crate::conn::Conn;
 
@@ -27,18 +27,22 @@ use crate::conn::Conn;
 pub const SOCKET_BUFFER_BYTES: u64 = 2 * 1024 * 1024;
 
 /// A socket's byte budget (see the module docs).
+///
+/// In declaration order (`repr(C)`): what every delivery reads comes first,
+/// so that it shares the object's first cache lines.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct Budget {
     /// Bytes handed to the socket.
     sent: AtomicU64,
-    /// Bytes its long-polling responses have taken (before any WebSocket).
-    polled: AtomicU64,
-    /// Woken when a poll takes bytes, and when the socket is gone.
-    polls: tokio::sync::Notify,
-    /// The socket is gone: nothing waits for room any more.
-    closed: std::sync::atomic::AtomicBool,
     /// The WebSocket connection, once attached (a socket has at most one).
     websocket: OnceLock<Attached>,
+    /// Bytes its long-polling responses have taken (before any WebSocket).
+    polled: AtomicU64,
+    /// The socket is gone: nothing waits for room any more.
+    closed: std::sync::atomic::AtomicBool,
+    /// Woken when a poll takes bytes, and when the socket is gone.
+    polls: tokio::sync::Notify,
 }
 
 /// The connection a budget measures against, with where both counts stood then.
@@ -47,7 +51,27 @@ struct Attached {
     conn: Conn,
     sent: u64,
     written: u64,
+    /// The connection's writer, kept here once it runs (see [`Budget::direct`]).
+    handle: OnceLock<DirectHandle>,
     direct: DirectWriter,
+}
+
+impl AsRef<Budget> for Budget {
+    fn as_ref(&self) -> &Budget {
+        self
+    }
+}
+
+impl Attached {
+    /// The connection's writer once it runs, read from the connection's slot
+    /// the first time and kept: every delivery asks.
+    fn writer(&self) -> Option<&DirectHandle> {
+        if let Some(handle) = self.handle.get() {
+            return Some(handle);
+        }
+        let handle = self.direct.handle()?;
+        Some(self.handle.get_or_init(|| handle))
+    }
 }
 
 impl Budget {
@@ -62,6 +86,7 @@ impl Budget {
         let _ = self.websocket.get_or_init(|| Attached {
             sent: self.sent.load(Ordering::Acquire),
             written: conn.written(),
+            handle: OnceLock::new(),
             direct: conn.direct_writer(),
             conn,
         });
@@ -83,12 +108,12 @@ impl Budget {
     /// until then (and for good, after an upgrade that never completes) the
     /// socket is measured by its polls.
     fn attached(&self) -> Option<&Attached> {
-        self.websocket.get().filter(|a| a.direct.is_ready())
+        self.websocket.get().filter(|a| a.writer().is_some())
     }
 
     /// The WebSocket's direct writer, once it is up.
-    pub fn direct(&self) -> Option<&DirectWriter> {
-        self.attached().map(|a| &a.direct)
+    pub fn direct(&self) -> Option<&DirectHandle> {
+        self.websocket.get().and_then(Attached::writer)
     }
 
     /// Bytes handed over and not yet gone to the client (written to the
@@ -110,9 +135,12 @@ impl Budget {
 
     /// Resolves at the next progress: the attached connection's next write
     /// that makes some, or (long-polling) the socket's next poll.
-    pub fn progress(self: &Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let budget = self.clone();
-        async move { budget.next_progress().await }
+    /// `owner` is what holds the budget (it is kept until then).
+    pub async fn progress<O>(owner: Arc<O>)
+    where
+        O: AsRef<Budget> + Send + Sync + 'static,
+    {
+        (*owner).as_ref().next_progress().await;
     }
 
     async fn next_progress(&self) {

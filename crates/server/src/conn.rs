@@ -31,14 +31,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
 /// What a [`Conn`] shares with its stream.
+///
+/// In declaration order (`repr(C)`): what every write reads and updates
+/// comes first, in one cache line.
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Switch {
-    closed: AtomicBool,
     /// Bytes written to the connection so far.
     written: std::sync::atomic::AtomicU64,
+    closed: AtomicBool,
+    watching: AtomicBool,
     /// Woken when a write made progress, if someone is watching.
     progress: tokio::sync::Notify,
-    watching: AtomicBool,
     /// The task waiting to read, woken on close.
     reader: AtomicWaker,
     /// Writes pre-encoded Socket.IO messages straight to the connection once

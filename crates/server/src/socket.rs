@@ -13,7 +13,6 @@
 //! transport close (calling its `auth` function again), but stays
 //! disconnected after a DISCONNECT ("io server disconnect").
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -38,6 +37,7 @@ use tokio::sync::Notify;
 
 use crate::app::AppState;
 use crate::auth::{self, Expiry, TokenError};
+use crate::budget::Budget;
 use crate::conn::Conn;
 use crate::expiry::PendingUpgrades;
 use crate::limits::SubjectSlot;
@@ -54,8 +54,8 @@ pub fn register(io: &SocketIo) {
 pub(crate) struct Session(Arc<SessionState>);
 
 struct SessionState {
-    /// Bytes on their way to the client (see [`crate::budget`]).
-    budget: Arc<crate::budget::Budget>,
+    /// The socket as a delivery outlet, with its byte budget.
+    outlet: Arc<SocketOutlet>,
     /// Subscribes being set up: each holds the permit until its ack is handed
     /// to the socket, so a burst of subscribes holds one snapshot at a time.
     subscribes: Arc<tokio::sync::Semaphore>,
@@ -73,9 +73,9 @@ struct SessionState {
 }
 
 impl Session {
-    fn new(claims: Claims, expires: Expiry, upgrades: PendingUpgrades) -> Self {
+    fn new(claims: Claims, expires: Expiry, upgrades: PendingUpgrades, direct_writes: crate::metrics::Counter) -> Self {
         Self(Arc::new(SessionState {
-            budget: Arc::default(),
+            outlet: Arc::new(SocketOutlet { budget: Budget::default(), direct_writes, socket: OnceLock::new() }),
             subscribes: Arc::new(tokio::sync::Semaphore::new(SUBSCRIBES_IN_FLIGHT)),
             claims,
             expires,
@@ -92,12 +92,9 @@ impl Session {
         self.0
             .subscriber
             .get_or_init(|| {
-                let outlet = SocketOutlet {
-                    socket: socket.clone(),
-                    budget: self.0.budget.clone(),
-                    direct_writes: app.metrics.socket_writes_direct.clone(),
-                };
-                Arc::new(app.hub.subscriber(Arc::new(outlet)))
+                let _ = self.0.outlet.socket.set(socket.clone());
+                let max_rooms = app.admission.max_subscriptions;
+                Arc::new(app.hub.subscriber(self.0.outlet.clone()).with_room_limit(max_rooms))
             })
             .clone()
     }
@@ -128,7 +125,7 @@ impl Session {
     /// Records the connection the socket upgrades to WebSocket on; closes it
     /// at once if the socket is already being ended.
     pub(crate) fn set_websocket(&self, conn: Conn) {
-        self.0.budget.attach(conn.clone());
+        self.0.outlet.budget.attach(conn.clone());
         *self.0.websocket.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         if self.is_closing() {
             conn.close();
@@ -137,7 +134,7 @@ impl Session {
 
     /// Counts the bytes a long-polling response took to the client (see [`crate::budget`]).
     pub(crate) fn polled(&self, bytes: u64) {
-        self.0.budget.polled(bytes);
+        self.0.outlet.budget.polled(bytes);
     }
 
     fn websocket(&self) -> Option<Conn> {
@@ -153,7 +150,7 @@ const SUBSCRIBES_IN_FLIGHT: usize = 1;
 async fn subscribe_turn(session: &Session) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let permit = session.0.subscribes.clone().acquire_owned().await.ok()?;
     // Nothing is read for a client that is not reading what it was sent.
-    session.0.budget.room().await;
+    session.0.outlet.budget.room().await;
     Some(permit)
 }
 
@@ -240,47 +237,25 @@ enum Refused {
 }
 
 /// What a socket holds against its limits (`crate::limits`): its place among
-/// its token subject's connections, given back when the socket is gone, and
-/// the rooms it is subscribed to. Cheap to clone.
+/// its token subject's connections, given back when the socket is gone. (Its
+/// subscriptions are counted by its subscriber: `Subscriber::with_room_limit`.)
 #[derive(Clone)]
 struct Holdings {
     _place: Arc<SubjectSlot>,
-    /// Also serialises the socket's subscribes and unsubscribes, so that the
-    /// count stays exact.
-    rooms: Arc<tokio::sync::Mutex<HashSet<Room>>>,
 }
 
-/// The socket's subscriptions, locked for one subscribe to `room`; `Err` with
-/// the refusal when `room` would be one past the limit (a room the socket
-/// already has does not count again). `Ok(None)`: nothing to count.
-async fn subscriptions_for(
-    socket: &SocketRef,
-    app: &AppState,
-    room: &Room,
-) -> Result<Option<tokio::sync::OwnedMutexGuard<HashSet<Room>>>, AckError> {
-    let Some(holdings) = socket.extensions.get::<Holdings>() else { return Ok(None) };
-    let rooms = holdings.rooms.lock_owned().await;
-    let limit = app.admission.max_subscriptions;
-    if limit != 0 && rooms.len() >= limit && !rooms.contains(room) {
-        app.admission.refused(Refusal::Subscriptions);
-        return Err(AckError::new(
-            ErrorCode::RateLimited,
-            format!("this socket has {limit} subscriptions, the most allowed; unsubscribe from one first"),
-        ));
-    }
-    Ok(Some(rooms))
+/// The refusal of a subscribe past the socket's subscription limit (a room
+/// the socket already has does not count again).
+fn too_many_rooms(app: &AppState, limit: usize) -> AckError {
+    app.admission.refused(Refusal::Subscriptions);
+    AckError::new(
+        ErrorCode::RateLimited,
+        format!("this socket has {limit} subscriptions, the most allowed; unsubscribe from one first"),
+    )
 }
 
-/// Ends a subscription in the socket's count (under the same lock as subscribes).
-async fn forget_subscription(socket: &SocketRef, room: Room, subscriber: Option<Arc<Subscriber>>, ack: Ack) {
-    let holdings = socket.extensions.get::<Holdings>();
-    let mut rooms = match &holdings {
-        Some(holdings) => Some(holdings.rooms.lock().await),
-        None => None,
-    };
-    if let Some(rooms) = rooms.as_mut() {
-        rooms.remove(&room);
-    }
+/// Ends a subscription.
+async fn forget_subscription(room: Room, subscriber: Option<Arc<Subscriber>>, ack: Ack) {
     // The ack goes out after the worker has left the room: no event of the
     // room follows it.
     let announce = ack.announce(Unsubscribed { ok: true });
@@ -330,9 +305,10 @@ async fn authenticate(
         app.admission.refused(Refusal::SubjectConnections);
         return Err(Refused::TooManyConnections(app.admission.subjects.limit()));
     };
-    socket.extensions.insert(Holdings { _place: Arc::new(place), rooms: Arc::default() });
+    socket.extensions.insert(Holdings { _place: Arc::new(place) });
     socket.extensions.insert(Arc::new(crate::order::Sequencer::default()));
-    socket.extensions.insert(Session::new(verified.claims, verified.expires, app.upgrades.clone()));
+    let direct_writes = app.metrics.socket_writes_direct.clone();
+    socket.extensions.insert(Session::new(verified.claims, verified.expires, app.upgrades.clone(), direct_writes));
     socket.on_fallback(on_request);
     socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason, State(app): State<AppState>| {
         app.upgrades.take(socket.id);
@@ -340,7 +316,7 @@ async fn authenticate(
         socket.extensions.remove::<Holdings>();
         if let Some(session) = socket.extensions.remove::<Session>() {
             app.expiries.remove(session.expires(), socket.id);
-            session.0.budget.close();
+            session.0.outlet.budget.close();
             if let Some(subscriber) = session.0.subscriber.get() {
                 subscriber.close();
             }
@@ -379,7 +355,7 @@ async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
         if let Some(conn) = app.upgrades.take(socket.id) {
             session.set_websocket(conn);
         } else if let Some(conn) = opened_on_websocket(&socket) {
-            session.0.budget.attach(conn);
+            session.0.outlet.budget.attach(conn);
         }
         app.expiries.add(session.expires(), socket.clone());
     }
@@ -387,11 +363,22 @@ async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
 
 /// The socket as a delivery outlet: `emit` of the pre-encoded event, within
 /// the socket's byte budget.
+///
+/// One object per socket with its budget, which every delivery reads first
+/// (`repr(C)`: the budget's hot fields lead).
+#[repr(C)]
 struct SocketOutlet {
-    socket: SocketRef,
-    budget: Arc<crate::budget::Budget>,
+    budget: Budget,
     /// Counts the events written straight to the WebSocket.
     direct_writes: crate::metrics::Counter,
+    /// Set when the socket's subscriber starts (the outlet is used from then on).
+    socket: OnceLock<SocketRef>,
+}
+
+impl AsRef<Budget> for SocketOutlet {
+    fn as_ref(&self) -> &Budget {
+        &self.budget
+    }
 }
 
 fn outlet_error(err: &SendError) -> OutletError {
@@ -448,7 +435,8 @@ impl Outlet for SocketOutlet {
             }
         }
         let name = committed.event.socket_event().as_str();
-        self.socket.emit(name, &*committed.json).map_err(|e| outlet_error(&e))?;
+        let socket = self.socket.get().ok_or(OutletError::Closed)?;
+        socket.emit(name, &*committed.json).map_err(|e| outlet_error(&e))?;
         self.budget.add(committed.json.get().len() + name.len() + 8);
         Ok(())
     }
@@ -490,13 +478,15 @@ impl Outlet for SocketOutlet {
     /// The worker has stopped: the socket ends so that its client reconnects
     /// and resumes with `since`.
     fn close(&self) {
-        close_transport(&self.socket);
+        if let Some(socket) = self.socket.get() {
+            close_transport(socket);
+        }
     }
 
     /// A full socket makes room when its connection writes (WebSocket) or
     /// its client polls (long-polling).
-    fn ready(&self) -> Option<jobstream_delivery::ReadyFuture> {
-        Some(Box::pin(self.budget.progress()))
+    fn ready(self: Arc<Self>) -> Option<jobstream_delivery::ReadyFuture> {
+        Some(Box::pin(Budget::progress(self)))
     }
 }
 
@@ -522,8 +512,9 @@ impl FromMessageParts<LocalAdapter> for Ack {
 impl Ack {
     fn try_send<T: Serialize + ?Sized>(&self, body: &T) -> Result<(), SendError> {
         // The ack's bytes count in the socket's budget, over either transport.
-        let budget = self.socket.extensions.get::<Session>().map(|s| s.0.budget.clone());
-        if budget.as_ref().is_some_and(|b| b.is_spent()) {
+        let outlet = self.socket.extensions.get::<Session>().map(|s| s.0.outlet.clone());
+        let budget = outlet.as_ref().map(|o| &o.budget);
+        if budget.is_some_and(Budget::is_spent) {
             return Err(SendError::Socket(SocketError::InternalChannelFull));
         }
         let mut unused = socketioxide_core::Value::Bytes(bytes::Bytes::new());
@@ -662,12 +653,7 @@ async fn subscribe_workspace(
     if let Decision::Denied(denial) = authorize(&session.0.claims, Action::Read, &request.workspace_id) {
         return ack.refuse(ErrorCode::Forbidden, denial.reason);
     }
-    let key = Room::Workspace(request.workspace_id.clone());
-    let rooms = match subscriptions_for(&socket, &app, &key).await {
-        Ok(rooms) => rooms,
-        Err(refusal) => return ack.reply(&refusal),
-    };
-    let room = key.to_string();
+    let room = Room::Workspace(request.workspace_id.clone()).to_string();
     let mut slot = Some(ack);
     let result = session
         .subscriber(&socket, &app)
@@ -675,11 +661,9 @@ async fn subscribe_workspace(
             with_permit(take_ack(&mut slot, WorkspaceSubscribed { ok: true, room, jobs }), permit)
         })
         .await;
-    if let (Ok(()), Some(mut rooms)) = (&result, rooms) {
-        rooms.insert(key);
-    }
     match (result, slot) {
         (Err(SubscribeError::Read(err)), Some(ack)) => read_failed(ack, &err),
+        (Err(SubscribeError::TooManyRooms { limit }), Some(ack)) => ack.reply(&too_many_rooms(&app, limit)),
         (Err(err), Some(ack)) => internal(ack, &err),
         _ => {}
     }
@@ -690,7 +674,7 @@ async fn unsubscribe_workspace(socket: SocketRef, TryData(data): TryData<Value>,
     turn.wait().await;
     let Some((request, ack)) = parse::<UnsubscribeWorkspace>(data, ack) else { return };
     let subscriber = session(&socket).and_then(|s| s.0.subscriber.get().cloned());
-    forget_subscription(&socket, Room::Workspace(request.workspace_id), subscriber, ack).await;
+    forget_subscription(Room::Workspace(request.workspace_id), subscriber, ack).await;
 }
 
 async fn subscribe_job(
@@ -714,12 +698,7 @@ async fn subscribe_job(
             Err(())
         }
     };
-    let key = Room::Job(request.job_id);
-    let rooms = match subscriptions_for(&socket, &app, &key).await {
-        Ok(rooms) => rooms,
-        Err(refusal) => return ack.reply(&refusal),
-    };
-    let room = key.to_string();
+    let room = Room::Job(request.job_id).to_string();
     let refuse = unreachable_since(&ack, request.job_id);
     let mut slot = Some(ack);
     let announce = |job| with_permit(take_ack(&mut slot, JobSubscribed { ok: true, room, job }), permit);
@@ -727,9 +706,6 @@ async fn subscribe_job(
         .subscriber(&socket, &app)
         .subscribe_job_or_refuse(request.job_id, request.since, check, announce, Some(refuse))
         .await;
-    if let (Ok(()), Some(mut rooms)) = (&result, rooms) {
-        rooms.insert(key);
-    }
     let (Err(err), Some(ack)) = (result, slot) else { return };
     match err {
         SubscribeError::NotFound | SubscribeError::Refused(()) => {
@@ -739,6 +715,7 @@ async fn subscribe_job(
             ack.refuse(ErrorCode::InvalidCursor, format!("since {since} is beyond the job's last seq {last_seq}"));
         }
         SubscribeError::Read(err) => read_failed(ack, &err),
+        SubscribeError::TooManyRooms { limit } => ack.reply(&too_many_rooms(&app, limit)),
     }
 }
 
@@ -747,7 +724,7 @@ async fn unsubscribe_job(socket: SocketRef, TryData(data): TryData<Value>, ack: 
     turn.wait().await;
     let Some((request, ack)) = parse::<UnsubscribeJob>(data, ack) else { return };
     let subscriber = session(&socket).and_then(|s| s.0.subscriber.get().cloned());
-    forget_subscription(&socket, Room::Job(request.job_id), subscriber, ack).await;
+    forget_subscription(Room::Job(request.job_id), subscriber, ack).await;
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 #![doc = include_str!("../README.md")]
 
 pub use engineioxide_core::{ProtocolVersion, Str, TransportType};
-pub use direct::{DirectError, DirectWriter, EncodedBatch, EncodedMessage};
+pub use direct::{DirectError, DirectHandle, DirectWriter, EncodedBatch, EncodedMessage};
 pub use socket::{DisconnectReason, Socket};
 
 #[doc(hidden)]

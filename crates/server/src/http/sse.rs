@@ -256,6 +256,8 @@ pub async fn job_stream(
             ));
         }
         Err(SubscribeError::Read(err)) => return Err(err.into()),
+        // An SSE stream is one subscription: no room limit applies.
+        Err(SubscribeError::TooManyRooms { .. }) => return Err(ApiError::new(ErrorCode::Internal, "internal error")),
     }
     if let Some((true, last_seq)) = seen {
         // A finished job: the stream ends with its terminal event. Resuming at
