@@ -315,20 +315,14 @@ impl Subscriptions {
 
     /// Records that `event` was given: its `seq` becomes the job's cursor.
     pub fn advance(&mut self, event: EventKey<'_>) {
-        match self.cursors.get_mut(&event.job_id) {
-            Some(cursor) => {
-                cursor.seq = cursor.seq.max(event.seq);
-                cursor.delivered = cursor.delivered.max(event.seq);
-            }
-            None => {
-                self.unretire(event.job_id);
-                let workspace_id = self.workspace_key(event.workspace_id);
-                let start = event.seq - 1;
-                self.cursors.insert(
-                    event.job_id,
-                    Cursor { workspace_id, seq: event.seq, delivered: event.seq, start, chosen: false },
-                );
-            }
+        if !self.advance_existing(event.job_id, event.seq) {
+            self.unretire(event.job_id);
+            let workspace_id = self.workspace_key(event.workspace_id);
+            let start = event.seq - 1;
+            self.cursors.insert(
+                event.job_id,
+                Cursor { workspace_id, seq: event.seq, delivered: event.seq, start, chosen: false },
+            );
         }
     }
 

@@ -56,12 +56,6 @@ struct Attached {
     direct: DirectWriter,
 }
 
-impl AsRef<Budget> for Budget {
-    fn as_ref(&self) -> &Budget {
-        self
-    }
-}
-
 impl Attached {
     /// The connection's writer once it runs, read from the connection's slot
     /// the first time and kept: every delivery asks.
