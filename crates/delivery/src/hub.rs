@@ -982,6 +982,9 @@ impl Worker {
                         }
                         state.cursors = *self.c;
                         state.worker = false;
+                        // A caught-up subscriber keeps no queue: an idle socket
+                        // would hold the room of its subscribe's commands.
+                        state.queue = VecDeque::new();
                         self.hub.inner.stats.behind.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }

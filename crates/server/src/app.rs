@@ -239,8 +239,10 @@ impl Application {
             .max_buffer_size(config.socket_buffer)
             // Clients send small packets (a pong is 7 bytes on the wire, a
             // subscribe about 100): the read buffer, kept for the socket's
-            // life, is sized for them; a larger message takes more reads.
-            .ws_read_buffer_size(256)
+            // life, is sized for them (tungstenite doubles it once the first
+            // frame is split off: 256 bytes kept); a larger message is read
+            // into room reserved for its length, announced by its header.
+            .ws_read_buffer_size(128)
             // The largest message a client may send, before and after CONNECT
             // (crate::limits): a WebSocket frame header announcing more is
             // refused before anything is allocated for it, a fragmented message
@@ -366,14 +368,29 @@ impl Application {
 const SOCKET_HEADERS: [header::HeaderName; 3] =
     [header::AUTHORIZATION, header::SEC_WEBSOCKET_KEY, header::CONTENT_TYPE];
 
-/// Keeps only the URI and the headers of Socket.IO requests that are read
-/// later ([`SOCKET_HEADERS`]), copied into their own small allocations.
-/// socketioxide keeps each socket's request parts for the socket's life; as
-/// parsed, they point into the connection's 16 KiB read buffer and so would
-/// keep that buffer alive per connection. (CORS and the other layers in front
-/// have seen every header by then.)
+/// Keeps only the URI, the headers ([`SOCKET_HEADERS`]) and the extensions
+/// of Socket.IO requests that are read later, copied into their own small
+/// allocations. socketioxide keeps each socket's request parts for the
+/// socket's life; as parsed, they point into the connection's 16 KiB read
+/// buffer and so would keep that buffer alive per connection; and the
+/// router's entries would grow the extensions' map past its first size.
+/// (CORS and the other layers in front have seen every header by then.)
 async fn detach_socket_request(mut request: axum::extract::Request) -> axum::extract::Request {
     if request.uri().path().starts_with("/socket.io") {
+        // The connection (its address, its WebSocket, for closing it), the
+        // slot for direct writes and hyper's handle of the upgrade: a map
+        // made for three holds them.
+        let mut extensions = std::mem::take(request.extensions_mut());
+        let kept = request.extensions_mut();
+        if let Some(conn) = extensions.remove::<axum::extract::ConnectInfo<crate::conn::Conn>>() {
+            kept.insert(conn);
+        }
+        if let Some(direct) = extensions.remove::<engineioxide::DirectWriter>() {
+            kept.insert(direct);
+        }
+        if let Some(upgrade) = extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            kept.insert(upgrade);
+        }
         if let Ok(uri) = request.uri().to_string().parse() {
             *request.uri_mut() = uri;
         }

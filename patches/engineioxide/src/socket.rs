@@ -73,7 +73,6 @@ use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
     Mutex,
     mpsc::{self, Receiver, error::TrySendError},
-    watch,
 };
 
 pub use engineioxide_core::Sid;
@@ -154,22 +153,57 @@ impl Permit<'_> {
     }
 }
 
+/// A heartbeat packet waiting for room in a full channel.
+type HeartbeatWait<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 'a>>;
+
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<Box<PacketBuf>>,
     pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Box<PacketBuf>>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<Box<PacketBuf>>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
+        }
+    }
+}
+
+/// The latest volatile packets not sent yet (a later volatile send replaces
+/// them), and the signal that some wait. Kept in the socket itself: a
+/// `watch` channel, which this replaces, is a separate allocation of about
+/// 0.5 KB per socket, and the packets are taken, not cloned.
+#[derive(Debug, Default)]
+pub(crate) struct Volatile {
+    /// (Boxed: packets inline would make every socket larger.)
+    slot: std::sync::Mutex<Option<Box<PacketBuf>>>,
+    signal: tokio::sync::Notify,
+}
+
+impl Volatile {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Box<PacketBuf>>> {
+        self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn put(&self, packets: PacketBuf) {
+        *self.lock() = Some(Box::new(packets));
+        self.signal.notify_one();
+    }
+
+    /// The volatile packets waiting, if any.
+    pub(crate) fn take(&self) -> Option<PacketBuf> {
+        self.lock().take().map(|packets| *packets)
+    }
+
+    /// The next volatile packets: waits until some are put.
+    pub(crate) async fn next(&self) -> PacketBuf {
+        loop {
+            if let Some(packets) = self.take() {
+                return packets;
+            }
+            self.signal.notified().await;
         }
     }
 }
@@ -216,10 +250,10 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<Box<PacketBuf>>,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    /// Volatile [PacketBuf]s that bypass the internal buffer: only the latest
+    /// volatile message is retained; subsequent volatile sends overwrite the
+    /// previous one.
+    pub(crate) volatile: Volatile,
 
     /// Signals a Pong [`Packet`] (v4 protocol) or a Ping (v3 protocol) from
     /// the connection to the heartbeat job (at most one is kept, as by a
@@ -260,7 +294,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -268,10 +301,10 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat_signal: tokio::sync::Notify::new(),
             heartbeat_task: std::sync::Mutex::new(None),
@@ -339,31 +372,32 @@ where
     /// The heartbeat job, run by the caller's task (a websocket connection
     /// runs it beside its reader and writer instead of spawning it): resolves
     /// once the client has failed to answer, after closing the socket.
-    pub(crate) async fn heartbeat(&self, interval: Duration, timeout: Duration) {
-        if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-            self.close(DisconnectReason::HeartbeatTimeout);
-            #[cfg(feature = "tracing")]
-            tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-        }
+    pub(crate) fn heartbeat(self: &Arc<Self>, interval: Duration, timeout: Duration) -> impl Future<Output = ()> + use<D> {
+        #[cfg(feature = "v3")]
+        let job = self.clone().heartbeat_job(interval, timeout);
+        // (Without v3, the job itself: one future less around it; and a
+        // `map`, not an `async` block, which would keep the job twice.)
+        #[cfg(not(feature = "v3"))]
+        let job = self.clone().heartbeat_job_v4(interval, timeout);
+        let socket = self.clone();
+        job.map(move |res| {
+            if let Err(_e) = res {
+                socket.close(DisconnectReason::HeartbeatTimeout);
+                #[cfg(feature = "tracing")]
+                tracing::debug!(id = ?socket.id, "heartbeat error: {_e}");
+            }
+        })
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
     ///
     /// If the client or server does not respond within the timeout, the connection is closed.
     #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    async fn heartbeat_job(self: Arc<Self>, interval: Duration, timeout: Duration) -> Result<(), Error> {
         match self.protocol {
             ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
             ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
         }
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        self.heartbeat_job_v4(interval, timeout).await
     }
 
     /// Queues a ping (or, in v3, a pong) behind what the socket's channel
@@ -371,18 +405,31 @@ where
     /// replay fills it whenever the client falls behind), not a dead one: the
     /// packet waits for room, up to `timeout`; only a channel that makes no
     /// room for that long (nothing is being read) fails the heartbeat.
+    #[cfg(feature = "v3")]
     async fn send_heartbeat_packet(&self, packet: Packet, timeout: Duration) -> Result<(), Error> {
-        let packet = Box::new(smallvec![packet]);
-        match self.internal_tx.try_send(packet) {
-            Ok(()) => Ok(()),
+        match self.queue_heartbeat_packet(packet, timeout)? {
+            Some(wait) => wait.await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a heartbeat packet if the channel has room; else returns the
+    /// wait for room (see [`Self::send_heartbeat_packet`]), boxed: allocated
+    /// only while it waits, it does not size the heartbeat's future, which
+    /// lives as long as the connection.
+    fn queue_heartbeat_packet(&self, packet: Packet, timeout: Duration) -> Result<Option<HeartbeatWait<'_>>, Error> {
+        match self.internal_tx.try_send(Box::new(smallvec![packet])) {
+            Ok(()) => Ok(None),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::HeartbeatTimeout),
             Err(mpsc::error::TrySendError::Full(packet)) => {
                 #[cfg(feature = "tracing")]
                 tracing::trace!(sid = ?self.id, "channel full: the heartbeat waits for room");
-                match tokio::time::timeout(timeout, self.internal_tx.send(packet)).await {
-                    Ok(Ok(())) => Ok(()),
-                    _ => Err(Error::HeartbeatTimeout),
-                }
+                Ok(Some(Box::pin(async move {
+                    match tokio::time::timeout(timeout, self.internal_tx.send(packet)).await {
+                        Ok(Ok(())) => Ok(()),
+                        _ => Err(Error::HeartbeatTimeout),
+                    }
+                })))
             }
         }
     }
@@ -390,38 +437,67 @@ where
     /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
     ///
     /// If the client does not respond within the timeout, the connection is closed.
-    async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
+    ///
+    /// (An `async` block, not an `async fn`: the arguments are kept once in
+    /// the future, not twice.)
+    fn heartbeat_job_v4(self: Arc<Self>, interval: Duration, timeout: Duration) -> impl Future<Output = Result<(), Error>> + 'static {
+        async move {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
-        interval_tick.tick().await;
-        // Some clients send the pong packet in first. If that happens, we should consume it.
-        self.heartbeat_signal.notified().now_or_never();
-        loop {
-            // If we are currently upgrading we should pause the heartbeat process
-            if self.is_upgrading() {
-                interval_tick.tick().await;
-                continue;
+            // This future lives as long as the connection, so it keeps one boxed
+            // timer for every wait (the next ping, every `interval` from the
+            // first, which goes at once, as a `tokio::time::Interval` ticks; the
+            // pong's deadline) and no waiter for the pong: the pong is looked for
+            // when its deadline is reached (the reader leaves a permit in
+            // `heartbeat_signal`). An `Interval` and a `Timeout` around a
+            // `Notified` kept two timers and a waiter in it (600 bytes in all).
+            // The decision is the same: a pong later than `timeout` after its
+            // ping closes the socket. (With a `timeout` longer than `interval`,
+            // the next ping goes at the deadline, not at the pong.)
+            let mut next_ping = tokio::time::Instant::now();
+            let mut timer = Box::pin(tokio::time::sleep_until(next_ping));
+            timer.as_mut().await;
+            // Some clients send the pong packet in first. If that happens, we should consume it.
+            self.take_heartbeat_signal();
+            loop {
+                next_ping += interval;
+                // If we are currently upgrading we should pause the heartbeat process
+                if !self.is_upgrading() {
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = ?self.id, "emitting ping");
+
+                    // (A statement of its own: the `?`'s value is not kept
+                    // across the wait.)
+                    let wait = self.queue_heartbeat_packet(Packet::Ping, timeout)?;
+                    if let Some(wait) = wait {
+                        wait.await?;
+                    }
+
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = ?self.id, "waiting for pong");
+
+                    timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    timer.as_mut().await;
+                    if !self.take_heartbeat_signal() {
+                        return Err(Error::HeartbeatTimeout);
+                    }
+
+                    #[cfg(feature = "tracing")]
+                    tracing::trace!(sid = ?self.id, "pong received");
+                }
+                if next_ping > tokio::time::Instant::now() {
+                    timer.as_mut().reset(next_ping);
+                    timer.as_mut().await;
+                }
             }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "emitting ping");
-
-            self.send_heartbeat_packet(Packet::Ping, timeout).await?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "waiting for pong");
-
-            tokio::time::timeout(timeout, self.heartbeat_signal.notified())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "pong received");
-
-            interval_tick.tick().await;
         }
+    }
+
+    /// Whether a pong (v4) or ping (v3) arrived since the last call: takes
+    /// the permit the reader left in `heartbeat_signal`.
+    fn take_heartbeat_signal(&self) -> bool {
+        self.heartbeat_signal.notified().now_or_never().is_some()
     }
 
     #[cfg(feature = "v3")]
@@ -573,7 +649,8 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        self.volatile.put(packets);
+        true
     }
 }
 
@@ -633,7 +710,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -641,10 +717,10 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat_signal: tokio::sync::Notify::new(),
             heartbeat_task: std::sync::Mutex::new(None),

@@ -71,6 +71,15 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .get("Sec-WebSocket-Key")
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
+    // The parts kept with the session, for its life: without what only the
+    // handshake needs (the key; hyper's upgrade handle, which the request
+    // above keeps).
+    let mut parts = parts;
+    parts.headers.remove(http::header::SEC_WEBSOCKET_KEY);
+    if parts.headers.is_empty() {
+        parts.headers = http::HeaderMap::new();
+    }
+    parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
 
     // Boxed apart from the connection's task: the request is needed only until
     // the session is open, and the spawned future keeps nothing of it.
@@ -161,60 +170,102 @@ struct Opened<D: Default + Send + Sync + 'static, S> {
 /// Serves an open websocket session until it ends. The reader, the writer
 /// and (for a session opened on this websocket) the heartbeat share the
 /// caller's task: one task per connection.
-async fn serve_session<H: EngineIoHandler, S>(engine: &Arc<EngineIo<H>>, opened: Opened<H::Data, S>)
+///
+/// (A function returning the joined futures, not an `async fn`: that would
+/// keep its arguments twice, and this future lives as long as the connection.)
+fn serve_session<'a, H: EngineIoHandler, S>(
+    engine: &'a Arc<EngineIo<H>>,
+    opened: Opened<H::Data, S>,
+) -> impl Future<Output = ()> + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Opened { socket, ws, heartbeat, direct } = opened;
-    // (The futures are made inside `join!`: bound to variables first, they
-    // would take room in this future twice.)
-    tokio::join!(
-        read_until_closed(engine, &ws, &socket, heartbeat),
-        forward_to_socket::<H, S>(socket.clone(), ws.clone(), direct),
-    );
+    let read = read_until_closed(engine, ws.clone(), socket.clone(), heartbeat);
+    futures_util::future::join(read, forward_to_socket::<H, S>(socket, ws, direct)).map(|_| ())
+}
+
+pin_project_lite::pin_project! {
+    /// Reads the connection and runs the heartbeat (if given) until the
+    /// session ends, then closes the session with the reason (see
+    /// [`read_until_closed`]). Written out, not an `async fn`: it lives as
+    /// long as the connection, and an `async fn` around the same `select!`
+    /// kept its arguments, and the futures it awaits, twice.
+    struct ReadUntilClosed<'a, H: EngineIoHandler, R, B> {
+        engine: &'a Arc<EngineIo<H>>,
+        socket: Arc<Socket<H::Data>>,
+        #[pin]
+        cancelled: tokio_util::sync::WaitForCancellationFutureOwned,
+        #[pin]
+        read: R,
+        #[pin]
+        heartbeat: Option<B>,
+    }
+}
+
+impl<H, R, B> Future for ReadUntilClosed<'_, H, R, B>
+where
+    H: EngineIoHandler,
+    R: Future<Output = Result<(), Error>>,
+    B: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        // The session's end first, then the reader, then the heartbeat.
+        if this.cancelled.poll(cx).is_ready() {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %this.socket.id, "socket is closing");
+            return Poll::Ready(());
+        }
+        let read = match this.read.poll(cx) {
+            Poll::Ready(read) => read,
+            Poll::Pending => match this.heartbeat.as_pin_mut() {
+                Some(heartbeat) => {
+                    std::task::ready!(heartbeat.poll(cx));
+                    Ok(())
+                }
+                None => return Poll::Pending,
+            },
+        };
+        let socket = &*this.socket;
+        match read {
+            Err(ref e) => {
+                let reason =
+                    Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
+
+                #[cfg(feature = "tracing")]
+                tracing::debug!("error when handling packet: {:?}", e);
+                this.engine.close_session(socket.id, reason);
+            }
+            Ok(()) => {
+                if !socket.cancellation_token.is_cancelled() {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "ws transport was closed");
+                    this.engine.close_session(socket.id, DisconnectReason::TransportClose);
+                }
+            }
+        }
+        Poll::Ready(())
+    }
 }
 
 /// Reads the connection (and runs the heartbeat, if given) until the session
 /// ends, then closes the session with the reason.
-async fn read_until_closed<H: EngineIoHandler, S>(
-    engine: &Arc<EngineIo<H>>,
-    ws: &WsWriter<S, H::Data>,
-    socket: &Arc<Socket<H::Data>>,
+fn read_until_closed<'a, H: EngineIoHandler, S>(
+    engine: &'a Arc<EngineIo<H>>,
+    ws: Arc<WsWriter<S, H::Data>>,
+    socket: Arc<Socket<H::Data>>,
     heartbeat: Option<(std::time::Duration, std::time::Duration)>,
-) where
+) -> impl Future<Output = ()> + 'a
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let read = async {
-        match heartbeat {
-            Some((interval, timeout)) => tokio::select! {
-                biased;
-                read = forward_to_handler(engine, ws, socket) => read,
-                () = socket.heartbeat(interval, timeout) => Ok(()),
-            },
-            None => forward_to_handler(engine, ws, socket).await,
-        }
-    };
-    match read.with_cancellation_token(&socket.cancellation_token).await {
-        Some(Err(ref e)) => {
-            let reason =
-                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
-
-            #[cfg(feature = "tracing")]
-            tracing::debug!("error when handling packet: {:?}", e);
-            engine.close_session(socket.id, reason);
-        }
-        Some(Ok(())) => {
-            if !socket.cancellation_token.is_cancelled() {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = %socket.id, "ws transport was closed");
-                engine.close_session(socket.id, DisconnectReason::TransportClose);
-            }
-        }
-        None => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "socket is closing");
-        }
-    }
+    let cancelled = socket.cancellation_token.clone().cancelled_owned();
+    let heartbeat = heartbeat.map(|(interval, timeout)| socket.heartbeat(interval, timeout));
+    let read = forward_to_handler(engine.clone(), ws, socket.clone());
+    ReadUntilClosed { engine, socket, cancelled, read, heartbeat }
 }
 
 /// The session of a new websocket connection: a new one (after sending the
@@ -224,12 +275,12 @@ async fn open_session<H: EngineIoHandler, S>(
     conn: S,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
-    req_data: Parts,
+    mut req_data: Parts,
 ) -> Result<Opened<H::Data, S>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let direct = req_data.extensions.get::<DirectWriter>().cloned();
+    let direct = req_data.extensions.remove::<DirectWriter>();
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
@@ -292,56 +343,60 @@ where
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
-async fn forward_to_handler<H: EngineIoHandler, S>(
-    engine: &Arc<EngineIo<H>>,
-    ws: &WsWriter<S, H::Data>,
-    socket: &Arc<Socket<H::Data>>,
-) -> Result<(), Error>
+///
+/// (An `async` block, not an `async fn`: the arguments are kept once.)
+fn forward_to_handler<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    ws: Arc<WsWriter<S, H::Data>>,
+    socket: Arc<Socket<H::Data>>,
+) -> impl Future<Output = Result<(), Error>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = std::future::poll_fn(|cx| ws.read(cx)).await.transpose()? {
-        match msg {
-            Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
-                Packet::Close => {
+    async move {
+        while let Some(msg) = std::future::poll_fn(|cx| ws.read(cx)).await.transpose()? {
+            match msg {
+                Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
+                    Packet::Close => {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!("[sid={}] closing session", socket.id);
+                        engine.close_session(socket.id, DisconnectReason::TransportClose);
+                        break;
+                    }
+                    Packet::Pong | Packet::Ping => {
+                        // A signal already pending means the client is already known to be alive.
+                        socket.heartbeat_signal.notify_one();
+                        Ok::<(), Error>(())
+                    }
+                    Packet::Message(msg) => {
+                        engine.handler.on_message(msg, socket.clone());
+                        Ok(())
+                    }
+                    p => return Err(Error::BadPacket(p)),
+                },
+                Message::Binary(mut data) => {
+                    if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
+                        // The first byte is the message type, which we don't need.
+                        data = data.split_off(1);
+                    }
+                    engine.handler.on_binary(data, socket.clone());
+                    Ok(())
+                }
+                Message::Close(_) => {
                     #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] closing session", socket.id);
+                    tracing::debug!("websocket closed, closing session");
                     engine.close_session(socket.id, DisconnectReason::TransportClose);
                     break;
                 }
-                Packet::Pong | Packet::Ping => {
-                    // A signal already pending means the client is already known to be alive.
-                    socket.heartbeat_signal.notify_one();
-                    Ok::<(), Error>(())
-                }
-                Packet::Message(msg) => {
-                    engine.handler.on_message(msg, socket.clone());
+                _ => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = ?socket.id, "unexpected ws message");
                     Ok(())
                 }
-                p => return Err(Error::BadPacket(p)),
-            },
-            Message::Binary(mut data) => {
-                if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
-                    // The first byte is the message type, which we don't need.
-                    data = data.split_off(1);
-                }
-                engine.handler.on_binary(data, socket.clone());
-                Ok(())
-            }
-            Message::Close(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("websocket closed, closing session");
-                engine.close_session(socket.id, DisconnectReason::TransportClose);
-                break;
-            }
-            _ => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "unexpected ws message");
-                Ok(())
-            }
-        }?
+            }?
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The write half of a websocket connection, shared by its writer task and
@@ -716,64 +771,66 @@ fn packet_to_message(packet: Packet, protocol: ProtocolVersion) -> Option<Messag
 /// The websocket stream is flushed only when the internal channel is drained.
 /// Once running, it fills `direct` (if the request carried one) so that
 /// pre-encoded messages can be written without the channel.
-async fn forward_to_socket<H: EngineIoHandler, S>(
+///
+/// (An `async` block, not an `async fn`: the arguments are kept once in this
+/// future, which lives as long as the connection.)
+fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     writer: Arc<WsWriter<S, H::Data>>,
     direct: Option<DirectWriter>,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return;
-    };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        peeked_packet,
-    } = &mut *internal_rx;
+    async move {
+        // A polling request that was in progress during the upgrade may still hold the lock.
+        let lock = socket.internal_rx.lock();
+        let Some(mut internal_rx) = lock
+            .with_cancellation_token(&socket.cancellation_token)
+            .await
+        else {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
+            return;
+        };
+        let InternalRx {
+            buffered_rx,
+            peeked_packet,
+        } = &mut *internal_rx;
 
-    // The packet the last poll took from the channel but could not fit in its
-    // payload was sent before anything still in the channel: it goes first
-    // (and before any direct write, which waits for the writer's queue).
-    if let Some(packets) = peeked_packet.take() {
-        writer.push(packets, socket.protocol);
-    }
+        // The packet the last poll took from the channel but could not fit in its
+        // payload was sent before anything still in the channel: it goes first
+        // (and before any direct write, which waits for the writer's queue).
+        if let Some(packets) = peeked_packet.take() {
+            writer.push(packets, socket.protocol);
+        }
 
-    if let Some(direct) = direct {
-        let writer: Arc<dyn DirectWrite> = writer.clone();
-        direct.fill(Arc::downgrade(&writer));
-    }
-    let protocol = socket.protocol;
+        if let Some(direct) = direct {
+            let writer: Arc<dyn DirectWrite> = writer.clone();
+            direct.fill(Arc::downgrade(&writer));
+        }
+        let protocol = socket.protocol;
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
-    loop {
-        tokio::select! {
-            biased;
-            () = std::future::poll_fn(|cx| writer.drive(buffered_rx, protocol, cx)) => break,
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
+        // Forward buffered packets until the channel is closed or the session is cancelled.
+        loop {
+            tokio::select! {
+                biased;
+                () = std::future::poll_fn(|cx| writer.drive(buffered_rx, protocol, cx)) => break,
+                _ = socket.cancellation_token.cancelled() => break,
+                packets = socket.volatile.next() => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
                     writer.push(packets, protocol);
-                }
-            },
-            () = writer.wake.notified() => {}
+                },
+                () = writer.wake.notified() => {}
+            }
         }
+
+        #[cfg(feature = "tracing")]
+        tracing::trace!(sid = %socket.id, "ws closing flush");
+
+        writer.close().await;
     }
-
-    #[cfg(feature = "tracing")]
-    tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    writer.close().await;
 }
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
