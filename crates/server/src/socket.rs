@@ -73,7 +73,12 @@ struct SessionState {
 }
 
 impl Session {
-    fn new(claims: Claims, expires: Expiry, upgrades: PendingUpgrades, direct_writes: crate::metrics::Counter) -> Self {
+    fn new(
+        claims: Claims,
+        expires: Expiry,
+        upgrades: PendingUpgrades,
+        direct_writes: crate::metrics::StripedCounter,
+    ) -> Self {
         Self(Arc::new(SessionState {
             outlet: Arc::new(SocketOutlet { budget: Budget::default(), direct_writes, socket: OnceLock::new() }),
             subscribes: Arc::new(tokio::sync::Semaphore::new(SUBSCRIBES_IN_FLIGHT)),
@@ -370,7 +375,7 @@ async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
 struct SocketOutlet {
     budget: Budget,
     /// Counts the events written straight to the WebSocket.
-    direct_writes: crate::metrics::Counter,
+    direct_writes: crate::metrics::StripedCounter,
     /// Set when the socket's subscriber starts (the outlet is used from then on).
     socket: OnceLock<SocketRef>,
 }

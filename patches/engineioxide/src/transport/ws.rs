@@ -483,10 +483,14 @@ struct WsWriter<S, D: Default + Send + Sync + 'static> {
     /// Wakes the writer task: a direct write left something for it to finish
     /// (a flush, or a wake-up it may have replaced).
     wake: Notify,
-    /// The socket's channel, held weakly (the socket owns it): a direct write
-    /// checks that it is empty. Held here rather than through the socket, so
-    /// that a write touches one object less.
-    tx: mpsc::WeakSender<Box<PacketBuf>>,
+    /// The socket's channel: a direct write checks that it is empty. Held
+    /// here rather than through the socket, so that a write touches one object
+    /// less; a `Sender`, not a `WeakSender`, whose upgrade and drop for every
+    /// write were two atomic read-modify-writes on the channel's sender count.
+    /// It keeps the channel open no longer than it was: the socket, whose own
+    /// sender this is a clone of, outlives the connection's task, which owns
+    /// this writer (direct writers hold it weakly).
+    tx: mpsc::Sender<Box<PacketBuf>>,
     socket: std::marker::PhantomData<fn() -> D>,
 }
 
@@ -499,7 +503,7 @@ where
         Arc::new(WsWriter {
             out: std::sync::Mutex::new(WsOut { sink: ws, queue: VecDeque::new(), dirty: false, closed: false }),
             wake: Notify::new(),
-            tx: socket.internal_tx.downgrade(),
+            tx: socket.internal_tx.clone(),
             socket: std::marker::PhantomData,
         })
     }
@@ -632,7 +636,7 @@ where
     D: Default + Send + Sync + 'static,
 {
     fn write_now(&self, msg: &EncodedMessage) -> Result<(), DirectError> {
-        let tx = self.tx.upgrade().ok_or(DirectError::Unavailable)?;
+        let tx = &self.tx;
         let mut out = self.lock();
         if out.closed {
             return Err(DirectError::Unavailable);
