@@ -20,10 +20,34 @@ pub struct ValidationError {
     pub message: String,
 }
 
+/// The most bytes of a field path or a message in a [`ValidationError`]:
+/// longer ones (a parser's message quotes the value it refused, whatever its
+/// size) keep their start and end around `…`, so a refusal is never the size
+/// of the input that caused it.
+pub const MAX_ERROR_TEXT: usize = 240;
+
+/// `text`, or its first and last bytes (at character boundaries) around `…`
+/// when it is longer than [`MAX_ERROR_TEXT`].
+fn bounded(text: String) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text;
+    }
+    let half = MAX_ERROR_TEXT / 2 - 2;
+    let mut head = half;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - half;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &text[..head], &text[tail..])
+}
+
 impl ValidationError {
-    /// A problem with one field.
+    /// A problem with one field (each text bounded: [`MAX_ERROR_TEXT`]).
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self { field: bounded(field.into()), message: bounded(message.into()) }
     }
 
     /// The same problem, under a parent path (`events[3]`).
@@ -466,6 +490,24 @@ impl BatchRequest {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_refusal_quotes_a_huge_value_by_its_start_and_end_only() {
+        let huge = "é".repeat(30_000);
+        let Err(err) = SubscribeJob::parse(json!({ "jobId": "00000000-0000-7000-8000-000000000001", "since": huge }))
+        else {
+            panic!("a string since is refused")
+        };
+        assert!(err.message.len() <= MAX_ERROR_TEXT, "{} bytes", err.message.len());
+        assert!(err.message.starts_with("invalid type: string \"éé"), "{}", err.message);
+        assert!(err.message.contains('…'), "{}", err.message);
+        assert!(err.message.ends_with("expected i64"), "{}", err.message);
+        let Err(short) = SubscribeJob::parse(json!({ "jobId": "00000000-0000-7000-8000-000000000001", "since": "x" }))
+        else {
+            panic!("a string since is refused")
+        };
+        assert_eq!(short.message, "invalid type: string \"x\", expected i64");
+    }
 
     #[test]
     fn a_workspace_id_is_refused_when_empty_blank_too_long_with_control_characters_or_the_wildcard() {
