@@ -172,12 +172,6 @@ pub(crate) fn session(socket: &SocketRef) -> Option<Session> {
     socket.extensions.get::<Session>()
 }
 
-/// Ends a socket so that socket.io-client reconnects by itself: over
-/// WebSocket, the TCP connection under it is closed (the client sees its
-/// WebSocket close); over long-polling, the pending or next poll is answered
-/// with engine.io's close packet ([`crate::expiry::close_on_poll`]). Either
-/// way the client reports `transport close` and reconnects. Deliveries to the
-/// socket stop at once. Calling it again does nothing.
 /// The connection of a socket opened directly over WebSocket (not upgraded).
 fn opened_on_websocket(socket: &SocketRef) -> Option<Conn> {
     let parts = socket.req_parts();
@@ -186,6 +180,12 @@ fn opened_on_websocket(socket: &SocketRef) -> Option<Conn> {
         .flatten()
 }
 
+/// Ends a socket so that socket.io-client reconnects by itself: over
+/// WebSocket, the TCP connection under it is closed (the client sees its
+/// WebSocket close); over long-polling, the pending or next poll is answered
+/// with engine.io's close packet ([`crate::expiry::close_on_poll`]). Either
+/// way the client reports `transport close` and reconnects. Deliveries to the
+/// socket stop at once. Calling it again does nothing.
 pub(crate) fn close_transport(socket: &SocketRef) {
     let Some(session) = session(socket) else {
         // Not (or no longer) a session of ours: nothing is delivered to it.
@@ -200,13 +200,8 @@ pub(crate) fn close_transport(socket: &SocketRef) {
     session.0.closed.notify_waiters();
     // The socket's WebSocket connection: the one it upgraded on, or the one it
     // was opened on (never the connection of a long-polling handshake).
-    let opened_on_websocket = || {
-        let parts = socket.req_parts();
-        (crate::http::extract::query_param(parts.uri.query(), "transport").as_deref() == Some("websocket"))
-            .then(|| parts.extensions.get::<axum::extract::ConnectInfo<Conn>>().map(|info| info.0.clone()))
-            .flatten()
-    };
-    let websocket = session.websocket().or_else(|| session.0.upgrades.take(socket.id)).or_else(opened_on_websocket);
+    let websocket =
+        session.websocket().or_else(|| session.0.upgrades.take(socket.id)).or_else(|| opened_on_websocket(socket));
     match websocket {
         Some(conn) => conn.close(),
         // A WebSocket without a known connection (not accepted by our
