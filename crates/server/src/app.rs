@@ -239,9 +239,8 @@ impl Application {
             .max_buffer_size(config.socket_buffer)
             // Clients send small packets (a pong is 7 bytes on the wire, a
             // subscribe about 100): the read buffer, kept for the socket's
-            // life, is sized for them (tungstenite doubles it once the first
-            // frame is split off: 256 bytes kept); a larger message is read
-            // into room reserved for its length, announced by its header.
+            // life, is sized for them; a larger message is read into room
+            // tungstenite reserves for the length its frame header announces.
             .ws_read_buffer_size(128)
             // The largest message a client may send, before and after CONNECT
             // (crate::limits): a WebSocket frame header announcing more is
@@ -380,17 +379,16 @@ async fn detach_socket_request(mut request: axum::extract::Request) -> axum::ext
         // The connection (its address, its WebSocket, for closing it), the
         // slot for direct writes and hyper's handle of the upgrade: a map
         // made for three holds them.
+        fn keep<T: Clone + Send + Sync + 'static>(from: &mut axum::http::Extensions, to: &mut axum::http::Extensions) {
+            if let Some(value) = from.remove::<T>() {
+                to.insert(value);
+            }
+        }
         let mut extensions = std::mem::take(request.extensions_mut());
         let kept = request.extensions_mut();
-        if let Some(conn) = extensions.remove::<axum::extract::ConnectInfo<crate::conn::Conn>>() {
-            kept.insert(conn);
-        }
-        if let Some(direct) = extensions.remove::<engineioxide::DirectWriter>() {
-            kept.insert(direct);
-        }
-        if let Some(upgrade) = extensions.remove::<hyper::upgrade::OnUpgrade>() {
-            kept.insert(upgrade);
-        }
+        keep::<axum::extract::ConnectInfo<crate::conn::Conn>>(&mut extensions, kept);
+        keep::<engineioxide::DirectWriter>(&mut extensions, kept);
+        keep::<hyper::upgrade::OnUpgrade>(&mut extensions, kept);
         if let Ok(uri) = request.uri().to_string().parse() {
             *request.uri_mut() = uri;
         }

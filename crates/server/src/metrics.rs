@@ -362,7 +362,8 @@ pub async fn track_http(State(metrics): State<Metrics>, request: Request, next: 
     response
 }
 
-/// The values the delivery hub keeps, read at scrape time.
+/// The values the delivery hub keeps, and the direct-write count (summed
+/// from its stripes), read at scrape time.
 fn hub_registry(app: &AppState) -> Registry {
     let stats = app.hub.stats();
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);

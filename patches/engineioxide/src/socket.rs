@@ -193,7 +193,7 @@ impl Volatile {
     }
 
     /// The volatile packets waiting, if any.
-    pub(crate) fn take(&self) -> Option<PacketBuf> {
+    fn take(&self) -> Option<PacketBuf> {
         self.lock().take().map(|packets| *packets)
     }
 
