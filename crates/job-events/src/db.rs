@@ -59,6 +59,11 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
                 .disable_statement_logging();
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
+                // A connection is a file opened by this process, run by a
+                // thread of sqlx's: there is no server to lose, and the
+                // check would cost a round trip to that thread per request.
+                // Broken connections are found by the release check below.
+                .test_before_acquire(false)
                 .after_release(|conn, meta| released_clean(conn, meta))
                 .connect_with(options)
                 .await

@@ -19,6 +19,7 @@ pub mod entity;
 pub mod error;
 pub mod log;
 pub mod retention;
+mod script;
 pub mod sink;
 pub mod store;
 pub mod writer;

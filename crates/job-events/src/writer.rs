@@ -16,13 +16,18 @@
 //! "Group commit"). Each write runs inside its own `SAVEPOINT`: its rules
 //! (`seq` per job, status transitions, all-or-nothing batches, `eventId`) are
 //! checked against everything applied before it, and a refused write rolls
-//! back to its savepoint alone. Every write is answered only after the group's
+//! back to its savepoint alone (a group of one write runs in a transaction of
+//! its own, without one). Every write is answered only after the group's
 //! commit; a storage fault, in a write or in the commit, fails every write of
 //! the group (503), after the same read-back by event id as a single commit.
 //! Committed events reach the sink after the commit, write by write, in the
 //! order the writes were applied (one commit order for the whole group).
 //! PostgreSQL commits each write on its own: row locks let writers of
 //! different jobs commit side by side.
+//!
+//! On SQLite a write's reads (the commit counter, its jobs, the steps it
+//! names) go as one request and its changes as another (the `script`
+//! module): each request is a round trip to the connection's thread.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -41,6 +46,7 @@ use uuid::Uuid;
 
 use crate::entity::{job_events, job_steps, jobs};
 use crate::error::WriteError;
+use crate::script::{Script, ROW_KIND};
 use crate::sink::{Committed, EventSink};
 use crate::store::{job_snapshot, step_snapshot, EventStore};
 
@@ -332,7 +338,7 @@ impl JobEvents {
                 "job id {id} is already used; choose another id, or repeat the original request exactly"
             )));
         }
-        insert_events(tx, self.store.backend(), std::slice::from_ref(&event), &HashMap::new(), order).await?;
+        tx.execute(insert_events(self.store.backend(), std::slice::from_ref(&event), &HashMap::new(), order)?).await?;
         Ok(Created::New(Box::new(snapshot), Box::new(event)))
     }
     /// Commits `tx`. A commit that reports an error may still have committed
@@ -495,7 +501,9 @@ impl JobEvents {
         name_items: bool,
     ) -> Result<(Staged, i64), WriteError> {
         let mut batch = Batch::new(tx, self.store.backend());
-        let locked = batch.lock_jobs(items.iter().map(|(item, _)| item.job_id()).collect(), order.is_none()).await?;
+        let jobs = items.iter().map(|(item, _)| item.job_id()).collect();
+        let steps = items.iter().filter_map(|(item, _)| step_of(item)).collect();
+        let locked = batch.lock_jobs(jobs, steps, order.is_none()).await?;
         let order = match order.or(locked) {
             Some(order) => order,
             None => commit_order(tx, self.store.backend()).await?,
@@ -543,27 +551,27 @@ impl JobEvents {
         }
     }
 
-    /// One write in its own transaction.
+    /// One write in its own transaction (PostgreSQL).
     async fn run_alone(&self, work: Work) -> Result<Done, WriteError> {
-        let (guard, tx) = self.begin().await?;
-        let staged = async {
-            // SQLite: the first statement takes the write lock before anything
-            // is read. PostgreSQL: the order (the transaction id) comes with
-            // the jobs' row locks, one round trip less per write.
-            let order = match self.store.backend() {
-                DbBackend::Postgres => None,
-                backend => Some(commit_order(&tx, backend).await?),
-            };
-            self.run_in(&tx, order, work).await
-        }
-        .await;
-        let (staged, order) = match staged {
+        let guard = self.write_turn().await;
+        let outcome = self.run_own_transaction(work).await;
+        drop(guard);
+        outcome
+    }
+
+    /// Runs `work` in a transaction of its own, no savepoint: a refused write
+    /// rolls the whole transaction back. The commit order is read with the
+    /// write's first request (the jobs' row locks on PostgreSQL; on SQLite
+    /// the commit counter's update, which leads the request that reads the
+    /// jobs and takes the write lock before anything is read: see
+    /// [`commit_order`]).
+    async fn run_own_transaction(&self, work: Work) -> Result<Done, WriteError> {
+        let tx = self.store.db.begin().await?;
+        let (staged, order) = match self.run_in(&tx, None, work).await {
             Ok(staged) => staged,
             Err(err) => return Err(rollback(tx, err).await),
         };
-        let outcome = self.commit(tx, &staged.events().iter().collect::<Vec<_>>()).await;
-        drop(guard);
-        outcome?;
+        self.commit(tx, &staged.events().iter().collect::<Vec<_>>()).await?;
         self.finish(staged, order)
     }
 
@@ -602,7 +610,16 @@ impl JobEvents {
     /// transaction part-way, every write of the group is answered with the
     /// error. After a commit, the group's events reach the sink write by write,
     /// in the order they were applied.
-    async fn run_group(&self, group: Vec<Pending>) {
+    ///
+    /// A group of one write needs no savepoint: it runs as a write of its own
+    /// ([`JobEvents::run_own_transaction`]), two requests to the database fewer.
+    async fn run_group(&self, mut group: Vec<Pending>) {
+        if group.len() == 1 {
+            if let Some(Pending { work, reply }) = group.pop() {
+                let _ = reply.send(self.run_own_transaction(work).await);
+            }
+            return;
+        }
         let (tx, order) = match self.begin_group().await {
             Ok(begun) => begun,
             Err(err) => return fail_all(group.into_iter().map(|p| p.reply), err),
@@ -800,22 +817,18 @@ async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i6
     row.try_get::<i64>("", "v")
 }
 
-/// Inserts events. Their data goes in as JSON text: on PostgreSQL it is cast to
+/// The insert of events. Their data goes in as JSON text: on PostgreSQL it is cast to
 /// `json`, which keeps the text as sent (a `\u0000` in an output chunk
 /// included), where a bound JSON value would pass through `jsonb`, which cannot
 /// hold U+0000. `lines` holds the `line` of each `step.output` event, by id.
-async fn insert_events(
-    tx: &DatabaseTransaction,
+fn insert_events(
     backend: DbBackend,
     events: &[Event],
     lines: &HashMap<Uuid, i64>,
     order: i64,
-) -> Result<(), DbErr> {
+) -> Result<sea_orm::Statement, DbErr> {
     use sea_orm::sea_query::{Alias, Expr, Query, SimpleExpr};
     use sea_orm::Iterable as _;
-    if events.is_empty() {
-        return Ok(());
-    }
     let mut insert = Query::insert();
     insert.into_table(job_events::Entity).columns(job_events::Column::iter());
     for event in events {
@@ -838,8 +851,7 @@ async fn insert_events(
         ];
         insert.values(row).map_err(|e| DbErr::Custom(format!("event insert: {e}")))?;
     }
-    tx.execute(backend.build(&insert)).await?;
-    Ok(())
+    Ok(backend.build(&insert))
 }
 
 /// An update of the columns whose value in `now` differs from `read`, except
@@ -884,6 +896,8 @@ struct Batch<'a> {
     /// Locked job rows: as changed by the batch, as read, and whether changed.
     jobs: HashMap<Uuid, (jobs::Model, jobs::Model, bool)>,
     steps: HashMap<Uuid, StepRow>,
+    /// Step ids already looked up: a step not in `steps` does not exist.
+    looked_up: BTreeSet<Uuid>,
     events: Vec<Event>,
     /// The `line` of each `step.output` event of the batch, by event id.
     lines: HashMap<Uuid, i64>,
@@ -899,6 +913,7 @@ impl<'a> Batch<'a> {
             backend,
             jobs: HashMap::new(),
             steps: HashMap::new(),
+            looked_up: BTreeSet::new(),
             events: Vec::new(),
             lines: HashMap::new(),
             now: Timestamp::now(),
@@ -907,27 +922,31 @@ impl<'a> Batch<'a> {
     }
 
     /// Loads and locks every job of the batch, in id order so that two batches
-    /// touching the same jobs cannot deadlock. With `with_order` on
-    /// PostgreSQL, the same statement reads the transaction's commit order
-    /// (its id, see [`commit_order`]), returned if any job was found.
-    async fn lock_jobs(&mut self, ids: BTreeSet<Uuid>, with_order: bool) -> Result<Option<i64>, WriteError> {
+    /// touching the same jobs cannot deadlock, and (SQLite) the `steps` its
+    /// items name. With `with_order`, the same request reads the transaction's
+    /// commit order (see [`commit_order`]): on PostgreSQL its id, with the row
+    /// locks, returned if any job was found; on SQLite the commit counter's
+    /// next value, always.
+    async fn lock_jobs(
+        &mut self,
+        ids: BTreeSet<Uuid>,
+        steps: BTreeSet<Uuid>,
+        with_order: bool,
+    ) -> Result<Option<i64>, WriteError> {
         use sea_orm::{FromQueryResult, QueryTrait};
         const ORDER: &str = "commit_order_of_tx";
+        if self.backend != DbBackend::Postgres {
+            return self.read_rows(ids, steps, with_order).await;
+        }
         let ids: Vec<Uuid> = ids.into_iter().collect();
         let mut order = None;
         for chunk in ids.chunks(INSERT_CHUNK) {
             // A job whose deletion has begun takes no more writes (not found).
-            let mut select = jobs::Entity::find()
+            let select = jobs::Entity::find()
                 .filter(jobs::Column::Id.is_in(chunk.to_vec()))
                 .filter(crate::store::not_being_deleted())
                 .order_by_asc(jobs::Column::Id);
-            if self.backend != DbBackend::Postgres {
-                for row in select.all(self.tx).await? {
-                    self.jobs.insert(row.id, (row.clone(), row, false));
-                }
-                continue;
-            }
-            select = select.lock_exclusive();
+            let mut select = select.lock_exclusive();
             if with_order && order.is_none() {
                 select = select.column_as(sea_orm::sea_query::Expr::cust("pg_current_xact_id()::text::bigint"), ORDER);
             }
@@ -955,8 +974,65 @@ impl<'a> Batch<'a> {
         Ok(order)
     }
 
+    /// SQLite: the jobs and steps of the batch in one request (SQLite has
+    /// one writer, so reading is locking): led, with `with_order`, by the
+    /// commit counter's update, which takes the write lock before anything is
+    /// read. Every id of `steps` counts as looked up: one not found does not
+    /// exist.
+    async fn read_rows(
+        &mut self,
+        ids: BTreeSet<Uuid>,
+        steps: BTreeSet<Uuid>,
+        with_order: bool,
+    ) -> Result<Option<i64>, WriteError> {
+        use sea_orm::sea_query::Expr;
+        use sea_orm::{FromQueryResult, QueryTrait};
+        let mut script = Script::default();
+        if with_order {
+            script.push(sea_orm::Statement::from_string(
+                self.backend,
+                format!("UPDATE commit_counter SET value = value + 1 WHERE id = 1 RETURNING 'order' AS {ROW_KIND}, value AS v"),
+            ));
+        }
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            // A job whose deletion has begun takes no more writes (not found).
+            let select = jobs::Entity::find()
+                .filter(jobs::Column::Id.is_in(chunk.to_vec()))
+                .filter(crate::store::not_being_deleted())
+                .column_as(Expr::val("job"), ROW_KIND);
+            script.push(select.build(self.backend));
+        }
+        let step_ids: Vec<Uuid> = steps.iter().copied().collect();
+        for chunk in step_ids.chunks(INSERT_CHUNK) {
+            let select = job_steps::Entity::find()
+                .filter(job_steps::Column::Id.is_in(chunk.to_vec()))
+                .column_as(Expr::val("step"), ROW_KIND);
+            script.push(select.build(self.backend));
+        }
+        let mut order = None;
+        for row in script.query_all(self.tx).await? {
+            match row.try_get::<String>("", ROW_KIND)?.as_str() {
+                "order" => order = Some(row.try_get::<i64>("", "v")?),
+                "job" => {
+                    let row = jobs::Model::from_query_result(&row, "")?;
+                    self.jobs.insert(row.id, (row.clone(), row, false));
+                }
+                "step" => {
+                    let row = job_steps::Model::from_query_result(&row, "")?;
+                    self.steps.insert(row.id, StepRow { read: Some(row.clone()), row, new: false, dirty: false });
+                }
+                kind => {
+                    return Err(WriteError::Internal(DbErr::Custom(format!("a read returned a row of kind {kind}"))))
+                }
+            }
+        }
+        self.looked_up.extend(steps);
+        Ok(order)
+    }
+
     async fn step(&mut self, job_id: Uuid, step_id: Uuid) -> Result<&mut StepRow, WriteError> {
-        if !self.steps.contains_key(&step_id) {
+        if !self.steps.contains_key(&step_id) && !self.looked_up.contains(&step_id) {
             let row = job_steps::Entity::find_by_id(step_id).one(self.tx).await?;
             match row {
                 Some(row) if row.job_id == job_id => {
@@ -1073,14 +1149,20 @@ impl<'a> Batch<'a> {
             }
             BatchItem::Step(_, request) => {
                 let step_id = request.id.unwrap_or_else(Uuid::now_v7);
-                let taken = self.steps.contains_key(&step_id)
-                    || job_steps::Entity::find_by_id(step_id)
+                // A new id (v7: time and random bits) is nobody's; a client's
+                // may be taken, by this batch or by a stored step.
+                let taken = match request.id {
+                    None => false,
+                    Some(_) if self.steps.contains_key(&step_id) => true,
+                    Some(_) if self.looked_up.contains(&step_id) => false,
+                    Some(_) => job_steps::Entity::find_by_id(step_id)
                         .select_only()
                         .column(job_steps::Column::Id)
                         .into_tuple::<Uuid>()
                         .one(self.tx)
                         .await?
-                        .is_some();
+                        .is_some(),
+                };
                 if taken {
                     return Err(WriteError::Conflict(format!("step id {step_id} is already used")));
                 }
@@ -1165,22 +1247,26 @@ impl<'a> Batch<'a> {
         Ok(step_out)
     }
 
-    /// Writes what the batch recorded: new and changed steps, the events, the jobs.
+    /// Writes what the batch recorded: new and changed steps, the events, the
+    /// jobs; on SQLite in one request (see [`Script`]).
     async fn flush(self, order: i64) -> Result<Vec<Event>, WriteError> {
+        use sea_orm::QueryTrait;
+        let mut script = Script::default();
         let (new_steps, changed_steps): (Vec<_>, Vec<_>) =
             self.steps.into_values().filter(|s| s.dirty).partition(|s| s.new);
         for chunk in new_steps.chunks(INSERT_CHUNK) {
             let rows = chunk.iter().map(|s| s.row.clone().into_active_model());
-            job_steps::Entity::insert_many(rows).exec_without_returning(self.tx).await?;
+            script.push(job_steps::Entity::insert_many(rows).build(self.backend));
         }
         for step in changed_steps {
             let id = step.row.id;
             let Some(read) = step.read else { continue };
             let row = changed_columns(read, &step.row, &[]);
-            job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).exec(self.tx).await?;
+            let update = job_steps::Entity::update_many().set(row).filter(job_steps::Column::Id.eq(id)).into_query();
+            push_update(&mut script, self.backend, &update);
         }
         for chunk in self.events.chunks(INSERT_CHUNK) {
-            insert_events(self.tx, self.backend, chunk, &self.lines, order).await?;
+            script.push(insert_events(self.backend, chunk, &self.lines, order)?);
         }
         for (id, (job, read, dirty)) in self.jobs {
             if dirty {
@@ -1191,10 +1277,31 @@ impl<'a> Batch<'a> {
                 if result_changed {
                     update = update.col_expr(jobs::Column::Result, json_text(self.backend, job.result.as_ref())?);
                 }
-                update.filter(jobs::Column::Id.eq(id)).exec(self.tx).await?;
+                push_update(&mut script, self.backend, &update.filter(jobs::Column::Id.eq(id)).into_query());
             }
         }
+        script.execute(self.tx).await?;
         Ok(self.events)
+    }
+}
+
+/// Adds `update` to `script` unless it sets nothing (no column changed).
+fn push_update(script: &mut Script, backend: DbBackend, update: &sea_orm::sea_query::UpdateStatement) {
+    if !update.get_values().is_empty() {
+        script.push(backend.build(update));
+    }
+}
+
+/// The stored step an item names, if any: the one it writes to, or the id a
+/// new step asks for (which must not be taken).
+fn step_of(item: &BatchItem) -> Option<Uuid> {
+    match item {
+        BatchItem::Step(_, request) => request.id,
+        BatchItem::StepProgress(_, step, _) | BatchItem::Output(_, step, _) | BatchItem::StepComplete(_, step, _) => {
+            Some(*step)
+        }
+        BatchItem::Event(_, request) => request.step_id,
+        BatchItem::Status(..) | BatchItem::Progress(..) => None,
     }
 }
 

@@ -345,7 +345,10 @@ async fn a_write_updates_only_the_columns_it_changes_and_never_a_key(db: &TestDb
         .emit_job_status_changed(job, JobStatus::Completed, Some(serde_json::json!({ "ok": true })), None)
         .await
         .unwrap();
-    let updates: Vec<String> = log.lock().unwrap().iter().filter(|sql| sql.starts_with("UPDATE")).cloned().collect();
+    // A request may carry several statements (SQLite: a write's changes go as one).
+    let statements: Vec<String> =
+        log.lock().unwrap().iter().flat_map(|sql| sql.split(";\n").map(str::to_owned).collect::<Vec<_>>()).collect();
+    let updates: Vec<String> = statements.into_iter().filter(|sql| sql.starts_with("UPDATE")).collect();
     assert!(updates.len() >= 6, "{updates:#?}");
     for sql in &updates {
         let set = sql.split(" SET ").nth(1).and_then(|rest| rest.split(" WHERE ").next()).unwrap_or_default();
@@ -361,7 +364,44 @@ async fn a_write_updates_only_the_columns_it_changes_and_never_a_key(db: &TestDb
     assert_eq!((steps[0].status, steps[0].tokens_input), (StepStatus::Completed, Some(3)));
 }
 
+async fn a_step_is_found_only_in_its_own_job_and_a_taken_step_id_is_refused(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let (job, other) = (running_job(&writer).await, running_job(&writer).await);
+    let start = |id| StartStep { id, name: "a".into(), phase: StepPhase::Setup, step_type: StepType::Command };
+    let (step, _) = writer.emit_step_started(job, start(None)).await.unwrap();
+    // The step of another job is not found, for every write that names a step.
+    let output = writer.emit_step_output(other, step.id, "x", OutputStream::Stdout).await;
+    assert!(matches!(output, Err(WriteError::StepNotFound { .. })), "{output:?}");
+    let progress = writer.emit_step_progress(other, step.id, 5, None).await;
+    assert!(matches!(progress, Err(WriteError::StepNotFound { .. })), "{progress:?}");
+    // A stored step's id cannot start another step, in its job or elsewhere.
+    for job in [job, other] {
+        let again = writer.emit_step_started(job, start(Some(step.id))).await;
+        assert!(matches!(again, Err(WriteError::Conflict(_))), "{again:?}");
+    }
+    // A batch that starts a step with its own id and writes to it at once; then
+    // the same id again in a later batch is taken.
+    let fresh = Uuid::now_v7();
+    let items = vec![
+        BatchItem::Step(job, start(Some(fresh))),
+        BatchItem::Output(
+            job,
+            fresh,
+            jobstream_protocol::StepOutputRequest { chunk: "one\ntwo\n".into(), stream: None },
+        ),
+        BatchItem::StepProgress(job, fresh, ProgressRequest { progress: 40, message: None }),
+    ];
+    let applied = writer.write_batch(items, |_| true).await.unwrap();
+    assert_eq!(applied.iter().map(|a| a.event.event.seq).collect::<Vec<_>>(), vec![5, 6, 7]);
+    let taken = writer.write_batch(vec![BatchItem::Step(other, start(Some(fresh)))], |_| true).await;
+    assert!(taken.is_err(), "{taken:?}");
+    let output = writer.emit_step_output(job, fresh, "three\n", OutputStream::Stdout).await.unwrap();
+    assert_eq!(output.event.seq, 8);
+    assert_eq!(stored_seqs(&writer, other).await, vec![1, 2, 3]);
+}
+
 on_both_engines!(
+    a_step_is_found_only_in_its_own_job_and_a_taken_step_id_is_refused,
     pages_of_large_events_are_cut_by_bytes_and_reading_on_gets_every_event,
     a_write_updates_only_the_columns_it_changes_and_never_a_key,
     events_read_back_are_byte_identical_to_what_was_published,
