@@ -201,14 +201,17 @@ struct Lane {
 }
 
 /// Events and, for each, the subscribers the lane offers it to, in order.
-type Handoff = (Vec<Arc<Committed>>, Vec<Vec<Arc<Mailbox>>>);
+type Handoff = (Vec<Arc<Committed>>, Vec<Arc<LaneList>>);
+
+/// Subscribers of one lane, in the order they are offered an event.
+type LaneList = Vec<Arc<Mailbox>>;
 
 /// Offers each event to its subscribers, in order. The counters of the fast
 /// path are added once per batch: lanes on other cores share them.
-fn offer_all(hub: &Hub, events: &[Arc<Committed>], targets: &[Vec<Arc<Mailbox>>]) {
+fn offer_all(hub: &Hub, events: &[Arc<Committed>], targets: &[Arc<LaneList>]) {
     let mut fast = 0;
     for (event, mailboxes) in events.iter().zip(targets) {
-        for mailbox in mailboxes {
+        for mailbox in mailboxes.iter() {
             fast += u64::from(mailbox.offer(hub, event));
         }
     }
@@ -225,24 +228,24 @@ const SHARDS: usize = 32;
 /// The subscribers of the rooms that hash to one shard.
 #[derive(Default)]
 struct Shard {
-    by_job: HashMap<Uuid, HashMap<u64, Arc<Mailbox>>>,
-    by_workspace: HashMap<String, HashMap<u64, Arc<Mailbox>>>,
+    by_job: HashMap<Uuid, Members>,
+    by_workspace: HashMap<String, Members>,
 }
 
 impl Shard {
-    fn add(&mut self, mailbox: &Arc<Mailbox>, room: &Room) {
-        let set = match room {
-            Room::Job(job) => self.by_job.entry(*job).or_default(),
-            Room::Workspace(ws) => self.by_workspace.entry(ws.clone()).or_default(),
+    fn add(&mut self, mailbox: &Arc<Mailbox>, room: &Room, lanes: usize) {
+        let members = match room {
+            Room::Job(job) => self.by_job.entry(*job).or_insert_with(|| Members::new(lanes)),
+            Room::Workspace(ws) => self.by_workspace.entry(ws.clone()).or_insert_with(|| Members::new(lanes)),
         };
-        set.insert(mailbox.id, mailbox.clone());
+        members.insert(mailbox);
     }
 
     fn remove(&mut self, id: u64, room: &Room) {
-        fn drop_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashMap<u64, Arc<Mailbox>>>, key: &K, id: u64) {
-            if let Some(set) = map.get_mut(key) {
-                set.remove(&id);
-                if set.is_empty() {
+        fn drop_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Members>, key: &K, id: u64) {
+            if let Some(members) = map.get_mut(key) {
+                members.remove(id);
+                if members.is_empty() {
                     map.remove(key);
                 }
             }
@@ -251,6 +254,70 @@ impl Shard {
             Room::Job(job) => drop_from(&mut self.by_job, job, id),
             Room::Workspace(ws) => drop_from(&mut self.by_workspace, ws, id),
         }
+    }
+}
+
+/// The subscribers of one room, by dispatch lane (`id % lanes`).
+///
+/// Each lane's list is shared with the handoffs that carry it: dispatching an
+/// event to a room hands each lane one reference to its list, not one per
+/// subscriber (a reference count changed per subscriber and per event is a
+/// write to each subscriber's object by the dispatching core, which the lane's
+/// core then has to fetch back). Joining or leaving while a handoff still
+/// holds the list copies it first ([`Arc::make_mut`]); otherwise it is
+/// changed in place. Leaving finds the subscriber by its position: O(1).
+struct Members {
+    /// Per lane: its subscribers, `None` while it has none.
+    lanes: Box<[Option<Arc<LaneList>>]>,
+    /// Subscriber id → position in its lane's list.
+    at: HashMap<u64, usize>,
+}
+
+impl Members {
+    fn new(lanes: usize) -> Self {
+        Self { lanes: (0..lanes).map(|_| None).collect(), at: HashMap::new() }
+    }
+
+    fn lane_of(&self, id: u64) -> usize {
+        (id as usize) % self.lanes.len()
+    }
+
+    fn insert(&mut self, mailbox: &Arc<Mailbox>) {
+        if self.at.contains_key(&mailbox.id) {
+            return;
+        }
+        let lane = self.lane_of(mailbox.id);
+        let list = Arc::make_mut(self.lanes[lane].get_or_insert_with(Arc::default));
+        self.at.insert(mailbox.id, list.len());
+        list.push(mailbox.clone());
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(position) = self.at.remove(&id) else { return };
+        let lane = self.lane_of(id);
+        let Some(shared) = self.lanes[lane].as_mut() else { return };
+        let list = Arc::make_mut(shared);
+        if position < list.len() {
+            list.swap_remove(position);
+            if let Some(moved) = list.get(position) {
+                self.at.insert(moved.id, position);
+            }
+        }
+        if list.is_empty() {
+            self.lanes[lane] = None;
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.at.contains_key(&id)
+    }
+
+    fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.at.is_empty()
     }
 }
 
@@ -268,12 +335,15 @@ impl Shard {
 /// order is kept. An idle subscriber holds no task.
 ///
 /// Laid out in declaration order (`repr(C)`): what the fast path reads for
-/// every event (the lock, the queue, the cursors, the outlet) is at the start,
-/// in one object, so that a delivery touches as few cache lines as it can.
+/// every event (the outlet, the lock, the flags, the hot cursor, the queue's
+/// length) comes first, in the object's first 128 bytes (its reference
+/// counts included), the pair of cache lines a first touch brings in; the
+/// cursors, which the fast path reads only when the hot cursor does not
+/// answer, come after.
 #[repr(C)]
 struct Mailbox {
-    state: std::sync::Mutex<MailboxState>,
     outlet: Arc<dyn Outlet>,
+    state: std::sync::Mutex<MailboxState>,
     id: u64,
     /// The rooms this subscriber is indexed under: leaving touches only these.
     rooms: std::sync::Mutex<Vec<Room>>,
@@ -535,7 +605,7 @@ impl Hub {
             overflowed: false,
         };
         let mailbox =
-            Arc::new(Mailbox { state: std::sync::Mutex::new(state), outlet, id, rooms: std::sync::Mutex::default() });
+            Arc::new(Mailbox { outlet, state: std::sync::Mutex::new(state), id, rooms: std::sync::Mutex::default() });
         write(&self.inner.mailboxes).insert(id, mailbox.clone());
         Subscriber { id, hub: self.clone(), mailbox, calls: tokio::sync::Mutex::new(()), max_rooms: 0 }
     }
@@ -588,21 +658,25 @@ impl Hub {
             let by_ws: &Shard = other.as_deref().unwrap_or(&by_job);
             let job_set = by_job.by_job.get(job);
             let ws_set = by_ws.by_workspace.get(workspace);
-            let mut chosen: Vec<Vec<Arc<Mailbox>>> = vec![Vec::new(); lanes];
-            for (id, mailbox) in job_set.into_iter().flatten() {
-                chosen[(*id as usize) % lanes].push(mailbox.clone());
-            }
-            for (id, mailbox) in ws_set.into_iter().flatten() {
-                // Once per subscriber, even when both of its rooms cover the event.
-                if !job_set.is_some_and(|set| set.contains_key(id)) {
-                    chosen[(*id as usize) % lanes].push(mailbox.clone());
-                }
-            }
-            for ((batch, targets), mailboxes) in per_lane.iter_mut().zip(chosen) {
-                if !mailboxes.is_empty() {
-                    sends += mailboxes.len();
+            let chosen: Vec<Option<Arc<LaneList>>> = match (job_set, ws_set) {
+                // One room: each lane's list as it is.
+                (Some(one), None) | (None, Some(one)) => one.lanes.to_vec(),
+                (None, None) => continue,
+                // Both: once per subscriber, even when both of its rooms cover the event.
+                (Some(job_set), Some(ws_set)) => (0..lanes)
+                    .map(|lane| {
+                        let mut both: LaneList = job_set.lanes[lane].as_deref().cloned().unwrap_or_default();
+                        let others = ws_set.lanes[lane].iter().flat_map(|list| list.iter());
+                        both.extend(others.filter(|mailbox| !job_set.contains(mailbox.id)).cloned());
+                        (!both.is_empty()).then(|| Arc::new(both))
+                    })
+                    .collect(),
+            };
+            for ((batch, targets), list) in per_lane.iter_mut().zip(chosen) {
+                if let Some(list) = list {
+                    sends += list.len();
                     batch.push(event.clone());
-                    targets.push(mailboxes);
+                    targets.push(list);
                 }
             }
         }
@@ -655,8 +729,8 @@ impl Hub {
         let (mut jobs, mut workspaces) = (0, 0);
         for shard in self.inner.shards.iter() {
             let shard = read(shard);
-            jobs += shard.by_job.values().map(HashMap::len).sum::<usize>();
-            workspaces += shard.by_workspace.values().map(HashMap::len).sum::<usize>();
+            jobs += shard.by_job.values().map(Members::len).sum::<usize>();
+            workspaces += shard.by_workspace.values().map(Members::len).sum::<usize>();
         }
         (read(&self.inner.mailboxes).len(), jobs, workspaces)
     }
@@ -692,7 +766,7 @@ impl Hub {
     }
 
     fn add_room(&self, mailbox: &Arc<Mailbox>, room: &Room) {
-        write(self.shard(room)).add(mailbox, room);
+        write(self.shard(room)).add(mailbox, room, self.inner.lanes.len());
         lock(&mailbox.rooms).push(room.clone());
     }
 
@@ -1352,5 +1426,74 @@ impl Worker {
             }
         }
         Err(Stop)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    struct Discard;
+
+    impl Outlet for Discard {
+        fn try_send(&self, _: &Committed) -> Result<(), OutletError> {
+            Ok(())
+        }
+        fn close(&self) {}
+    }
+
+    fn mailboxes(hub: &Hub, n: usize) -> Vec<Arc<Mailbox>> {
+        (0..n).map(|_| hub.subscriber(Arc::new(Discard)).mailbox.clone()).collect()
+    }
+
+    fn ids(members: &Members) -> Vec<u64> {
+        let mut ids: Vec<u64> = members.lanes.iter().flatten().flat_map(|list| list.iter().map(|m| m.id)).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_room_keeps_each_subscriber_once_on_its_lane_through_joins_and_leaves() {
+        let hub = Hub::with_source(Arc::new(crate::memory::MemorySource::default()), DeliveryConfig::default());
+        let all = mailboxes(&hub, 9);
+        let mut members = Members::new(3);
+        for mailbox in all.iter().chain(&all) {
+            members.insert(mailbox);
+        }
+        assert_eq!(members.len(), 9);
+        for (lane, list) in members.lanes.iter().enumerate() {
+            let list = list.as_deref().map(Vec::as_slice).unwrap_or_default();
+            assert!(list.iter().all(|m| (m.id as usize) % 3 == lane));
+        }
+        // Leaving from the middle, the end and the start of a lane's list.
+        for gone in [all[4].id, all[8].id, all[0].id, all[0].id] {
+            members.remove(gone);
+            assert!(!members.contains(gone));
+        }
+        let left: Vec<u64> =
+            all.iter().map(|m| m.id).filter(|id| ![all[4].id, all[8].id, all[0].id].contains(id)).collect();
+        assert_eq!(ids(&members), left);
+        for &id in &left {
+            members.remove(id);
+        }
+        assert!(members.is_empty());
+        assert!(members.lanes.iter().all(Option::is_none), "an empty lane holds no list");
+    }
+
+    #[tokio::test]
+    async fn a_list_handed_to_a_lane_is_not_changed_by_a_later_join_or_leave() {
+        let hub = Hub::with_source(Arc::new(crate::memory::MemorySource::default()), DeliveryConfig::default());
+        let all = mailboxes(&hub, 4);
+        let mut members = Members::new(1);
+        for mailbox in &all[..3] {
+            members.insert(mailbox);
+        }
+        let handed = members.lanes[0].clone().expect("a list");
+        members.remove(all[0].id);
+        members.insert(&all[3]);
+        let handed: Vec<u64> = handed.iter().map(|m| m.id).collect();
+        assert_eq!(handed, [all[0].id, all[1].id, all[2].id]);
+        assert_eq!(ids(&members), [all[1].id, all[2].id, all[3].id]);
     }
 }
