@@ -3,8 +3,8 @@
 //! sqlx runs each SQLite connection on a thread of its own, and every
 //! statement is a round trip to it: the thread is woken, runs the statement,
 //! answers and sleeps again, and the task that waits for the answer is woken
-//! in turn. For a write of one event those wake-ups, not the statements, were
-//! most of the CPU it cost (BENCHMARKS.md §2, "The cost of a write"). A
+//! in turn. For a write of one event those wake-ups cost more CPU than the
+//! statements themselves (BENCHMARKS.md §2, "The cost of a write"). A
 //! [`Script`] joins statements with `;` and their bound values in order, so a
 //! write's reads go as one request and its changes as another: sqlx prepares
 //! and runs the statements of one request one after the other, binding
