@@ -457,12 +457,19 @@ impl JobEvents {
         let this = self.clone();
         let may_write: MayWrite = Arc::new(may_write);
         detached(async move {
-            if items.iter().all(|(_, id)| id.is_none()) {
+            // Ids the client chose (an `eventId`, a new step's id) may be
+            // inserted by two writers at once (PostgreSQL: the second waits
+            // for the first's commit, then fails on the key).
+            let client_ids = |(item, id): &(BatchItem, Option<Uuid>)| {
+                id.is_some() || matches!(item, BatchItem::Step(_, start) if start.id.is_some())
+            };
+            if !items.iter().any(client_ids) {
                 return this.apply_all_now(items, may_write, name_items).await;
             }
             match this.apply_all_now(items.clone(), may_write.clone(), name_items).await {
-                // Two writers inserted the same new event id at once: the
-                // second sees the first's event now (a repeat or a conflict).
+                // Two writers inserted the same new id at once: run again, the
+                // second sees the first's event (a repeat or a conflict) or
+                // step (taken).
                 Err(WriteError::Internal(err))
                     if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
                 {
@@ -898,6 +905,8 @@ struct Batch<'a> {
     steps: HashMap<Uuid, StepRow>,
     /// Step ids already looked up: a step not in `steps` does not exist.
     looked_up: BTreeSet<Uuid>,
+    /// The client `eventId`s of the batch's items so far.
+    event_ids: BTreeSet<Uuid>,
     events: Vec<Event>,
     /// The `line` of each `step.output` event of the batch, by event id.
     lines: HashMap<Uuid, i64>,
@@ -914,6 +923,7 @@ impl<'a> Batch<'a> {
             jobs: HashMap::new(),
             steps: HashMap::new(),
             looked_up: BTreeSet::new(),
+            event_ids: BTreeSet::new(),
             events: Vec::new(),
             lines: HashMap::new(),
             now: Timestamp::now(),
@@ -1068,7 +1078,8 @@ impl<'a> Batch<'a> {
         may_write: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Outcome, WriteError> {
         let Some(id) = event_id else { return self.apply(item, may_write).await.map(Outcome::New) };
-        if self.events.iter().any(|e| e.event_id == id) {
+        // Twice in one request, whether it is new or a repeat of a stored event.
+        if !self.event_ids.insert(id) {
             return Err(WriteError::Invalid(jobstream_protocol::ValidationError::new(
                 "eventId",
                 format!("{id} is used twice in this request"),

@@ -400,7 +400,51 @@ async fn a_step_is_found_only_in_its_own_job_and_a_taken_step_id_is_refused(db: 
     assert_eq!(stored_seqs(&writer, other).await, vec![1, 2, 3]);
 }
 
+async fn one_client_step_id_started_at_once_in_many_jobs_is_taken_once_and_refused_409_elsewhere(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let mut jobs = Vec::new();
+    for _ in 0..12 {
+        jobs.push(running_job(&writer).await);
+    }
+    for _ in 0..3 {
+        let id = Uuid::now_v7();
+        let tasks: Vec<_> = jobs
+            .iter()
+            .map(|&job| {
+                let writer = writer.clone();
+                let start =
+                    StartStep { id: Some(id), name: "c".into(), phase: StepPhase::Setup, step_type: StepType::Command };
+                tokio::spawn(async move { writer.write(BatchItem::Step(job, start), |_| true).await })
+            })
+            .collect();
+        let mut taken = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => taken += 1,
+                Err(WriteError::Conflict(_)) => {}
+                Err(err) => panic!("a lost race must be a conflict, not {err:?}"),
+            }
+        }
+        assert_eq!(taken, 1);
+    }
+}
+
+async fn a_stored_event_id_repeated_twice_in_one_batch_is_refused(db: &TestDb) {
+    let (writer, _) = writer(db);
+    let job = running_job(&writer).await;
+    let id = Uuid::now_v7();
+    let progress = || BatchItem::Progress(job, ProgressRequest { progress: 33, message: None });
+    writer.write_with_id(progress(), Some(id), |_| true).await.unwrap();
+    let twice = writer.write_batch_with_ids(vec![(progress(), Some(id)), (progress(), Some(id))], |_| true).await;
+    assert!(matches!(twice, Err(WriteError::InBatch { index: 1, .. })), "{twice:?}");
+    let once = writer.write_batch_with_ids(vec![(progress(), Some(id))], |_| true).await.unwrap();
+    assert_eq!(once[0].event.event.seq, 4, "a repeat answers with the stored event");
+    assert_eq!(stored_seqs(&writer, job).await, vec![1, 2, 3, 4]);
+}
+
 on_both_engines!(
+    one_client_step_id_started_at_once_in_many_jobs_is_taken_once_and_refused_409_elsewhere,
+    a_stored_event_id_repeated_twice_in_one_batch_is_refused,
     a_step_is_found_only_in_its_own_job_and_a_taken_step_id_is_refused,
     pages_of_large_events_are_cut_by_bytes_and_reading_on_gets_every_event,
     a_write_updates_only_the_columns_it_changes_and_never_a_key,
