@@ -805,6 +805,11 @@ async fn insert_job(tx: &DatabaseTransaction, backend: DbBackend, row: jobs::Mod
     Ok(())
 }
 
+/// SQLite's next commit order (see [`commit_order`]); its row says what it is
+/// when it leads a write's reads ([`Batch::read_rows`]).
+const SQLITE_NEXT_ORDER: &str =
+    "UPDATE commit_counter SET value = value + 1 WHERE id = 1 RETURNING 'order' AS row_kind, value AS v";
+
 /// The commit order of the current write transaction (see the `commit_order`
 /// migration): the PostgreSQL transaction id, or the next value of SQLite's
 /// commit counter, which only the one writer takes. Run as a transaction's
@@ -815,7 +820,7 @@ async fn insert_job(tx: &DatabaseTransaction, backend: DbBackend, row: jobs::Mod
 async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i64, DbErr> {
     let sql = match backend {
         DbBackend::Postgres => "SELECT pg_current_xact_id()::text::bigint AS v",
-        _ => "UPDATE commit_counter SET value = value + 1 WHERE id = 1 RETURNING value AS v",
+        _ => SQLITE_NEXT_ORDER,
     };
     let row = tx
         .query_one(sea_orm::Statement::from_string(backend, sql))
@@ -951,12 +956,7 @@ impl<'a> Batch<'a> {
         let ids: Vec<Uuid> = ids.into_iter().collect();
         let mut order = None;
         for chunk in ids.chunks(INSERT_CHUNK) {
-            // A job whose deletion has begun takes no more writes (not found).
-            let select = jobs::Entity::find()
-                .filter(jobs::Column::Id.is_in(chunk.to_vec()))
-                .filter(crate::store::not_being_deleted())
-                .order_by_asc(jobs::Column::Id);
-            let mut select = select.lock_exclusive();
+            let mut select = writable_jobs(chunk).order_by_asc(jobs::Column::Id).lock_exclusive();
             if with_order && order.is_none() {
                 select = select.column_as(sea_orm::sea_query::Expr::cust("pg_current_xact_id()::text::bigint"), ORDER);
             }
@@ -999,19 +999,11 @@ impl<'a> Batch<'a> {
         use sea_orm::{FromQueryResult, QueryTrait};
         let mut script = Script::default();
         if with_order {
-            script.push(sea_orm::Statement::from_string(
-                self.backend,
-                format!("UPDATE commit_counter SET value = value + 1 WHERE id = 1 RETURNING 'order' AS {ROW_KIND}, value AS v"),
-            ));
+            script.push(sea_orm::Statement::from_string(self.backend, SQLITE_NEXT_ORDER));
         }
         let ids: Vec<Uuid> = ids.into_iter().collect();
         for chunk in ids.chunks(INSERT_CHUNK) {
-            // A job whose deletion has begun takes no more writes (not found).
-            let select = jobs::Entity::find()
-                .filter(jobs::Column::Id.is_in(chunk.to_vec()))
-                .filter(crate::store::not_being_deleted())
-                .column_as(Expr::val("job"), ROW_KIND);
-            script.push(select.build(self.backend));
+            script.push(writable_jobs(chunk).column_as(Expr::val("job"), ROW_KIND).build(self.backend));
         }
         let step_ids: Vec<Uuid> = steps.iter().copied().collect();
         for chunk in step_ids.chunks(INSERT_CHUNK) {
@@ -1294,6 +1286,12 @@ impl<'a> Batch<'a> {
         script.execute(self.tx).await?;
         Ok(self.events)
     }
+}
+
+/// The jobs of `ids` that take writes: a job whose deletion has begun takes
+/// no more (it is not found).
+fn writable_jobs(ids: &[Uuid]) -> sea_orm::Select<jobs::Entity> {
+    jobs::Entity::find().filter(jobs::Column::Id.is_in(ids.to_vec())).filter(crate::store::not_being_deleted())
 }
 
 /// Adds `update` to `script` unless it sets nothing (no column changed).
