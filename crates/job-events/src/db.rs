@@ -88,6 +88,28 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
     }
 }
 
+/// The connection SQLite's writes run on: a pool of one over the same file
+/// and settings as `db`, kept apart from the reads.
+///
+/// SQLite has one writer at a time anyway (writes take turns, see
+/// `JobEvents`), and a connection's page and statement caches hold only
+/// while nobody else writes: writes spread over the shared pool's eight
+/// connections found their pages stale at every turn and read them again
+/// from the file. On PostgreSQL (row locks, writers side by side) and for any
+/// other pool, `db` itself.
+pub(crate) fn writer_pool(db: &DatabaseConnection) -> DatabaseConnection {
+    if !matches!(db, DatabaseConnection::SqlxSqlitePoolConnection(_)) {
+        return db.clone();
+    }
+    let options = (*db.get_sqlite_connection_pool().connect_options()).clone();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .after_release(|conn, meta| released_clean(conn, meta))
+        .connect_lazy_with(options);
+    sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
+}
+
 /// The pool's release check: whether a connection may be reused. A rollback
 /// started when a transaction was dropped may still be queued, so a connection
 /// that looks inside a transaction is pinged (which waits for it) and checked again.
@@ -159,8 +181,56 @@ pub fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
+    use sea_orm::{ConnectionTrait, Statement};
+
+    async fn pragma(db: &DatabaseConnection, name: &str) -> String {
+        let row = db
+            .query_one(Statement::from_string(DbBackend::Sqlite, format!("PRAGMA {name}")))
+            .await
+            .expect("read a pragma")
+            .expect("a pragma row");
+        row.try_get_by_index::<String>(0)
+            .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+            .expect("a pragma value")
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_writers_connection_is_one_with_the_durability_settings_of_the_pool() {
+        let dir = std::env::temp_dir().join(format!(
+            "jobstream-writer-pool-{}-{:?}",
+            std::process::id(),
+            std::time::Instant::now()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let url = format!("sqlite://{}?mode=rwc", dir.join("db.sqlite").display());
+        let db = open(&url).await.expect("open");
+        migrate(&db).await.expect("migrate");
+        let writer = writer_pool(&db);
+        assert_eq!(writer.get_sqlite_connection_pool().options().get_max_connections(), 1);
+        assert_eq!(pragma(&writer, "journal_mode").await, "wal");
+        assert_eq!(pragma(&writer, "synchronous").await, "2", "FULL: every commit is synced");
+        assert_eq!(pragma(&writer, "foreign_keys").await, "1");
+        // The same file: what the writer commits, the pool reads.
+        writer
+            .execute(Statement::from_string(
+                DbBackend::Sqlite,
+                "UPDATE commit_counter SET value = value + 41 WHERE id = 1",
+            ))
+            .await
+            .expect("write");
+        let row = db
+            .query_one(Statement::from_string(DbBackend::Sqlite, "SELECT value FROM commit_counter WHERE id = 1"))
+            .await
+            .expect("read")
+            .expect("the counter");
+        assert!(row.try_get_by_index::<i64>(0).expect("a value") >= 41);
+        writer.close().await.expect("close the writer");
+        db.close().await.expect("close the pool");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn passwords_are_removed_from_urls() {

@@ -366,7 +366,7 @@ impl JobEvents {
             let guard = self.write_turn().await;
             let held = std::time::Instant::now();
             let sql = format!("PRAGMA incremental_vacuum({})", slice.size);
-            let _ = db.execute(Statement::from_string(DbBackend::Sqlite, sql)).await;
+            let _ = self.write_db().execute(Statement::from_string(DbBackend::Sqlite, sql)).await;
             drop(guard);
             self.pace(slice.observe(slice.size, held.elapsed())).await;
         }

@@ -57,6 +57,9 @@ const INSERT_CHUNK: usize = 500;
 #[derive(Clone)]
 pub struct JobEvents {
     store: EventStore,
+    /// Where write transactions run: on SQLite a connection of their own
+    /// ([`crate::db::writer_pool`]), on PostgreSQL the shared pool.
+    write_db: DatabaseConnection,
     sink: Arc<dyn EventSink>,
     /// SQLite allows one writer at a time; queueing here avoids `database is locked`.
     write_queue: Option<Arc<Mutex<()>>>,
@@ -207,7 +210,8 @@ impl JobEvents {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         let write_queue = sqlite.then(|| Arc::new(Mutex::new(())));
         let group = sqlite.then(Arc::default);
-        Self { store: EventStore::new(db), sink, write_queue, group, retention: Arc::default() }
+        let write_db = crate::db::writer_pool(&db);
+        Self { store: EventStore::new(db), write_db, sink, write_queue, group, retention: Arc::default() }
     }
 
     /// The read side.
@@ -215,9 +219,26 @@ impl JobEvents {
         &self.store
     }
 
+    /// Calls `callback` with every statement the writer and its store run
+    /// (sea-orm's metric callback, on both of their connections).
+    pub fn set_metric_callback<F>(&mut self, callback: F)
+    where
+        F: Fn(&sea_orm::metric::Info<'_>) + Send + Sync + 'static,
+    {
+        let callback = Arc::new(callback);
+        let shared = callback.clone();
+        self.store.db.set_metric_callback(move |info| shared(info));
+        self.write_db.set_metric_callback(move |info| callback(info));
+    }
+
+    /// Where write transactions run (see [`crate::db::writer_pool`]).
+    pub(crate) fn write_db(&self) -> &DatabaseConnection {
+        &self.write_db
+    }
+
     async fn begin(&self) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, DatabaseTransaction), WriteError> {
         let guard = self.write_turn().await;
-        let tx = self.store.db.begin().await?;
+        let tx = self.write_db.begin().await?;
         Ok((guard, tx))
     }
 
@@ -573,7 +594,7 @@ impl JobEvents {
     /// jobs and takes the write lock before anything is read: see
     /// [`commit_order`]).
     async fn run_own_transaction(&self, work: Work) -> Result<Done, WriteError> {
-        let tx = self.store.db.begin().await?;
+        let tx = self.write_db.begin().await?;
         let (staged, order) = match self.run_in(&tx, None, work).await {
             Ok(staged) => staged,
             Err(err) => return Err(rollback(tx, err).await),
@@ -676,7 +697,7 @@ impl JobEvents {
     /// Begins a group's transaction with its commit order (the first
     /// statement, which takes SQLite's write lock).
     async fn begin_group(&self) -> Result<(DatabaseTransaction, i64), WriteError> {
-        let tx = self.store.db.begin().await?;
+        let tx = self.write_db.begin().await?;
         match commit_order(&tx, self.store.backend()).await {
             Ok(order) => Ok((tx, order)),
             Err(err) => Err(rollback(tx, err).await),

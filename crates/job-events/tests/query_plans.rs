@@ -148,7 +148,9 @@ async fn hot_path_statements(url: &str, jobs: u64) -> Vec<(&'static str, Stateme
     let sink = log.clone();
     conn.set_metric_callback(move |info| sink.lock().unwrap().push(info.statement.clone()));
     let store = EventStore::new(conn.clone());
-    let writer = JobEvents::new(conn.clone(), Arc::new(NullSink));
+    let mut writer = JobEvents::new(conn.clone(), Arc::new(NullSink));
+    let sink = log.clone();
+    writer.set_metric_callback(move |info| sink.lock().unwrap().push(info.statement.clone()));
     let mut out = Vec::new();
     let mut take = |path: &'static str| {
         let statements = std::mem::take(&mut *log.lock().unwrap());

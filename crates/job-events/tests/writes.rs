@@ -328,11 +328,10 @@ async fn pages_of_large_events_are_cut_by_bytes_and_reading_on_gets_every_event(
 /// every event that refers to the row, so each write cost more the longer
 /// the job's history.
 async fn a_write_updates_only_the_columns_it_changes_and_never_a_key(db: &TestDb) {
-    let mut conn = db.db.clone();
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = log.clone();
-    conn.set_metric_callback(move |info| sink.lock().unwrap().push(info.statement.sql.clone()));
-    let writer = JobEvents::new(conn, Arc::new(jobstream_job_events::NullSink));
+    let mut writer = JobEvents::new(db.db.clone(), Arc::new(jobstream_job_events::NullSink));
+    writer.set_metric_callback(move |info| sink.lock().unwrap().push(info.statement.sql.clone()));
     let job = running_job(&writer).await;
     let start =
         StartStep { id: None, name: "compile".into(), phase: StepPhase::Execution, step_type: StepType::Command };
