@@ -421,10 +421,13 @@ impl Outlet for SocketOutlet {
     /// goes straight to the connection, encoded once for all sockets
     /// (`engineioxide::direct`); otherwise through socketioxide's `emit`,
     /// behind what waits. Either way in the order sent.
+    ///
+    /// A direct write needs no look at the byte budget: it is taken only when
+    /// nothing waits for the connection (the socket's channel is empty and
+    /// the connection's earlier bytes have gone to the kernel), so what the
+    /// server holds for the socket is then at most this one frame. The
+    /// budget is checked on the way through the channel, where bytes wait.
     fn try_send(&self, committed: &Committed) -> Result<(), OutletError> {
-        if self.budget.is_spent() {
-            return Err(OutletError::Full);
-        }
         if let Some(direct) = self.budget.direct() {
             if let Some(message) = encoded(committed) {
                 if direct.try_write(message).is_ok() {
@@ -433,6 +436,9 @@ impl Outlet for SocketOutlet {
                     return Ok(());
                 }
             }
+        }
+        if self.budget.is_spent() {
+            return Err(OutletError::Full);
         }
         let name = committed.event.socket_event().as_str();
         let socket = self.socket.get().ok_or(OutletError::Closed)?;
@@ -447,6 +453,8 @@ impl Outlet for SocketOutlet {
     /// call per batch, not per event. Otherwise one event as [`Self::try_send`].
     fn try_send_many(&self, events: &[Arc<Committed>]) -> Result<usize, OutletError> {
         let Some(first) = events.first() else { return Ok(0) };
+        // A spent budget means bytes wait for the connection: a batch would be
+        // built only to be refused.
         if events.len() == 1 || self.budget.is_spent() {
             return self.try_send(first).map(|()| 1);
         }
