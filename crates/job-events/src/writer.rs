@@ -231,6 +231,16 @@ impl JobEvents {
         self.write_db.set_metric_callback(move |info| callback(info));
     }
 
+    /// Closes SQLite's write connection, waiting for it (the last connection
+    /// closed checkpoints the write-ahead log: close this one before the
+    /// pool's). On PostgreSQL, where writes share the pool, nothing.
+    pub async fn close(&self) -> Result<(), DbErr> {
+        match &self.write_db {
+            DatabaseConnection::SqlxSqlitePoolConnection(_) => self.write_db.close_by_ref().await,
+            _ => Ok(()),
+        }
+    }
+
     /// Where write transactions run (see [`crate::db::writer_pool`]).
     pub(crate) fn write_db(&self) -> &DatabaseConnection {
         &self.write_db

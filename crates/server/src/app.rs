@@ -332,6 +332,7 @@ impl Application {
             io.close().await;
         };
         let db = self.state.store.connection().clone();
+        let writer = self.state.writer.clone();
         // Every connection carries a handle that can close it (`crate::conn`);
         // `crate::serve` limits connections and the time to send a request head.
         let listener = crate::conn::Listener::new(self.listener).with_write_stall_timeout(self.stall_timeout);
@@ -351,7 +352,11 @@ impl Application {
                 Ok(())
             }
         };
-        // Lets SQLite checkpoint its write-ahead log; PostgreSQL connections end cleanly.
+        // Lets SQLite checkpoint its write-ahead log (the writer's connection
+        // first, the pool's last); PostgreSQL connections end cleanly.
+        if let Err(err) = writer.close().await {
+            tracing::warn!(%err, "closing the database's write connection");
+        }
         if let Err(err) = db.close().await {
             tracing::warn!(%err, "closing the database");
         }

@@ -105,6 +105,7 @@ async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String>
             } else {
                 "; run it again to go on"
             };
+            let _ = writer.close().await;
             let _ = db.close().await;
             return Err(format!(
                 "prune stopped: {err}{cause}; deleted before that: {jobs} finished jobs and {events} events{hint}"
@@ -113,6 +114,7 @@ async fn prune(args: &jobstream_server::config::PruneArgs) -> Result<(), String>
     };
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     println!("{verb} {} finished jobs and {} events", report.jobs, report.events);
+    let _ = writer.close().await;
     let _ = db.close().await;
     Ok(())
 }

@@ -577,8 +577,13 @@ where
         if out.dirty {
             #[cfg(feature = "tracing")]
             tracing::trace!("ws flush");
-            if Pin::new(&mut out.sink).poll_flush(cx).is_ready() {
-                out.dirty = false;
+            match Pin::new(&mut out.sink).poll_flush(cx) {
+                Poll::Ready(Ok(())) => out.dirty = false,
+                // The connection failed with bytes still held: nothing more
+                // can be written, so direct writes are refused from now on
+                // (instead of piling up behind bytes that never leave).
+                Poll::Ready(Err(_)) => out.closed = true,
+                Poll::Pending => {}
             }
         }
         Poll::Pending
