@@ -57,17 +57,7 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 .disable_statement_logging();
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                // A connection is a file opened by this process, run by a
-                // thread of sqlx's: there is no server to lose, and the
-                // check would cost a round trip to that thread per request.
-                // Broken connections are found by the release check below.
-                .test_before_acquire(false)
-                .after_release(|conn, meta| released_clean(conn, meta))
-                .connect_with(options)
-                .await
-                .map_err(connect)?;
+            let pool = sqlite_pool(8).connect_with(options).await.map_err(connect)?;
             Ok(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
         }
         Some(_) => {
@@ -102,12 +92,20 @@ pub(crate) fn writer_pool(db: &DatabaseConnection) -> DatabaseConnection {
         return db.clone();
     }
     let options = (*db.get_sqlite_connection_pool().connect_options()).clone();
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
+    let pool = sqlite_pool(1).connect_lazy_with(options);
+    sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
+}
+
+/// A SQLite pool of at most `max` connections, each checked on release.
+fn sqlite_pool(max: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        // A connection is a file opened by this process, run by a thread of
+        // sqlx's: there is no server to lose, and the check would cost a
+        // round trip to that thread per request. Broken connections are
+        // found by the release check below.
         .test_before_acquire(false)
         .after_release(|conn, meta| released_clean(conn, meta))
-        .connect_lazy_with(options);
-    sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
 }
 
 /// The pool's release check: whether a connection may be reused. A rollback
