@@ -441,7 +441,89 @@ async fn a_stored_event_id_repeated_twice_in_one_batch_is_refused(db: &TestDb) {
     assert_eq!(stored_seqs(&writer, job).await, vec![1, 2, 3, 4]);
 }
 
+/// Makes the database fail the next `job.progress` insert: `at_commit`, by a
+/// deferred foreign key the insert breaks (SQLite and PostgreSQL check it at
+/// `COMMIT`, which then fails with the transaction still open); otherwise by
+/// a trigger that aborts the insert itself, part-way through the write's changes.
+async fn arm_progress_fault(db: &TestDb, at_commit: bool) {
+    use sea_orm::{ConnectionTrait, DbBackend};
+    let sqlite = db.db.get_database_backend() == DbBackend::Sqlite;
+    let statements: Vec<&str> = match (sqlite, at_commit) {
+        (true, true) => vec![
+            "CREATE TABLE fault_parent (id INTEGER PRIMARY KEY)",
+            "CREATE TABLE fault_child (parent INTEGER REFERENCES fault_parent (id) DEFERRABLE INITIALLY DEFERRED)",
+            "CREATE TRIGGER fault AFTER INSERT ON job_events WHEN NEW.event_type = 'job.progress' \
+             BEGIN INSERT INTO fault_child (parent) VALUES (42); END",
+        ],
+        (true, false) => vec![
+            "CREATE TRIGGER fault BEFORE INSERT ON job_events WHEN NEW.event_type = 'job.progress' \
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+        ],
+        (false, true) => vec![
+            "CREATE TABLE fault_parent (id BIGINT PRIMARY KEY)",
+            "CREATE TABLE fault_child (parent BIGINT REFERENCES fault_parent (id) DEFERRABLE INITIALLY DEFERRED)",
+            "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO fault_child (parent) VALUES (42); RETURN NEW; END $$",
+            "CREATE TRIGGER fault AFTER INSERT ON job_events FOR EACH ROW \
+             WHEN (NEW.event_type = 'job.progress') EXECUTE FUNCTION fault()",
+        ],
+        (false, false) => vec![
+            "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+            "CREATE TRIGGER fault BEFORE INSERT ON job_events FOR EACH ROW \
+             WHEN (NEW.event_type = 'job.progress') EXECUTE FUNCTION fault()",
+        ],
+    };
+    for sql in statements {
+        db.db.execute_unprepared(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+async fn disarm_progress_fault(db: &TestDb) {
+    use sea_orm::{ConnectionTrait, DbBackend};
+    let statements: &[&str] = match db.db.get_database_backend() {
+        DbBackend::Sqlite => {
+            &["DROP TRIGGER fault", "DROP TABLE IF EXISTS fault_child", "DROP TABLE IF EXISTS fault_parent"]
+        }
+        _ => &[
+            "DROP TRIGGER fault ON job_events",
+            "DROP FUNCTION fault",
+            "DROP TABLE IF EXISTS fault_child",
+            "DROP TABLE IF EXISTS fault_parent",
+        ],
+    };
+    for sql in statements {
+        db.db.execute_unprepared(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+async fn a_write_the_database_fails_part_way_or_at_commit_leaves_nothing_and_the_next_goes_on(db: &TestDb) {
+    let (writer, recorder) = writer(db);
+    let job = running_job(&writer).await;
+    let mut seqs = vec![1, 2, 3];
+    for at_commit in [false, true] {
+        arm_progress_fault(db, at_commit).await;
+        let refused = writer.emit_job_progress(job, 40, None).await;
+        assert!(refused.is_err(), "at_commit {at_commit}: {refused:?}");
+        // Nothing of it is stored or published.
+        assert_eq!(stored_seqs(&writer, job).await, seqs, "at_commit {at_commit}");
+        let published: Vec<i64> =
+            recorder.0.lock().unwrap().iter().filter(|e| e.event.job_id == job).map(|e| e.event.seq).collect();
+        assert_eq!(published, seqs, "at_commit {at_commit}");
+        disarm_progress_fault(db).await;
+        // The writer goes on: no transaction was left open on its connection.
+        let event = writer.emit_job_progress(job, 50, None).await.unwrap();
+        seqs.push(event.event.seq);
+        assert_eq!(stored_seqs(&writer, job).await, seqs, "at_commit {at_commit}");
+        assert_eq!(writer.create_job(new_job("ws-1")).await.unwrap().0.last_seq, 1);
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let snapshot = writer.store().job(job).await.unwrap().unwrap();
+    assert_eq!((snapshot.progress, snapshot.last_seq), (50, 5));
+}
+
 on_both_engines!(
+    a_write_the_database_fails_part_way_or_at_commit_leaves_nothing_and_the_next_goes_on,
     one_client_step_id_started_at_once_in_many_jobs_is_taken_once_and_refused_409_elsewhere,
     a_stored_event_id_repeated_twice_in_one_batch_is_refused,
     a_step_is_found_only_in_its_own_job_and_a_taken_step_id_is_refused,
