@@ -111,6 +111,56 @@ describe('the HTTP API', { skip: skipReason(), timeout: 180_000 }, () => {
       400, 'bad_request');
   });
 
+  it('refuses valid JSON with a number no double holds (1e400) with 422 naming the field, and writes nothing', async () => {
+    const job = await newJob();
+    for (const raw of ['{"progress": 1e400}', '{"progress": 50, "message": "x", "extra": -1E+999}']) {
+      await refusedWithoutChange(job.id,
+        () => producer.request('POST', `/api/v1/jobs/${job.id}/progress`, { rawBody: raw }),
+        422, 'invalid_payload');
+    }
+    const response = await producer.request('POST', `/api/v1/jobs/${job.id}/progress`, { rawBody: '{"progress": 1e400}' });
+    assert.match(response.body.error.message, /^progress: /);
+  });
+
+  it('refuses a body that repeats a key in one object with 422 naming the object, and writes nothing', async () => {
+    const job = await newJob();
+    await ok(producer.setStatus(job.id, { status: 'queued' }));
+    await ok(producer.setStatus(job.id, { status: 'running' }));
+    for (const [route, raw, where] of [
+      ['progress', '{"progress": 10, "progress": 90}', /^body: /],
+      ['events', '{"type": "gate.started", "payload": {"a": 1, "a": 2}}', /^payload: /],
+      ['events', '{"type": "gate.started", "payload": {"a": 1, "\\u0061": 2}}', /^payload: /],
+    ]) {
+      await refusedWithoutChange(job.id,
+        () => producer.request('POST', `/api/v1/jobs/${job.id}/${route}`, { rawBody: raw }),
+        422, 'invalid_payload');
+      const response = await producer.request('POST', `/api/v1/jobs/${job.id}/${route}`, { rawBody: raw });
+      assert.match(response.body.error.message, where, raw);
+    }
+    // The same key in two objects is no repeat.
+    await ok(producer.request('POST', `/api/v1/jobs/${job.id}/events`,
+      { rawBody: '{"type": "gate.started", "payload": {"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}}' }), 201);
+  });
+
+  it('answers a route asked with a method it does not take with 405, the error body and Allow', async () => {
+    const job = await newJob();
+    const response = await producer.request('DELETE', `/api/v1/jobs/${job.id}`);
+    assertHttpError(response, 405, 'method_not_allowed');
+    assert.match(response.headers.get('allow') ?? '', /GET/);
+    await ok(producer.getJob(job.id));
+  });
+
+  it('names Last-Event-ID, not since, when the SSE resume header is not a seq', async () => {
+    const job = await newJob();
+    const response = await producer.request('GET', `/api/v1/jobs/${job.id}/events/stream`,
+      { headers: { 'last-event-id': 'banana' } });
+    assertHttpError(response, 422, 'invalid_payload');
+    assert.match(response.body.error.message, /^Last-Event-ID: /);
+    const bySince = await producer.request('GET', `/api/v1/jobs/${job.id}/events/stream?since=banana`);
+    assertHttpError(bySince, 422, 'invalid_payload');
+    assert.match(bySince.body.error.message, /^since: /);
+  });
+
   it('refuses a body that is not sent as JSON with 400', async () => {
     const job = await newJob();
     await refusedWithoutChange(job.id,

@@ -16,6 +16,9 @@ pub enum ErrorCode {
     Forbidden,
     /// No such job or step (or one the token cannot read).
     NotFound,
+    /// The route exists but not with this method (the `Allow` header lists
+    /// the methods it takes; RFC 9110 §15.5.6).
+    MethodNotAllowed,
     /// A status transition the rules refuse, or a write to a finished job.
     InvalidTransition,
     /// The write conflicts with the current state (a step that is not running, an id taken).
@@ -45,6 +48,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::InvalidTransition | Self::Conflict => 409,
             Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
@@ -62,6 +66,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidTransition => "invalid_transition",
             Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
@@ -104,6 +109,7 @@ mod tests {
             ("unauthorized", 401),
             ("forbidden", 403),
             ("not_found", 404),
+            ("method_not_allowed", 405),
             ("invalid_transition", 409),
             ("conflict", 409),
             ("payload_too_large", 413),

@@ -12,6 +12,9 @@
 //! - nesting deeper than [`MAX_DEPTH`]: stored events wrap producer JSON in a
 //!   few more levels, and JSON readers stop at 128, so a deeper value could be
 //!   written but never read back;
+//! - a key given twice in one object: RFC 8259 §4 leaves what that means to
+//!   the reader (most keep the last, some the first, some refuse), so what
+//!   was sent has no one value to read back;
 //! - U+0000 (`\u0000`) anywhere but in a `step:output` `chunk`: PostgreSQL text
 //!   and JSON values cannot hold it, so one rule for both backends refuses it
 //!   in names, ids, messages and producer JSON, while output chunks (build logs
@@ -31,8 +34,16 @@ enum Segment {
 
 #[derive(Debug)]
 enum Frame {
-    Object { key: Option<String>, expect_key: bool },
-    Array { index: usize },
+    /// An object: the key being read, whether a key comes next, and the keys
+    /// it has had so far.
+    Object {
+        key: Option<String>,
+        expect_key: bool,
+        seen: std::collections::HashSet<String>,
+    },
+    Array {
+        index: usize,
+    },
 }
 
 /// Checks a request body (valid JSON text) against the rules of this module.
@@ -49,7 +60,7 @@ pub fn check_body(text: &[u8]) -> Result<(), ValidationError> {
                     ));
                 }
                 stack.push(if text[i] == b'{' {
-                    Frame::Object { key: None, expect_key: true }
+                    Frame::Object { key: None, expect_key: true, seen: std::collections::HashSet::new() }
                 } else {
                     Frame::Array { index: 0 }
                 });
@@ -62,7 +73,7 @@ pub fn check_body(text: &[u8]) -> Result<(), ValidationError> {
             b',' => {
                 match stack.last_mut() {
                     Some(Frame::Array { index }) => *index += 1,
-                    Some(Frame::Object { expect_key, key }) => {
+                    Some(Frame::Object { expect_key, key, .. }) => {
                         *expect_key = true;
                         *key = None;
                     }
@@ -85,6 +96,16 @@ pub fn check_body(text: &[u8]) -> Result<(), ValidationError> {
                     let key: String = serde_json::from_slice(raw).unwrap_or_default();
                     if has_nul {
                         return Err(ValidationError::new(field(&stack), "keys must not contain U+0000 (NUL)"));
+                    }
+                    let repeated = match stack.last_mut() {
+                        Some(Frame::Object { seen, .. }) => !seen.insert(key.clone()),
+                        _ => false,
+                    };
+                    if repeated {
+                        return Err(ValidationError::new(
+                            field(&stack),
+                            format!("has the key {key:?} more than once; send each key once"),
+                        ));
                     }
                     if let Some(Frame::Object { key: slot, .. }) = stack.last_mut() {
                         *slot = Some(key);
@@ -162,7 +183,7 @@ fn segments(stack: &[Frame]) -> Vec<Segment> {
     stack
         .iter()
         .filter_map(|frame| match frame {
-            Frame::Object { key: Some(key), expect_key: false } => Some(Segment::Key(key.clone())),
+            Frame::Object { key: Some(key), expect_key: false, .. } => Some(Segment::Key(key.clone())),
             Frame::Object { .. } => None,
             Frame::Array { index } => Some(Segment::Index(*index)),
         })
@@ -298,5 +319,21 @@ mod tests {
         assert_eq!(field_of(r#"{"payload":{"a.b":{"":"\u0000"}}}"#), Some(r#"payload["a.b"][""]"#.into()));
         // An escaped backslash followed by u0000 is text, not NUL.
         assert_eq!(field_of(r#"{"name":"a\\u0000"}"#), None);
+    }
+
+    #[test]
+    fn a_key_repeated_in_one_object_is_refused_however_it_is_spelled() {
+        assert_eq!(field_of(r#"{"progress":10,"progress":90}"#), Some("body".into()));
+        assert_eq!(field_of(r#"{"payload":{"a":1,"b":{},"a":2}}"#), Some("payload".into()));
+        assert_eq!(field_of(r#"{"metadata":{"a":1,"\u0061":2}}"#), Some("metadata".into()));
+        assert_eq!(field_of(r#"{"events":[{"p":{"k":1}},{"p":{"k":1,"k":1}}]}"#), Some("events[1].p".into()));
+        // The same key in sibling or nested objects is not a repeat.
+        assert_eq!(field_of(r#"{"events":[{"a":1},{"a":2}],"a":{"a":{"a":3}}}"#), None);
+    }
+
+    #[test]
+    fn a_number_beyond_a_double_is_refused_with_its_path() {
+        assert_eq!(field_of(r#"{"result":{"n":1e400}}"#), Some("result.n".into()));
+        assert_eq!(field_of(r#"{"progress":-1e400}"#), Some("progress".into()));
     }
 }

@@ -163,9 +163,13 @@ async fn credentials_only_with_origin(mut response: axum::response::Response) ->
 /// dashboard, and the JSON 404 for the rest. Socket.IO is a layer around it.
 pub fn routes(metrics: crate::metrics::Metrics) -> Router<AppState> {
     crate::http::router()
+        // Before the metrics layer, so that a 405 on an API route is counted
+        // under its route; the second call covers the routes added after it.
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track_http))
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .merge(crate::dashboard::router())
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .fallback(crate::http::not_found)
         .layer(axum::middleware::from_fn(crate::http::extract::reject_invalid_url))
 }

@@ -4,4 +4,4 @@
 /**
  * Stable, machine-readable error codes, shared by HTTP answers and Socket.IO acks.
  */
-export type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "not_found" | "invalid_transition" | "conflict" | "payload_too_large" | "invalid_payload" | "invalid_cursor" | "rate_limited" | "request_timeout" | "unavailable" | "internal";
+export type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "not_found" | "method_not_allowed" | "invalid_transition" | "conflict" | "payload_too_large" | "invalid_payload" | "invalid_cursor" | "rate_limited" | "request_timeout" | "unavailable" | "internal";

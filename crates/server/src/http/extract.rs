@@ -199,10 +199,15 @@ impl FromRequest<AppState> for JsonBody {
         })?;
         let parsed = serde_json::from_slice(&bytes);
         // What could be written but not read back as sent is refused, naming
-        // the field (numbers, nesting, NUL: see `jobstream_protocol::json`).
-        // A body too deep for the parser gets the same 422 as one too deep to store.
-        let deep = matches!(&parsed, Err(err) if err.to_string().starts_with("recursion limit exceeded"));
-        if parsed.is_ok() || deep {
+        // the field (numbers, nesting, NUL, repeated keys: see
+        // `jobstream_protocol::json`). Valid JSON the parser cannot hold — too
+        // deep, or a number beyond a double (`1e400`) — gets the same 422 as
+        // one that cannot be stored, not the 400 of text that is not JSON.
+        let unholdable = matches!(&parsed, Err(err) if {
+            let text = err.to_string();
+            text.starts_with("recursion limit exceeded") || text.starts_with("number out of range")
+        });
+        if parsed.is_ok() || unholdable {
             jobstream_protocol::json::check_body(&bytes)?;
         }
         parsed

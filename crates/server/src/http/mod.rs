@@ -61,6 +61,12 @@ pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; the API lives under /api/v1")
 }
 
+/// A route asked with a method it does not take: 405 `method_not_allowed`
+/// with the contract's error body (the router adds `Allow`).
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, format!("this endpoint does not take {method}; see the Allow header"))
+}
+
 /// `GET /healthz`: the process serves.
 #[utoipa::path(
     get,

@@ -184,10 +184,15 @@ async fn terminal_seq(store: &EventStore, job_id: Uuid) -> Result<Option<i64>, R
 fn resume_point(parts: &Parts, params: &HashMap<String, String>) -> Result<i64, ApiError> {
     let header =
         parts.headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
-    match header.map(str::to_owned).or_else(|| params.get("since").cloned()) {
+    // The refusal names where the value came from: the header wins when both are sent.
+    let (source, value) = match header {
+        Some(text) => ("Last-Event-ID", Some(text.to_owned())),
+        None => ("since", params.get("since").cloned()),
+    };
+    match value {
         None => Ok(0),
         Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidPayload, format!("since: must be an integer ≥ 0, got {text:?}"))
+            ApiError::new(ErrorCode::InvalidPayload, format!("{source}: must be an integer ≥ 0, got {text:?}"))
         }),
     }
 }
