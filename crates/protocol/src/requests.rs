@@ -72,7 +72,7 @@ pub trait Request: DeserializeOwned {
         let parsed: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let parent = if path == "." || path.is_empty() { None } else { Some(path) };
-            let message = e.into_inner().to_string();
+            let message = plain_words(&e.into_inner().to_string());
             // A missing field is named by its own path: `type: is required`.
             if let Some(name) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
                 let field = parent.map_or_else(|| name.to_owned(), |p| format!("{p}.{name}"));
@@ -83,6 +83,32 @@ pub trait Request: DeserializeOwned {
         parsed.validate()?;
         Ok(parsed)
     }
+}
+
+/// serde's message with its Rust type names in a client's words:
+/// `expected i64` → `expected an integer`, `expected u8` → `expected an
+/// integer from 0 to 255`, `floating point `1e+20`` → `number `1e+20``.
+fn plain_words(message: &str) -> String {
+    const EXPECTED: [(&str, &str); 11] = [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected an integer ≥ 0"),
+        ("expected i32", "expected an integer from -2147483648 to 2147483647"),
+        ("expected u32", "expected an integer from 0 to 4294967295"),
+        ("expected i16", "expected an integer from -32768 to 32767"),
+        ("expected u16", "expected an integer from 0 to 65535"),
+        ("expected i8", "expected an integer from -128 to 127"),
+        ("expected u8", "expected an integer from 0 to 255"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a formatted UUID string", "expected a UUID"),
+    ];
+    let mut plain = message.replace("floating point `", "number `");
+    // serde ends its message with what it expected.
+    if let Some((rust, words)) = EXPECTED.iter().find(|(rust, _)| plain.ends_with(rust)) {
+        plain.truncate(plain.len() - rust.len());
+        plain.push_str(words);
+    }
+    plain
 }
 
 fn check_progress(progress: i64) -> Result<(), ValidationError> {
@@ -501,12 +527,40 @@ mod tests {
         assert!(err.message.len() <= MAX_ERROR_TEXT, "{} bytes", err.message.len());
         assert!(err.message.starts_with("invalid type: string \"éé"), "{}", err.message);
         assert!(err.message.contains('…'), "{}", err.message);
-        assert!(err.message.ends_with("expected i64"), "{}", err.message);
+        assert!(err.message.ends_with("expected an integer"), "{}", err.message);
         let Err(short) = SubscribeJob::parse(json!({ "jobId": "00000000-0000-7000-8000-000000000001", "since": "x" }))
         else {
             panic!("a string since is refused")
         };
-        assert_eq!(short.message, "invalid type: string \"x\", expected i64");
+        assert_eq!(short.message, "invalid type: string \"x\", expected an integer");
+    }
+
+    #[test]
+    fn a_refusal_names_types_in_a_clients_words_not_rusts() {
+        assert_eq!(
+            plain_words("invalid type: string \"50\", expected i64"),
+            "invalid type: string \"50\", expected an integer"
+        );
+        assert_eq!(
+            plain_words("invalid type: floating point `1e20`, expected i32"),
+            "invalid type: number `1e20`, expected an integer from -2147483648 to 2147483647"
+        );
+        assert_eq!(
+            plain_words("invalid value: integer `300`, expected u8"),
+            "invalid value: integer `300`, expected an integer from 0 to 255"
+        );
+        assert_eq!(
+            plain_words("invalid type: integer `5`, expected a formatted UUID string"),
+            "invalid type: integer `5`, expected a UUID"
+        );
+        assert_eq!(
+            plain_words("unknown variant `x`, expected one of `a`, `b`"),
+            "unknown variant `x`, expected one of `a`, `b`"
+        );
+        let Err(err) = SubscribeJob::parse(json!({ "jobId": 5, "since": 0 })) else {
+            panic!("a number jobId is refused")
+        };
+        assert!(!err.message.contains("formatted UUID"), "{}", err.message);
     }
 
     #[test]
