@@ -159,6 +159,14 @@ describe('the HTTP API', { skip: skipReason(), timeout: 180_000 }, () => {
     const bySince = await producer.request('GET', `/api/v1/jobs/${job.id}/events/stream?since=banana`);
     assertHttpError(bySince, 422, 'invalid_payload');
     assert.match(bySince.body.error.message, /^since: /);
+    // Beyond the job's newest event: invalid_cursor, naming what was sent too.
+    const beyond = await producer.request('GET', `/api/v1/jobs/${job.id}/events/stream`,
+      { headers: { 'last-event-id': '999999' } });
+    assertHttpError(beyond, 422, 'invalid_cursor');
+    assert.match(beyond.body.error.message, /^Last-Event-ID 999999 /);
+    const beyondSince = await producer.request('GET', `/api/v1/jobs/${job.id}/events/stream?since=999999`);
+    assertHttpError(beyondSince, 422, 'invalid_cursor');
+    assert.match(beyondSince.body.error.message, /^since 999999 /);
   });
 
   it('refuses a body that is not sent as JSON with 400', async () => {

@@ -80,6 +80,11 @@ impl ErrorCode {
     }
 }
 
+/// The longest error message, in bytes: a field's path and its problem, each
+/// at most [`MAX_ERROR_TEXT`](crate::requests::MAX_ERROR_TEXT), and `: `
+/// between them.
+pub const MAX_ERROR_MESSAGE: usize = 2 * crate::requests::MAX_ERROR_TEXT + 2;
+
 /// `{ "code": "…", "message": "…" }`: what a client is told of an error.
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,9 +97,11 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
-    /// An error body.
+    /// An error body. A message longer than [`MAX_ERROR_MESSAGE`] bytes
+    /// keeps its start and end around `…`, so that no refusal grows with the
+    /// input that caused it (a header, a quoted value).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: crate::requests::bounded_to(message.into(), MAX_ERROR_MESSAGE) }
     }
 }
 
@@ -124,5 +131,13 @@ mod tests {
             let code: ErrorCode = serde_json::from_value(serde_json::json!(name)).unwrap_or(ErrorCode::Internal);
             assert_eq!((code.as_str(), code.http_status()), (name, status));
         }
+    }
+
+    #[test]
+    fn an_error_message_is_bounded_whatever_it_quotes() {
+        let body = ErrorBody::new(ErrorCode::MethodNotAllowed, "X".repeat(60_000));
+        assert!(body.message.len() <= MAX_ERROR_MESSAGE, "{} bytes", body.message.len());
+        assert!(body.message.contains('…'));
+        assert_eq!(ErrorBody::new(ErrorCode::NotFound, "short").message, "short");
     }
 }

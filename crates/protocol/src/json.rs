@@ -104,7 +104,10 @@ pub fn check_body(text: &[u8]) -> Result<(), ValidationError> {
                     if repeated {
                         return Err(ValidationError::new(
                             field(&stack),
-                            format!("has the key {key:?} more than once; send each key once"),
+                            format!(
+                                "has the key {} more than once; send each key once",
+                                serde_json::to_string(&key).unwrap_or_default()
+                            ),
                         ));
                     }
                     if let Some(Frame::Object { key: slot, .. }) = stack.last_mut() {

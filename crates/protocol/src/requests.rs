@@ -28,11 +28,17 @@ pub const MAX_ERROR_TEXT: usize = 240;
 
 /// `text`, or its first and last bytes (at character boundaries) around `…`
 /// when it is longer than [`MAX_ERROR_TEXT`].
-fn bounded(text: String) -> String {
-    if text.len() <= MAX_ERROR_TEXT {
+pub(crate) fn bounded(text: String) -> String {
+    bounded_to(text, MAX_ERROR_TEXT)
+}
+
+/// `text`, or its first and last bytes (at character boundaries) around `…`
+/// when it is longer than `max` bytes.
+pub(crate) fn bounded_to(text: String, max: usize) -> String {
+    if text.len() <= max {
         return text;
     }
-    let half = MAX_ERROR_TEXT / 2 - 2;
+    let half = max / 2 - 2;
     let mut head = half;
     while !text.is_char_boundary(head) {
         head -= 1;
@@ -86,12 +92,12 @@ pub trait Request: DeserializeOwned {
 }
 
 /// serde's message with its Rust type names in a client's words:
-/// `expected i64` → `expected an integer`, `expected u8` → `expected an
-/// integer from 0 to 255`, `floating point `1e+20`` → `number `1e+20``.
+/// `expected u8` → `expected an integer from 0 to 255`, `expected a formatted
+/// UUID string` → `expected a UUID`, `floating point `1e+20`` → `number `1e+20``.
 fn plain_words(message: &str) -> String {
     const EXPECTED: [(&str, &str); 11] = [
-        ("expected i64", "expected an integer"),
-        ("expected u64", "expected an integer ≥ 0"),
+        ("expected i64", "expected an integer from -9223372036854775808 to 9223372036854775807"),
+        ("expected u64", "expected an integer from 0 to 18446744073709551615"),
         ("expected i32", "expected an integer from -2147483648 to 2147483647"),
         ("expected u32", "expected an integer from 0 to 4294967295"),
         ("expected i16", "expected an integer from -32768 to 32767"),
@@ -102,7 +108,13 @@ fn plain_words(message: &str) -> String {
         ("expected f32", "expected a number"),
         ("expected a formatted UUID string", "expected a UUID"),
     ];
-    let mut plain = message.replace("floating point `", "number `");
+    // Only serde's own words: the value it quotes back is the client's text.
+    let mut plain = message.to_owned();
+    for kind in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = plain.strip_prefix(kind).and_then(|rest| rest.strip_prefix("floating point `")) {
+            plain = format!("{kind}number `{rest}");
+        }
+    }
     // serde ends its message with what it expected.
     if let Some((rust, words)) = EXPECTED.iter().find(|(rust, _)| plain.ends_with(rust)) {
         plain.truncate(plain.len() - rust.len());
@@ -527,36 +539,46 @@ mod tests {
         assert!(err.message.len() <= MAX_ERROR_TEXT, "{} bytes", err.message.len());
         assert!(err.message.starts_with("invalid type: string \"éé"), "{}", err.message);
         assert!(err.message.contains('…'), "{}", err.message);
-        assert!(err.message.ends_with("expected an integer"), "{}", err.message);
+        assert!(err.message.ends_with("expected an integer from -9223372036854775808 to 9223372036854775807"));
         let Err(short) = SubscribeJob::parse(json!({ "jobId": "00000000-0000-7000-8000-000000000001", "since": "x" }))
         else {
             panic!("a string since is refused")
         };
-        assert_eq!(short.message, "invalid type: string \"x\", expected an integer");
+        assert_eq!(
+            short.message,
+            "invalid type: string \"x\", expected an integer from -9223372036854775808 to 9223372036854775807"
+        );
     }
 
     #[test]
     fn a_refusal_names_types_in_a_clients_words_not_rusts() {
-        assert_eq!(
-            plain_words("invalid type: string \"50\", expected i64"),
-            "invalid type: string \"50\", expected an integer"
-        );
-        assert_eq!(
-            plain_words("invalid type: floating point `1e20`, expected i32"),
-            "invalid type: number `1e20`, expected an integer from -2147483648 to 2147483647"
-        );
-        assert_eq!(
-            plain_words("invalid value: integer `300`, expected u8"),
-            "invalid value: integer `300`, expected an integer from 0 to 255"
-        );
-        assert_eq!(
-            plain_words("invalid type: integer `5`, expected a formatted UUID string"),
-            "invalid type: integer `5`, expected a UUID"
-        );
-        assert_eq!(
-            plain_words("unknown variant `x`, expected one of `a`, `b`"),
-            "unknown variant `x`, expected one of `a`, `b`"
-        );
+        let cases = [
+            (
+                "invalid type: string \"50\", expected u64",
+                "invalid type: string \"50\", expected an integer from 0 to 18446744073709551615",
+            ),
+            (
+                "invalid type: floating point `1e20`, expected i32",
+                "invalid type: number `1e20`, expected an integer from -2147483648 to 2147483647",
+            ),
+            (
+                "invalid value: integer `300`, expected u8",
+                "invalid value: integer `300`, expected an integer from 0 to 255",
+            ),
+            (
+                "invalid type: integer `5`, expected a formatted UUID string",
+                "invalid type: integer `5`, expected a UUID",
+            ),
+            ("unknown variant `x`, expected one of `a`, `b`", "unknown variant `x`, expected one of `a`, `b`"),
+            // The client's own text, quoted back, is left as sent.
+            (
+                "invalid type: string \"floating point `9`, expected i8\", expected f64",
+                "invalid type: string \"floating point `9`, expected i8\", expected a number",
+            ),
+        ];
+        for (serde, plain) in cases {
+            assert_eq!(plain_words(serde), plain);
+        }
         let Err(err) = SubscribeJob::parse(json!({ "jobId": 5, "since": 0 })) else {
             panic!("a number jobId is refused")
         };

@@ -200,9 +200,10 @@ impl FromRequest<AppState> for JsonBody {
         let parsed = serde_json::from_slice(&bytes);
         // What could be written but not read back as sent is refused, naming
         // the field (numbers, nesting, NUL, repeated keys: see
-        // `jobstream_protocol::json`). Valid JSON the parser cannot hold — too
-        // deep, or a number beyond a double (`1e400`) — gets the same 422 as
-        // one that cannot be stored, not the 400 of text that is not JSON.
+        // `jobstream_protocol::json`). The parser stops at the first problem:
+        // when that is a value it cannot hold — nesting too deep, a number
+        // beyond a double (`1e400`) — the refusal names it with the same 422
+        // as a value that cannot be stored, not the 400 of text that is not JSON.
         let unholdable = matches!(&parsed, Err(err) if {
             let text = err.to_string();
             text.starts_with("recursion limit exceeded") || text.starts_with("number out of range")

@@ -63,8 +63,11 @@ pub async fn not_found() -> ApiError {
 
 /// A route asked with a method it does not take: 405 `method_not_allowed`
 /// with the contract's error body (the router adds `Allow`).
-pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, format!("this endpoint does not take {method}; see the Allow header"))
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not take this method; the Allow header lists those it does",
+    )
 }
 
 /// `GET /healthz`: the process serves.

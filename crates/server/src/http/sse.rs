@@ -181,7 +181,9 @@ async fn terminal_seq(store: &EventStore, job_id: Uuid) -> Result<Option<i64>, R
 }
 
 /// The resume point: `Last-Event-ID`, else `?since=`, else 0 (the whole history).
-fn resume_point(parts: &Parts, params: &HashMap<String, String>) -> Result<i64, ApiError> {
+/// Answers the seq and where it came from (`Last-Event-ID` or `since`), for
+/// the refusals to name what the client sent.
+fn resume_point(parts: &Parts, params: &HashMap<String, String>) -> Result<(i64, &'static str), ApiError> {
     let header =
         parts.headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     // The refusal names where the value came from: the header wins when both are sent.
@@ -190,8 +192,8 @@ fn resume_point(parts: &Parts, params: &HashMap<String, String>) -> Result<i64, 
         None => ("since", params.get("since").cloned()),
     };
     match value {
-        None => Ok(0),
-        Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        None => Ok((0, source)),
+        Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).map(|n| (n, source)).ok_or_else(|| {
             ApiError::new(ErrorCode::InvalidPayload, format!("{source}: must be an integer ≥ 0, got {text:?}"))
         }),
     }
@@ -231,7 +233,7 @@ pub async fn job_stream(
 ) -> Result<Response, ApiError> {
     auth.require_scope(Action::Read)?;
     let job_id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::job_not_found(&id))?;
-    let since = resume_point(&parts, &params)?;
+    let (since, source) = resume_point(&parts, &params)?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let outlet = SseOutlet { tx, queued: queued.clone(), job_stream: true };
@@ -257,7 +259,7 @@ pub async fn job_stream(
         Err(SubscribeError::InvalidCursor { since, last_seq }) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidCursor,
-                format!("since {since} is beyond the job's last seq {last_seq}"),
+                format!("{source} {since} is beyond the job's last seq {last_seq}"),
             ));
         }
         Err(SubscribeError::Read(err)) => return Err(err.into()),
