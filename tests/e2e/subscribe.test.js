@@ -64,6 +64,25 @@ describe('subscribing over Socket.IO', { skip: skipReason(), timeout: 120_000 },
     assertAckError(ack, 'invalid_cursor');
   });
 
+  it('acks an unknown event sent with an ack not_found, ignores one sent without, and the socket goes on', async () => {
+    const { secret, url } = ctx.server;
+    const other = await connect(url, mintToken(secret, { workspaces: [ownWorkspace], scope: 'subscribe' }));
+    try {
+      const misspelt = await emitAck(other, 'subscribe:jobs', { jobId: ownJob.id });
+      assertAckError(misspelt, 'not_found');
+      assert.match(misspelt.error.message, /^unknown event "subscribe:jobs": the requests are /);
+      other.emit('no:such:event', { jobId: ownJob.id });
+      const long = await emitAck(other, `x${'\u00e9'.repeat(10_000)}`, {});
+      assertAckError(long, 'not_found');
+      assert.ok(Buffer.byteLength(long.error.message) <= 482, `${Buffer.byteLength(long.error.message)} bytes`);
+      const subscribed = await emitAck(other, 'subscribe:job', { jobId: ownJob.id });
+      assert.equal(subscribed.ok, true, JSON.stringify(subscribed));
+      assert.equal(subscribed.job.id, ownJob.id);
+    } finally {
+      other.close();
+    }
+  });
+
   it('accepts the job and workspace the token can read', async () => {
     const jobAck = await emitAck(socket, 'subscribe:job', { jobId: ownJob.id });
     const workspaceAck = await emitAck(socket, 'subscribe:workspace:jobs', { workspaceId: ownWorkspace });

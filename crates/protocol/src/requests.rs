@@ -115,6 +115,10 @@ fn plain_words(message: &str) -> String {
             plain = format!("{kind}number `{rest}");
         }
     }
+    // The uuid crate's refusal of a string names itself, not what was expected.
+    if let Some(rest) = plain.strip_prefix("UUID parsing failed: ") {
+        plain = format!("expected a UUID ({rest})");
+    }
     // serde ends its message with what it expected.
     if let Some((rust, words)) = EXPECTED.iter().find(|(rust, _)| plain.ends_with(rust)) {
         plain.truncate(plain.len() - rust.len());
@@ -570,6 +574,7 @@ mod tests {
                 "invalid type: integer `5`, expected a UUID",
             ),
             ("unknown variant `x`, expected one of `a`, `b`", "unknown variant `x`, expected one of `a`, `b`"),
+            ("UUID parsing failed: invalid length: found 1", "expected a UUID (invalid length: found 1)"),
             // The client's own text, quoted back, is left as sent.
             (
                 "invalid type: string \"floating point `9`, expected i8\", expected f64",
@@ -583,6 +588,8 @@ mod tests {
             panic!("a number jobId is refused")
         };
         assert!(!err.message.contains("formatted UUID"), "{}", err.message);
+        let Err(err) = SubscribeJob::parse(json!({ "jobId": "a" })) else { panic!("jobId \"a\" is refused") };
+        assert!(err.message.starts_with("expected a UUID ("), "{}", err.message);
     }
 
     #[test]

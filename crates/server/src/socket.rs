@@ -328,8 +328,10 @@ async fn authenticate(
 }
 
 /// Every event of a socket: the four requests of CONTRACT §3 go to their
-/// handlers; any other event is ignored (no ack). One handler for all, not
-/// one registered per event name: each socket would hold a map of them.
+/// handlers; any other event asked with an ack is acked `not_found` naming
+/// the requests there are (as HTTP answers an unknown route), and without an
+/// ack it is ignored. One handler for all, not one registered per event
+/// name: each socket would hold a map of them.
 async fn on_request(
     socket: SocketRef,
     Event(event): Event,
@@ -343,8 +345,20 @@ async fn on_request(
         "unsubscribe:workspace:jobs" => unsubscribe_workspace(socket, data, ack, turn).await,
         "subscribe:job" => subscribe_job(socket, data, ack, app, turn).await,
         "unsubscribe:job" => unsubscribe_job(socket, data, ack, turn).await,
+        _ if ack.ack_id.is_some() => ack.refuse(ErrorCode::NotFound, unknown_event(&event)),
         _ => {}
     }
+}
+
+/// The refusal of an event that is not one of the four requests. The name is
+/// quoted as JSON (it is the client's text); the message is bounded with the
+/// others ([`ErrorBody::new`](jobstream_protocol::ErrorBody::new)).
+fn unknown_event(event: &str) -> String {
+    let quoted = serde_json::to_string(event).unwrap_or_default();
+    format!(
+        "unknown event {quoted}: the requests are subscribe:workspace:jobs, unsubscribe:workspace:jobs, \
+         subscribe:job and unsubscribe:job"
+    )
 }
 
 async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
