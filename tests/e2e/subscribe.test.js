@@ -5,6 +5,7 @@
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
 const { describe, it, before, after } = require('node:test');
+const WebSocket = require('ws');
 const {
   api, assertAckError, collect, connect, emitAck, mintToken, skipReason, sleep, useServer,
 } = require('./harness');
@@ -75,11 +76,49 @@ describe('subscribing over Socket.IO', { skip: skipReason(), timeout: 120_000 },
       const long = await emitAck(other, `x${'\u00e9'.repeat(10_000)}`, {});
       assertAckError(long, 'not_found');
       assert.ok(Buffer.byteLength(long.error.message) <= 482, `${Buffer.byteLength(long.error.message)} bytes`);
+      // Names JSON must escape: refused by name, the connection kept.
+      for (const name of ['a"b', 'a\\b', 'line\nbreak', '\u0001']) {
+        const refused = await emitAck(other, name, {});
+        assertAckError(refused, 'not_found');
+        assert.ok(refused.error.message.startsWith(`unknown event ${JSON.stringify(name)}:`), refused.error.message);
+      }
+      other.emit('no"such\\event', {});
       const subscribed = await emitAck(other, 'subscribe:job', { jobId: ownJob.id });
       assert.equal(subscribed.ok, true, JSON.stringify(subscribed));
       assert.equal(subscribed.job.id, ownJob.id);
+      assert.equal(other.connected, true);
     } finally {
       other.close();
+    }
+  });
+
+  it('reads a request name written with JSON escapes as the name it spells', async () => {
+    const { secret, url } = ctx.server;
+    const token = mintToken(secret, { workspaces: [ownWorkspace], scope: 'subscribe' });
+    const ws = new WebSocket(`${url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`);
+    const messages = [];
+    let arrived = () => {};
+    ws.on('message', (data) => { messages.push(String(data)); arrived(); });
+    const next = async (prefix) => {
+      for (;;) {
+        const found = messages.findIndex((m) => m.startsWith(prefix));
+        if (found >= 0) return messages.splice(found, 1)[0];
+        await new Promise((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`no ${prefix} packet in 5 s: ${messages}`)), 5000);
+          arrived = () => { clearTimeout(timer); resolve(); };
+        });
+      }
+    };
+    try {
+      await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+      ws.send(`40${JSON.stringify({ token })}`);
+      await next('40');
+      ws.send(`421["subscribe:jo\\u0062",${JSON.stringify({ jobId: ownJob.id })}]`);
+      const ack = JSON.parse((await next('431')).slice(3))[0];
+      assert.equal(ack.ok, true, JSON.stringify(ack));
+      assert.equal(ack.room, `job:${ownJob.id}`);
+    } finally {
+      ws.close();
     }
   });
 

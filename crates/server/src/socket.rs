@@ -340,14 +340,28 @@ async fn on_request(
     app: State<AppState>,
     turn: crate::order::Turn,
 ) {
-    match event.as_str() {
+    let name = event_name(&event);
+    match name.as_ref() {
         "subscribe:workspace:jobs" => subscribe_workspace(socket, data, ack, app, turn).await,
         "unsubscribe:workspace:jobs" => unsubscribe_workspace(socket, data, ack, turn).await,
         "subscribe:job" => subscribe_job(socket, data, ack, app, turn).await,
         "unsubscribe:job" => unsubscribe_job(socket, data, ack, turn).await,
-        _ if ack.ack_id.is_some() => ack.refuse(ErrorCode::NotFound, unknown_event(&event)),
+        _ if ack.ack_id.is_some() => ack.refuse(ErrorCode::NotFound, unknown_event(&name)),
         _ => {}
     }
+}
+
+/// The event's name. One written with JSON escapes (`"a\"b"`, `"\u0061"`)
+/// reaches the handler as written, escapes kept (the parser cannot lend it
+/// unescaped: patches/socketioxide-parser-common); it is read here, so that
+/// a name means what it says however the client's JSON wrote it.
+fn event_name(event: &str) -> std::borrow::Cow<'_, str> {
+    if event.contains('\\') {
+        if let Ok(name) = serde_json::from_str::<String>(&format!("\"{event}\"")) {
+            return std::borrow::Cow::Owned(name);
+        }
+    }
+    std::borrow::Cow::Borrowed(event)
 }
 
 /// The refusal of an event that is not one of the four requests. The name is
@@ -762,5 +776,14 @@ mod tests {
         assert_eq!(refusal.as_ref().map(|a| a["error"]["code"].clone()), Some(Value::from("unauthorized")));
         assert!(expired(Expiry::from_secs(now - 1)).is_some());
         assert!(expired(Expiry::from_secs(now + 60)).is_none());
+    }
+
+    #[test]
+    fn an_event_name_means_what_it_says_however_its_json_escaped_it() {
+        assert_eq!(event_name("subscribe:job"), "subscribe:job");
+        assert_eq!(event_name(r"subscribe:jo\u0062"), "subscribe:job");
+        assert_eq!(event_name(r#"a\"b"#), r#"a"b"#);
+        assert_eq!(event_name(r"a\\b\n"), "a\\b\n");
+        assert!(unknown_event(&event_name(r#"a\"b"#)).starts_with(r#"unknown event "a\"b": the requests are "#));
     }
 }

@@ -680,6 +680,25 @@ mod test {
     }
 
     #[test]
+    fn read_event_written_with_escapes() {
+        for (packet, event) in [
+            (r#"["a\"b",{}]"#, r#"a\"b"#),
+            (r#"[ "a\\b" ]"#, r#"a\\b"#),
+            (r#"["line\nbreak"]"#, r#"line\nbreak"#),
+            (r#"["subscribe:jo\u0062",{"x":"\""}]"#, r#"subscribe:jo\u0062"#),
+            (r#"["\\"]"#, r#"\\"#),
+        ] {
+            let data = Value::Str(packet.into(), None);
+            assert_eq!(CommonParser.read_event(&data).ok(), Some(event), "{packet}");
+        }
+        // Not a valid JSON string, or not a string: refused as before.
+        for packet in [r#"["a\qb"]"#, "[\"a\u{1}\\n\"]", r#"["a\"#, r#"[5,"a\"b"]"#, r#"{"a\"b":1}"#] {
+            let data = Value::Str(packet.into(), None);
+            assert!(CommonParser.read_event(&data).is_err(), "{packet}");
+        }
+    }
+
+    #[test]
     fn unexpected_bin_packet() {
         let err = CommonParser.decode_bin(
             &ParseConfig::default(),

@@ -35,7 +35,35 @@ pub fn from_str_seed<'de, T: de::DeserializeSeed<'de>>(
 
 pub fn read_event(data: &str) -> serde_json::Result<&str> {
     let mut de = serde_json::Deserializer::from_str(data);
-    FirstElement::<&str>::default().deserialize(&mut de)
+    match FirstElement::<&str>::default().deserialize(&mut de) {
+        Ok(event) => Ok(event),
+        // A name written with an escape (`\"`, `\\`, `\n`, `\u0041`) cannot be
+        // borrowed unescaped: it is returned as written, escapes kept.
+        Err(err) => escaped_event(data).ok_or(err),
+    }
+}
+
+/// The first element of the packet's array when it is a valid JSON string:
+/// its text between the quotes, as written (escapes kept). Socket.IO allows
+/// any string as an event name; a name holding a character JSON must escape
+/// is not refused (and its connection closed) for it.
+fn escaped_event(data: &str) -> Option<&str> {
+    const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+    let rest = data.trim_start_matches(WHITESPACE).strip_prefix('[')?;
+    let quoted = rest.trim_start_matches(WHITESPACE);
+    let text = quoted.strip_prefix('"')?;
+    let bytes = text.as_bytes();
+    let mut end = 0;
+    loop {
+        match bytes.get(end)? {
+            b'"' => break,
+            b'\\' => end += 2,
+            _ => end += 1,
+        }
+    }
+    // The string as a whole is checked: escapes, control characters.
+    serde_json::from_str::<serde::de::IgnoredAny>(quoted.get(..end + 2)?).ok()?;
+    text.get(..end)
 }
 
 struct Deserializer<'a, D> {
