@@ -69,6 +69,13 @@ describe('connecting to the Socket.IO endpoint', { skip: skipReason(), timeout: 
     await assertUsable(socket);
   });
 
+  it('accepts a token written after Bearer in auth.token and in the query parameter', async () => {
+    const viaAuth = await connect(ctx.server.url, `Bearer ${token()}`);
+    await assertUsable(viaAuth);
+    const viaQuery = await connect(ctx.server.url, null, { query: { token: `bearer ${token()}` } });
+    await assertUsable(viaQuery);
+  });
+
   it('accepts a token given in the token query parameter', async () => {
     const socket = await connect(ctx.server.url, null, { query: { token: token() } });
     await assertUsable(socket);

@@ -678,6 +678,17 @@ fn first_verified<'a>(
     Err(TokenError::Signature)
 }
 
+/// A token as written where only a token goes (Socket.IO's `auth.token`,
+/// `?token=`): trimmed, without a leading `Bearer ` (any case), which people
+/// copy from the `Authorization` header.
+pub fn without_bearer(token: &str) -> &str {
+    let token = token.trim();
+    match token.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => token,
+    }
+}
+
 /// Verifies a token (header, key, signature, claims) and returns its claims.
 pub fn verify(keys: &Keys, token: &str) -> Result<Claims, TokenError> {
     verify_token(keys, token).map(|verified| verified.claims)
@@ -725,6 +736,16 @@ pub fn verify_token(keys: &Keys, token: &str) -> Result<Verified, TokenError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_bearer_scheme_written_before_a_token_is_left_out() {
+        assert_eq!(without_bearer("a.b.c"), "a.b.c");
+        assert_eq!(without_bearer(" a.b.c "), "a.b.c");
+        assert_eq!(without_bearer("Bearer a.b.c"), "a.b.c");
+        assert_eq!(without_bearer("bearer   a.b.c"), "a.b.c");
+        assert_eq!(without_bearer("Basic a.b.c"), "Basic a.b.c");
+        assert_eq!(without_bearer("Bearer"), "Bearer");
+    }
 
     const RSA_PRIVATE: &str = include_str!("../tests/keys/test-only-rsa-private.pem");
     const RSA_PUBLIC: &str = include_str!("../tests/keys/test-only-rsa-public.pem");

@@ -270,14 +270,16 @@ async fn forget_subscription(room: Room, subscriber: Option<Arc<Subscriber>>, ac
     }
 }
 
-/// The token of a connecting socket: `auth.token`, else `?token=`, else `Authorization: Bearer`.
+/// The token of a connecting socket: `auth.token`, else `?token=`, else
+/// `Authorization: Bearer`. A `Bearer ` written before the token in
+/// `auth.token` or `?token=` (as the header has it) is left out.
 fn connect_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
     if let Some(token) = auth.and_then(|a| a.get("token")).and_then(Value::as_str) {
-        return Some(token.to_owned());
+        return Some(auth::without_bearer(token).to_owned());
     }
     let parts = socket.req_parts();
     if let Some(token) = crate::http::extract::query_param(parts.uri.query(), "token") {
-        return Some(token);
+        return Some(auth::without_bearer(&token).to_owned());
     }
     parts
         .headers

@@ -50,7 +50,7 @@ pub fn request_token(parts: &Parts) -> Option<String> {
         };
     }
     if takes_query_token(parts) {
-        query_param(parts.uri.query(), "token")
+        query_param(parts.uri.query(), "token").map(|token| auth::without_bearer(&token).to_owned())
     } else {
         None
     }
