@@ -135,6 +135,14 @@ describe('the step log routes', { skip: skipReason(), timeout: 180_000 }, () => 
       if (page.end) break;
     }
     assert.deepEqual(read, rawText.split('\n'));
+
+    // Past the end, and at the end of the range: the same total, no lines.
+    for (const from of ['1201', '1202', '5000', '9223372036854775807']) {
+      const past = await ok(producer.request('GET', logPath(job, step, `/lines?from=${from}&limit=5`)));
+      assert.equal(past.total, 1201, `from=${from}`);
+      assert.equal(past.end, true, `from=${from}`);
+      assert.deepEqual(past.lines.map((l) => l.n), from === '1201' ? [1201] : [], `from=${from}`);
+    }
   });
 
   it('finds lines anywhere in the log, ignoring case and escape sequences, and goes on from next', async () => {
@@ -148,6 +156,9 @@ describe('the step log routes', { skip: skipReason(), timeout: 180_000 }, () => 
     assert.deepEqual(await search({ q: 'NEEDLE', limit: '1' }), { matches: [700], next: 700 });
     assert.deepEqual(await search({ q: 'needle', after: '700' }), { matches: [1400], next: null });
     assert.deepEqual(await search({ q: 'not there' }), { matches: [], next: null });
+    for (const after of ['2000', '2001', '9223372036854775806', '9223372036854775807']) {
+      assert.deepEqual(await search({ q: 'needle', after }), { matches: [], next: null }, `after=${after}`);
+    }
   });
 
   it('keeps a lines answer within its byte bound, from any line and from the tail, counting escaped control characters', async () => {

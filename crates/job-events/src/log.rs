@@ -209,7 +209,8 @@ impl LineAssembler {
                     ended: false,
                     cut: false,
                 };
-                self.next += 1;
+                // Numbers come from requests (`from`, `after`): at the end of i64 they stay there.
+                self.next = self.next.saturating_add(1);
                 line
             });
             append_capped(line, piece, max);

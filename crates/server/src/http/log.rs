@@ -232,7 +232,7 @@ pub async fn log_lines(
         None => (limit, from - 1),
     };
     let (mut cursor, skip) = store.log_seek(step, start).await?;
-    let mut assembler = LineAssembler::new(start + 1, skip, MAX_LINE_BYTES);
+    let mut assembler = LineAssembler::new(start.saturating_add(1), skip, MAX_LINE_BYTES);
     let mut lines: VecDeque<Line> = VecDeque::new();
     let mut bytes = 0usize;
     let mut last_seq = 0;
@@ -286,14 +286,26 @@ pub async fn log_lines(
             bytes = bytes.saturating_sub(json_len(&line.text));
         }
     }
-    // Past the end, nothing was numbered: the count of ended lines is all there is.
+    // Past the end, nothing was numbered: the ended lines, and a last one
+    // without its `\n` yet if the log has one.
     let total = match (end, lines.is_empty()) {
         (true, false) => last_number,
-        (true, true) => info.output_lines,
+        (true, true) => info.output_lines + i64::from(has_open_line(store, step, info.output_lines).await?),
         (false, _) => last_number.max(info.output_lines),
     };
     let answer = LinesAnswer { lines: lines.into(), total, end, last_seq, status: info.status };
     Ok(([(CACHE_CONTROL, "no-cache")], Json(answer)).into_response())
+}
+
+/// Whether the step's log, with `newlines` `\n` in it, goes on after the
+/// last of them: a last line whose `\n` has not come yet.
+async fn has_open_line(store: &EventStore, step: uuid::Uuid, newlines: i64) -> Result<bool, ApiError> {
+    let (cursor, skip) = store.log_seek(step, newlines).await?;
+    let mut assembler = LineAssembler::new(newlines.saturating_add(1), skip, 1);
+    for chunk in &store.log_chunks(step, cursor, PAGE_CHUNKS).await? {
+        assembler.push(chunk, |_| {});
+    }
+    Ok(assembler.finish().is_some())
 }
 
 /// The size of `text` as a JSON string (a control character is written as
@@ -359,7 +371,7 @@ pub async fn log_search(
     let needle = query.to_lowercase();
     let store: &EventStore = &app.store;
     let (mut cursor, skip) = store.log_seek(step, after).await?;
-    let mut assembler = LineAssembler::new(after + 1, skip, SEARCH_LINE_BYTES);
+    let mut assembler = LineAssembler::new(after.saturating_add(1), skip, SEARCH_LINE_BYTES);
     let mut matches = Vec::new();
     let mut read = 0usize;
     let test = |line: &LogLine| visible_text(&line.text).to_lowercase().contains(&needle);
@@ -386,7 +398,7 @@ pub async fn log_search(
             // Go on after the last line ended so far.
             // A line longer than the budget is left out rather than read forever.
             let ended = assembler.next_number() - 1;
-            let next = if ended > after { ended } else { ended + 1 };
+            let next = if ended > after { ended } else { ended.saturating_add(1) };
             return Ok(Json(SearchAnswer { matches, next: Some(next) }).into_response());
         }
     }
