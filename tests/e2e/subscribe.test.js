@@ -83,6 +83,11 @@ describe('subscribing over Socket.IO', { skip: skipReason(), timeout: 120_000 },
         assert.ok(refused.error.message.startsWith(`unknown event ${JSON.stringify(name)}:`), refused.error.message);
       }
       other.emit('no"such\\event', {});
+      // socket.io-client sends a number as an event name as it is.
+      const numbered = await emitAck(other, 123, {});
+      assertAckError(numbered, 'not_found');
+      assert.ok(numbered.error.message.startsWith('unknown event "123":'), numbered.error.message);
+      other.emit(42, {});
       const subscribed = await emitAck(other, 'subscribe:job', { jobId: ownJob.id });
       assert.equal(subscribed.ok, true, JSON.stringify(subscribed));
       assert.equal(subscribed.job.id, ownJob.id);

@@ -680,19 +680,21 @@ mod test {
     }
 
     #[test]
-    fn read_event_written_with_escapes() {
+    fn read_event_written_with_escapes_or_as_a_number() {
         for (packet, event) in [
             (r#"["a\"b",{}]"#, r#"a\"b"#),
             (r#"[ "a\\b" ]"#, r#"a\\b"#),
             (r#"["line\nbreak"]"#, r#"line\nbreak"#),
             (r#"["subscribe:jo\u0062",{"x":"\""}]"#, r#"subscribe:jo\u0062"#),
             (r#"["\\"]"#, r#"\\"#),
+            (r#"[42,{}]"#, "42"),
+            (r#"[ -1.5e3 ]"#, "-1.5e3"),
         ] {
             let data = Value::Str(packet.into(), None);
             assert_eq!(CommonParser.read_event(&data).ok(), Some(event), "{packet}");
         }
         // Not a valid JSON string, or not a string: refused as before.
-        for packet in [r#"["a\qb"]"#, "[\"a\u{1}\\n\"]", r#"["a\"#, r#"[5,"a\"b"]"#, r#"{"a\"b":1}"#] {
+        for packet in [r#"["a\qb"]"#, "[\"a\u{1}\\n\"]", r#"["a\"#, r#"{"a\"b":1}"#, "[1.]", "[--1]", "[]", "[true]", "[null]"] {
             let data = Value::Str(packet.into(), None);
             assert!(CommonParser.read_event(&data).is_err(), "{packet}");
         }

@@ -39,8 +39,23 @@ pub fn read_event(data: &str) -> serde_json::Result<&str> {
         Ok(event) => Ok(event),
         // A name written with an escape (`\"`, `\\`, `\n`, `\u0041`) cannot be
         // borrowed unescaped: it is returned as written, escapes kept.
-        Err(err) => escaped_event(data).ok_or(err),
+        Err(err) => escaped_event(data).or_else(|| numeric_event(data)).ok_or(err),
     }
+}
+
+/// The first element of the packet's array when it is a JSON number, as
+/// written: socket.io-parser accepts a number as an event name
+/// (`socket.emit(42)` sends `42[42]`).
+fn numeric_event(data: &str) -> Option<&str> {
+    const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+    let rest = data.trim_start_matches(WHITESPACE).strip_prefix('[')?;
+    let rest = rest.trim_start_matches(WHITESPACE);
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E')))
+        .unwrap_or(rest.len());
+    let number = rest.get(..end).filter(|n| !n.is_empty())?;
+    serde_json::from_str::<serde::de::IgnoredAny>(number).ok()?;
+    Some(number)
 }
 
 /// The first element of the packet's array when it is a valid JSON string:
