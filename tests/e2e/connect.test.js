@@ -76,6 +76,13 @@ describe('connecting to the Socket.IO endpoint', { skip: skipReason(), timeout: 
     await assertUsable(viaQuery);
   });
 
+  it('reads the next source when auth.token is empty, and names an auth payload it cannot read', async () => {
+    const viaQuery = await connect(ctx.server.url, '', { query: { token: token() } });
+    await assertUsable(viaQuery);
+    const unreadable = await refusal(ctx.server.url, null, { auth: { token: token(), note: 'cut \ud83d' } });
+    assert.match(unreadable.message, /^unauthorized: missing token: the auth payload holds half of a UTF-16 surrogate pair/);
+  });
+
   it('accepts a token given in the token query parameter', async () => {
     const socket = await connect(ctx.server.url, null, { query: { token: token() } });
     await assertUsable(socket);

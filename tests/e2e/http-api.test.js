@@ -122,6 +122,25 @@ describe('the HTTP API', { skip: skipReason(), timeout: 180_000 }, () => {
     assert.match(response.body.error.message, /^progress: /);
   });
 
+  it('refuses half a surrogate pair in a string (an emoji cut in two) with 422 naming the field, and writes nothing', async () => {
+    const { job, step: { id: stepId } } = await runningJobWithStep();
+    for (const [route, body, where] of [
+      [`steps/${stepId}/output`, { chunk: 'build ok \u{1F600}'.slice(0, 10) }, /^chunk: the text holds \\ud83d, half of a UTF-16 surrogate pair/],
+      ['events', { type: 'gate.started', payload: { note: '\udc00 alone' } }, /^payload\.note: /],
+      ['events', { type: 'gate.started', payload: { ['k\ud800']: 1 } }, /^payload: a key holds /],
+      ['batch', { events: [{ jobId: job.id, kind: 'progress', progress: 5, message: 'x\udbff' }] }, /^events\[0\]\.message: /],
+    ]) {
+      const raw = JSON.stringify(body);
+      await refusedWithoutChange(job.id,
+        () => producer.request('POST', route === 'batch' ? '/api/v1/events/batch' : `/api/v1/jobs/${job.id}/${route}`, { rawBody: raw }),
+        422, 'invalid_payload');
+      const response = await producer.request('POST', route === 'batch' ? '/api/v1/events/batch' : `/api/v1/jobs/${job.id}/${route}`, { rawBody: raw });
+      assert.match(response.body.error.message, where, `${route} ${raw}`);
+    }
+    // A whole pair is a character like any other.
+    await ok(producer.request('POST', `/api/v1/jobs/${job.id}/steps/${stepId}/output`, { body: { chunk: 'ok \u{1F600}\n' } }));
+  });
+
   it('refuses a body that repeats a key in one object with 422 naming the object, and writes nothing', async () => {
     const job = await newJob();
     await ok(producer.setStatus(job.id, { status: 'queued' }));

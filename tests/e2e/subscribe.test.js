@@ -44,6 +44,23 @@ describe('subscribing over Socket.IO', { skip: skipReason(), timeout: 120_000 },
     assertAckError(ack, 'not_found');
   });
 
+  it('names why a payload it cannot read as JSON is refused', async () => {
+    let deep = {};
+    for (let i = 0; i < 300; i += 1) deep = { a: deep };
+    for (const [args, why] of [
+      [[], /^body: must be a JSON object; none was sent$/],
+      [[Buffer.from('x')], /^body: holds binary data/],
+      [[{ jobId: ownJob.id, extra: Buffer.from('x') }], /^body: holds binary data/],
+      [[deep], /^body: is nested too deep to read$/],
+      [[{ jobId: `${ownJob.id}\ud83d` }], /^body: holds half of a UTF-16 surrogate pair/],
+    ]) {
+      const ack = await socket.timeout(5000).emitWithAck('subscribe:job', ...args);
+      assertAckError(ack, 'invalid_payload');
+      assert.match(ack.error.message, why);
+    }
+    assert.equal(socket.connected, true);
+  });
+
   const badPayloads = [
     ['subscribe:job', 'a payload without jobId', () => ({})],
     ['subscribe:job', 'a jobId that is not a string', () => ({ jobId: 42 })],

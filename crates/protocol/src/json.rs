@@ -46,6 +46,12 @@ enum Frame {
     },
 }
 
+/// Whether serde_json's refusal of a text is about half a surrogate pair
+/// (valid JSON that no Rust string holds): [`check_body`] then names it.
+pub fn is_surrogate_error(message: &str) -> bool {
+    message.contains("surrogate") || message.contains("end of hex escape")
+}
+
 /// Checks a request body (valid JSON text) against the rules of this module.
 pub fn check_body(text: &[u8]) -> Result<(), ValidationError> {
     let mut stack: Vec<Frame> = Vec::new();
@@ -92,6 +98,16 @@ pub fn check_body(text: &[u8]) -> Result<(), ValidationError> {
                 let raw = &text[i..end];
                 let has_nul = contains_nul_escape(raw);
                 let is_key = matches!(stack.last(), Some(Frame::Object { expect_key: true, .. }));
+                if let Some(escape) = lone_surrogate(raw) {
+                    let what = if is_key { "a key" } else { "the text" };
+                    return Err(ValidationError::new(
+                        field(&stack),
+                        format!(
+                            "{what} holds {escape}, half of a UTF-16 surrogate pair (a character cut in two?): \
+                             text must be whole Unicode characters"
+                        ),
+                    ));
+                }
                 if is_key {
                     let key: String = serde_json::from_slice(raw).unwrap_or_default();
                     if has_nul {
@@ -170,6 +186,32 @@ fn contains_nul_escape(raw: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// The first `\uXXXX` escape of a JSON string literal that is half of a
+/// UTF-16 surrogate pair without its other half (RFC 8259 §8.2: such a
+/// string is valid JSON but no Unicode text: no reader can hold or return it
+/// as sent).
+fn lone_surrogate(raw: &[u8]) -> Option<String> {
+    let hex_at = |i: usize| {
+        raw.get(i..i + 6)
+            .filter(|escape| escape.starts_with(b"\\u"))
+            .and_then(|escape| std::str::from_utf8(&escape[2..]).ok())
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    };
+    let mut i = 0;
+    while i + 1 < raw.len() {
+        if raw[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match hex_at(i) {
+            Some(0xD800..=0xDBFF) if matches!(hex_at(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => return std::str::from_utf8(&raw[i..i + 6]).ok().map(str::to_owned),
+            _ => i += 2,
+        }
+    }
+    None
 }
 
 /// U+0000 is kept in output chunks: `chunk` of a body, or of a batch item.
@@ -272,6 +314,25 @@ mod tests {
 
     fn field_of(body: &str) -> Option<String> {
         check_body(body.as_bytes()).err().map(|e| e.field)
+    }
+
+    #[test]
+    fn half_a_surrogate_pair_is_refused_with_its_path_and_a_whole_pair_is_accepted() {
+        assert_eq!(field_of(r#"{"chunk":"build ok \ud83d"}"#), Some("chunk".into()));
+        assert_eq!(field_of(r#"{"chunk":"\udc00 after"}"#), Some("chunk".into()));
+        assert_eq!(
+            field_of(r#"{"events":[{"payload":{"a":["x","\ud800\u0041"]}}]}"#),
+            Some("events[0].payload.a[1]".into())
+        );
+        assert_eq!(field_of(r#"{"metadata":{"\udbff":1}}"#), Some("metadata".into()));
+        assert_eq!(field_of(r#"{"chunk":"\ud83d\ude00 \\ud83d \u00e9"}"#), None);
+        let err = check_body(br#"{"chunk":"\ud83d"}"#).err().map(|e| e.message).unwrap_or_default();
+        assert!(err.starts_with(r"the text holds \ud83d, half of a UTF-16 surrogate pair"), "{err}");
+        // What serde_json says of them, which the HTTP extractor looks for.
+        for body in [r#"{"a":"\ud83d"}"#, r#"{"a":"\udc00"}"#, r#"{"a":"\ud800\u0041"}"#] {
+            let text = serde_json::from_str::<serde_json::Value>(body).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(is_surrogate_error(&text), "{body}: {text}");
+        }
     }
 
     #[test]

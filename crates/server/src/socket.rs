@@ -229,6 +229,9 @@ enum Refused {
     /// No valid token.
     #[error("unauthorized: {0}")]
     Unauthorized(TokenError),
+    /// No token, and an `auth` payload that could not be read (which may be where it is).
+    #[error("unauthorized: missing token: the auth payload {0}")]
+    UnreadableAuth(String),
     /// The token's subject has as many connections open as it may.
     #[error(
         "rate_limited: this token's subject already has {0} open connections, the most allowed; close one and connect again"
@@ -271,15 +274,17 @@ async fn forget_subscription(room: Room, subscriber: Option<Arc<Subscriber>>, ac
 }
 
 /// The token of a connecting socket: `auth.token`, else `?token=`, else
-/// `Authorization: Bearer`. A `Bearer ` written before the token in
+/// `Authorization: Bearer` (an empty one is not given). A `Bearer ` written before the token in
 /// `auth.token` or `?token=` (as the header has it) is left out.
 fn connect_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
-    if let Some(token) = auth.and_then(|a| a.get("token")).and_then(Value::as_str) {
-        return Some(auth::without_bearer(token).to_owned());
+    // An empty one counts as not given: the next source is read.
+    let given = |token: &str| Some(auth::without_bearer(token)).filter(|t| !t.is_empty()).map(str::to_owned);
+    if let Some(token) = auth.and_then(|a| a.get("token")).and_then(Value::as_str).and_then(given) {
+        return Some(token);
     }
     let parts = socket.req_parts();
-    if let Some(token) = crate::http::extract::query_param(parts.uri.query(), "token") {
-        return Some(auth::without_bearer(&token).to_owned());
+    if let Some(token) = crate::http::extract::query_param(parts.uri.query(), "token").as_deref().and_then(given) {
+        return Some(token);
     }
     parts
         .headers
@@ -298,6 +303,10 @@ async fn authenticate(
     State(app): State<AppState>,
 ) -> Result<(), Refused> {
     let token = connect_token(&socket, auth.as_ref().ok()).filter(|t| !t.is_empty());
+    if let (None, Err(err)) = (&token, &auth) {
+        tracing::debug!(socket = %socket.id, %err, "connection refused: unreadable auth payload");
+        return Err(Refused::UnreadableAuth(unreadable(err)));
+    }
     let verified = token.ok_or(TokenError::Missing).and_then(|t| auth::verify_token(&app.keys, &t)).map_err(|err| {
         tracing::debug!(socket = %socket.id, %err, "connection refused");
         Refused::Unauthorized(err)
@@ -604,12 +613,40 @@ fn unreachable_since(ack: &Ack, job_id: uuid::Uuid) -> jobstream_delivery::Refus
 
 /// Parses the payload, or acks `invalid_payload` and returns `None`.
 fn parse<T: Request>(data: Result<Value, socketioxide::ParserError>, ack: Ack) -> Option<(T, Ack)> {
-    match T::parse(data.unwrap_or(Value::Null)) {
+    let data = match data {
+        Ok(data) => data,
+        Err(err) => {
+            tracing::debug!(%err, "unreadable payload");
+            ack.refuse(ErrorCode::InvalidPayload, format!("body: {}", unreadable(&err)));
+            return None;
+        }
+    };
+    match T::parse(data) {
         Ok(request) => Some((request, ack)),
         Err(err) => {
             ack.refuse(ErrorCode::InvalidPayload, err.to_string());
             None
         }
+    }
+}
+
+/// Why a Socket.IO payload could not be read as JSON, in a client's words
+/// (serde_json's position counts from the start of the packet, not of the
+/// payload: it is left out).
+fn unreadable(err: &socketioxide::ParserError) -> String {
+    let text = err.to_string();
+    let cause = text.split(" at line ").next().unwrap_or_default();
+    if cause.contains("first element not found") {
+        "must be a JSON object; none was sent".to_owned()
+    } else if cause.contains("byte array") {
+        "holds binary data (a Buffer, a Blob, an ArrayBuffer), which is not taken: send JSON".to_owned()
+    } else if cause.contains("recursion limit exceeded") {
+        "is nested too deep to read".to_owned()
+    } else if jobstream_protocol::json::is_surrogate_error(cause) {
+        "holds half of a UTF-16 surrogate pair (a character cut in two?): text must be whole Unicode characters"
+            .to_owned()
+    } else {
+        format!("is not readable as JSON: {cause}")
     }
 }
 

@@ -204,9 +204,13 @@ impl FromRequest<AppState> for JsonBody {
         // when that is a value it cannot hold — nesting too deep, a number
         // beyond a double (`1e400`) — the refusal names it with the same 422
         // as a value that cannot be stored, not the 400 of text that is not JSON.
+        // So is half a UTF-16 surrogate pair in a string (`"\ud83d"`: an emoji
+        // cut in two), which JSON's grammar allows and no Rust string holds.
         let unholdable = matches!(&parsed, Err(err) if {
             let text = err.to_string();
-            text.starts_with("recursion limit exceeded") || text.starts_with("number out of range")
+            text.starts_with("recursion limit exceeded")
+                || text.starts_with("number out of range")
+                || jobstream_protocol::json::is_surrogate_error(&text)
         });
         if parsed.is_ok() || unholdable {
             jobstream_protocol::json::check_body(&bytes)?;
