@@ -141,6 +141,26 @@ describe('the HTTP API', { skip: skipReason(), timeout: 180_000 }, () => {
     await ok(producer.request('POST', `/api/v1/jobs/${job.id}/steps/${stepId}/output`, { body: { chunk: 'ok \u{1F600}\n' } }));
   });
 
+  it('refuses a body in a charset other than UTF-8, or compressed, with 400 naming it, and writes nothing', async () => {
+    const job = await newJob();
+    const raw = '{"progress": 10}';
+    for (const [headers, named] of [
+      [{ 'content-type': 'application/json; charset=latin1' }, /^charset "latin1" is not taken/],
+      [{ 'content-type': 'application/json; charset="ISO-8859-1"' }, /^charset "ISO-8859-1" is not taken/],
+      [{ 'content-encoding': 'gzip' }, /^Content-Encoding "gzip" is not taken/],
+      [{ 'content-encoding': 'br' }, /^Content-Encoding "br" is not taken/],
+    ]) {
+      await refusedWithoutChange(job.id,
+        () => producer.request('POST', `/api/v1/jobs/${job.id}/progress`, { rawBody: raw, headers }),
+        400, 'bad_request');
+      const response = await producer.request('POST', `/api/v1/jobs/${job.id}/progress`, { rawBody: raw, headers });
+      assert.match(response.body.error.message, named, JSON.stringify(headers));
+    }
+    for (const headers of [{ 'content-type': 'application/json; charset=UTF-8' }, { 'content-encoding': 'identity' }]) {
+      await ok(producer.request('POST', `/api/v1/jobs/${job.id}/progress`, { rawBody: raw, headers }));
+    }
+  });
+
   it('refuses a body that repeats a key in one object with 422 naming the object, and writes nothing', async () => {
     const job = await newJob();
     await ok(producer.setStatus(job.id, { status: 'queued' }));

@@ -161,6 +161,16 @@ impl Auth {
     }
 }
 
+/// A parameter of the request's `Content-Type` (`charset` of
+/// `application/json; charset=utf-8`), unquoted.
+fn content_type_param(request: &Request, name: &str) -> Option<String> {
+    let value = request.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    value.split(';').skip(1).find_map(|param| {
+        let (key, value) = param.split_once('=')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().trim_matches('"').to_owned())
+    })
+}
+
 /// A JSON request body: 400 if it is not JSON, 413 over the size limit.
 #[derive(Debug)]
 pub struct JsonBody(pub Value);
@@ -182,6 +192,25 @@ impl FromRequest<AppState> for JsonBody {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "expected a JSON body with `Content-Type: application/json`",
+            ));
+        }
+        // JSON is UTF-8 (RFC 8259 §8.1): a `charset` other than that is refused
+        // rather than read as something else.
+        let charset = content_type_param(&request, "charset");
+        if let Some(charset) = charset.filter(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8")) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("charset {charset:?} is not taken: a JSON body is UTF-8 (RFC 8259 §8.1)"),
+            ));
+        }
+        // Bodies are taken as sent: a compressed one would be read as JSON
+        // and refused for that, or worse, taken if it happened to parse.
+        let encoding = request.headers().get(axum::http::header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?"));
+        if let Some(encoding) = encoding.map(str::trim).filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+        {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("Content-Encoding {encoding:?} is not taken: send the body uncompressed"),
             ));
         }
         let limit = state.limits.max_body_bytes;
