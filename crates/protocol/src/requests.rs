@@ -127,6 +127,58 @@ fn plain_words(message: &str) -> String {
     plain
 }
 
+/// Reads an integer field with the field's own range in serde's refusal
+/// (`6.5` in `progress`: `expected an integer from 0 to 100`, not the range
+/// of an `i64`). The range itself is checked by the request's `validate`.
+struct Integer(&'static str);
+
+impl<'de> serde::de::Visitor<'de> for Integer {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+    }
+}
+
+/// [`Integer`] of an optional field: `null` is absent.
+struct OptionalInteger(&'static str);
+
+impl<'de> serde::de::Visitor<'de> for OptionalInteger {
+    type Value = Option<i64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Option<i64>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Option<i64>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_i64(Integer(self.0)).map(Some)
+    }
+}
+
+fn percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    d.deserialize_i64(Integer("an integer from 0 to 100"))
+}
+
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    d.deserialize_option(OptionalInteger("an integer ≥ 0"))
+}
+
 fn check_progress(progress: i64) -> Result<(), ValidationError> {
     if (0..=100).contains(&progress) {
         Ok(())
@@ -212,7 +264,7 @@ pub struct SubscribeJob {
     /// The job to follow.
     pub job_id: Uuid,
     /// Replay every event with `seq > since` first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub since: Option<i64>,
 }
 
@@ -303,6 +355,7 @@ impl Request for StatusRequest {
 #[serde(rename_all = "camelCase")]
 pub struct ProgressRequest {
     /// 0–100.
+    #[serde(deserialize_with = "percent")]
     pub progress: i64,
     /// What is happening, for people.
     #[serde(default)]
@@ -368,10 +421,10 @@ pub struct CompleteStep {
     #[serde(default)]
     pub error: Option<String>,
     /// AI input tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub tokens_input: Option<i64>,
     /// AI output tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub tokens_output: Option<i64>,
 }
 
@@ -543,15 +596,12 @@ mod tests {
         assert!(err.message.len() <= MAX_ERROR_TEXT, "{} bytes", err.message.len());
         assert!(err.message.starts_with("invalid type: string \"éé"), "{}", err.message);
         assert!(err.message.contains('…'), "{}", err.message);
-        assert!(err.message.ends_with("expected an integer from -9223372036854775808 to 9223372036854775807"));
+        assert!(err.message.ends_with("expected an integer ≥ 0"), "{}", err.message);
         let Err(short) = SubscribeJob::parse(json!({ "jobId": "00000000-0000-7000-8000-000000000001", "since": "x" }))
         else {
             panic!("a string since is refused")
         };
-        assert_eq!(
-            short.message,
-            "invalid type: string \"x\", expected an integer from -9223372036854775808 to 9223372036854775807"
-        );
+        assert_eq!(short.message, "invalid type: string \"x\", expected an integer ≥ 0");
     }
 
     #[test]
@@ -588,6 +638,20 @@ mod tests {
             panic!("a number jobId is refused")
         };
         assert!(!err.message.contains("formatted UUID"), "{}", err.message);
+        let Err(err) = ProgressRequest::parse(json!({ "progress": 6.5 })) else { panic!("6.5 is refused") };
+        assert_eq!(err.to_string(), "progress: invalid type: number `6.5`, expected an integer from 0 to 100");
+        let Err(err) = SubscribeJob::parse(json!({ "jobId": Uuid::nil(), "since": 1.5 })) else { panic!("1.5") };
+        assert_eq!(err.to_string(), "since: invalid type: number `1.5`, expected an integer ≥ 0");
+        let Err(err) = CompleteStep::parse(json!({ "status": "completed", "tokensInput": "3" })) else {
+            panic!("\"3\"")
+        };
+        assert_eq!(err.to_string(), "tokensInput: invalid type: string \"3\", expected an integer ≥ 0");
+        let Ok(done) = CompleteStep::parse(json!({ "status": "completed", "tokensInput": null })) else {
+            panic!("null")
+        };
+        assert_eq!(done.tokens_input, None);
+        let Ok(sub) = SubscribeJob::parse(json!({ "jobId": Uuid::nil() })) else { panic!("no since") };
+        assert_eq!(sub.since, None);
         let Err(err) = SubscribeJob::parse(json!({ "jobId": "a" })) else { panic!("jobId \"a\" is refused") };
         assert!(err.message.starts_with("expected a UUID ("), "{}", err.message);
     }
