@@ -88,6 +88,18 @@ describe('Server-Sent Events streams', { skip: skipReason(), timeout: 120_000 },
       assert.equal(stream.frames.at(-1).data.type, 'job.completed');
     });
 
+    it('takes ?token= when the browser also sends its own Authorization (Basic), and a token after Bearer in it', async () => {
+      for (const [query, headers] of [
+        [{ token }, { authorization: 'Basic dXNlcjpwYXNz' }],
+        [{ token: `Bearer ${token}` }, {}],
+      ]) {
+        const stream = await open(jobPath(finished.id), { query, headers });
+        await stream.untilEnd();
+        assert.equal(stream.status, 200, JSON.stringify(headers));
+        assertJobFrames(stream.frames, finished.events);
+      }
+    });
+
     it('sends the whole history with Authorization: Bearer and then ends', async () => {
       const stream = await open(jobPath(finished.id), { headers: bearer() });
       await stream.untilEnd();

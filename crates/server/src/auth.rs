@@ -685,6 +685,8 @@ pub fn without_bearer(token: &str) -> &str {
     let token = token.trim();
     match token.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        // `Bearer` and nothing after it: no token.
+        None if token.eq_ignore_ascii_case("bearer") => "",
         _ => token,
     }
 }
@@ -744,7 +746,8 @@ mod tests {
         assert_eq!(without_bearer("Bearer a.b.c"), "a.b.c");
         assert_eq!(without_bearer("bearer   a.b.c"), "a.b.c");
         assert_eq!(without_bearer("Basic a.b.c"), "Basic a.b.c");
-        assert_eq!(without_bearer("Bearer"), "Bearer");
+        assert_eq!(without_bearer("Bearer"), "");
+        assert_eq!(without_bearer("bearer  "), "");
     }
 
     const RSA_PRIVATE: &str = include_str!("../tests/keys/test-only-rsa-private.pem");

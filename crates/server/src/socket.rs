@@ -357,7 +357,7 @@ async fn on_request(
         "unsubscribe:workspace:jobs" => unsubscribe_workspace(socket, data, ack, turn).await,
         "subscribe:job" => subscribe_job(socket, data, ack, app, turn).await,
         "unsubscribe:job" => unsubscribe_job(socket, data, ack, turn).await,
-        _ if ack.ack_id.is_some() => ack.refuse(ErrorCode::NotFound, unknown_event(&name)),
+        _ if ack.ack_id.is_some() => ack.refuse(ErrorCode::NotFound, unknown_event(&event, &name)),
         _ => {}
     }
 }
@@ -378,8 +378,11 @@ fn event_name(event: &str) -> std::borrow::Cow<'_, str> {
 /// The refusal of an event that is not one of the four requests. The name is
 /// quoted as JSON (it is the client's text); the message is bounded with the
 /// others ([`ErrorBody::new`](jobstream_protocol::ErrorBody::new)).
-fn unknown_event(event: &str) -> String {
-    let quoted = serde_json::to_string(event).unwrap_or_default();
+fn unknown_event(event: &str, name: &str) -> String {
+    // A name whose escapes could not be read (half a surrogate pair) is
+    // quoted as the client wrote it, not escaped again.
+    let unread = event.contains('\\') && event == name;
+    let quoted = if unread { format!("\"{event}\"") } else { serde_json::to_string(name).unwrap_or_default() };
     format!(
         "unknown event {quoted}: the requests are subscribe:workspace:jobs, unsubscribe:workspace:jobs, \
          subscribe:job and unsubscribe:job"
@@ -823,6 +826,9 @@ mod tests {
         assert_eq!(event_name(r"subscribe:jo\u0062"), "subscribe:job");
         assert_eq!(event_name(r#"a\"b"#), r#"a"b"#);
         assert_eq!(event_name(r"a\\b\n"), "a\\b\n");
-        assert!(unknown_event(&event_name(r#"a\"b"#)).starts_with(r#"unknown event "a\"b": the requests are "#));
+        let raw = r#"a\"b"#;
+        assert!(unknown_event(raw, &event_name(raw)).starts_with(r#"unknown event "a\"b": the requests are "#));
+        let raw = r"x\ud83d";
+        assert!(unknown_event(raw, &event_name(raw)).starts_with(r#"unknown event "x\ud83d": "#));
     }
 }

@@ -42,12 +42,14 @@ fn takes_query_token(parts: &Parts) -> bool {
 /// The token of a request: `Authorization: Bearer …`, else, on the SSE
 /// streams only, `?token=` (for `EventSource`).
 pub fn request_token(parts: &Parts) -> Option<String> {
+    // Another scheme (`Basic`, which a browser sends by itself on a site
+    // behind HTTP authentication) is not jobstream's: it is passed over.
     if let Some(value) = parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let value = value.trim();
-        return match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim().to_owned()),
-            _ => Some(String::new()),
-        };
+        if let Some((scheme, token)) = value.trim().split_once(' ') {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                return Some(token.trim().to_owned());
+            }
+        }
     }
     if takes_query_token(parts) {
         query_param(parts.uri.query(), "token").map(|token| auth::without_bearer(&token).to_owned())
@@ -197,7 +199,8 @@ impl FromRequest<AppState> for JsonBody {
         // JSON is UTF-8 (RFC 8259 §8.1): a `charset` other than that is refused
         // rather than read as something else.
         let charset = content_type_param(&request, "charset");
-        if let Some(charset) = charset.filter(|c| !c.eq_ignore_ascii_case("utf-8") && !c.eq_ignore_ascii_case("utf8")) {
+        let utf8 = |c: &String| ["utf-8", "utf8", "us-ascii", "ascii"].iter().any(|u| c.eq_ignore_ascii_case(u));
+        if let Some(charset) = charset.filter(|c| !utf8(c)) {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 format!("charset {charset:?} is not taken: a JSON body is UTF-8 (RFC 8259 §8.1)"),
@@ -205,9 +208,10 @@ impl FromRequest<AppState> for JsonBody {
         }
         // Bodies are taken as sent: a compressed one would be read as JSON
         // and refused for that, or worse, taken if it happened to parse.
-        let encoding = request.headers().get(axum::http::header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?"));
-        if let Some(encoding) = encoding.map(str::trim).filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
-        {
+        // Every header and every coding in it (`Content-Encoding: identity, gzip`).
+        let encodings = request.headers().get_all(axum::http::header::CONTENT_ENCODING);
+        let mut codings = encodings.iter().flat_map(|v| v.to_str().unwrap_or("?").split(',')).map(str::trim);
+        if let Some(encoding) = codings.find(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity")) {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
                 format!("Content-Encoding {encoding:?} is not taken: send the body uncompressed"),
