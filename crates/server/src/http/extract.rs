@@ -163,11 +163,10 @@ impl Auth {
     }
 }
 
-/// A parameter of the request's `Content-Type` (`charset` of
+/// A parameter of a `Content-Type` value (`charset` of
 /// `application/json; charset=utf-8`), unquoted.
-fn content_type_param(request: &Request, name: &str) -> Option<String> {
-    let value = request.headers().get(CONTENT_TYPE)?.to_str().ok()?;
-    value.split(';').skip(1).find_map(|param| {
+fn content_type_param(content_type: &str, name: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
         let (key, value) = param.split_once('=')?;
         key.trim().eq_ignore_ascii_case(name).then(|| value.trim().trim_matches('"').to_owned())
     })
@@ -181,15 +180,11 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let is_json = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-            });
+        let content_type = request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let is_json = content_type.split(';').next().is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
         if !is_json {
             return Err(ApiError::new(
                 ErrorCode::BadRequest,
@@ -198,7 +193,7 @@ impl FromRequest<AppState> for JsonBody {
         }
         // JSON is UTF-8 (RFC 8259 §8.1): a `charset` other than that is refused
         // rather than read as something else.
-        let charset = content_type_param(&request, "charset");
+        let charset = content_type_param(content_type, "charset");
         let utf8 = |c: &String| ["utf-8", "utf8", "us-ascii", "ascii"].iter().any(|u| c.eq_ignore_ascii_case(u));
         if let Some(charset) = charset.filter(|c| !utf8(c)) {
             return Err(ApiError::new(

@@ -39,34 +39,37 @@ pub fn read_event(data: &str) -> serde_json::Result<&str> {
         Ok(event) => Ok(event),
         // A name written with an escape (`\"`, `\\`, `\n`, `\u0041`) cannot be
         // borrowed unescaped: it is returned as written, escapes kept.
-        Err(err) => escaped_event(data).or_else(|| numeric_event(data)).ok_or(err),
+        Err(err) => {
+            let first = first_element(data);
+            first.and_then(escaped_event).or_else(|| first.and_then(numeric_event)).ok_or(err)
+        }
     }
 }
 
-/// The first element of the packet's array when it is a JSON number, as
-/// written: socket.io-parser accepts a number as an event name
-/// (`socket.emit(42)` sends `42[42]`).
-fn numeric_event(data: &str) -> Option<&str> {
+/// The text of the packet's array from its first element on.
+fn first_element(data: &str) -> Option<&str> {
     const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
     let rest = data.trim_start_matches(WHITESPACE).strip_prefix('[')?;
-    let rest = rest.trim_start_matches(WHITESPACE);
-    let end = rest
+    Some(rest.trim_start_matches(WHITESPACE))
+}
+
+/// A first element that is a JSON number, as written: socket.io-parser
+/// accepts a number as an event name (`socket.emit(42)` sends `42[42]`).
+fn numeric_event(first: &str) -> Option<&str> {
+    let end = first
         .find(|c: char| !(c.is_ascii_digit() || matches!(c, '-' | '+' | '.' | 'e' | 'E')))
-        .unwrap_or(rest.len());
-    let number = rest.get(..end).filter(|n| !n.is_empty())?;
+        .unwrap_or(first.len());
+    let number = first.get(..end).filter(|n| !n.is_empty())?;
     serde_json::from_str::<serde::de::IgnoredAny>(number).ok()?;
     Some(number)
 }
 
-/// The first element of the packet's array when it is a valid JSON string:
-/// its text between the quotes, as written (escapes kept). Socket.IO allows
-/// any string as an event name; a name holding a character JSON must escape
-/// is not refused (and its connection closed) for it.
-fn escaped_event(data: &str) -> Option<&str> {
-    const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
-    let rest = data.trim_start_matches(WHITESPACE).strip_prefix('[')?;
-    let quoted = rest.trim_start_matches(WHITESPACE);
-    let text = quoted.strip_prefix('"')?;
+/// A first element that is a valid JSON string: its text between the quotes,
+/// as written (escapes kept). Socket.IO allows any string as an event name;
+/// a name holding a character JSON must escape is not refused (and its
+/// connection closed) for it.
+fn escaped_event(first: &str) -> Option<&str> {
+    let text = first.strip_prefix('"')?;
     let bytes = text.as_bytes();
     let mut end = 0;
     loop {
@@ -77,7 +80,7 @@ fn escaped_event(data: &str) -> Option<&str> {
         }
     }
     // The string as a whole is checked: escapes, control characters.
-    serde_json::from_str::<serde::de::IgnoredAny>(quoted.get(..end + 2)?).ok()?;
+    serde_json::from_str::<serde::de::IgnoredAny>(first.get(..end + 2)?).ok()?;
     text.get(..end)
 }
 
