@@ -11,6 +11,10 @@ use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolO
 use sea_orm::sqlx::{ConnectOptions as _, Connection};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 
+/// How long a SQLite connection waits for another's lock before it gives up
+/// (`SQLITE_BUSY`, answered 503).
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -54,7 +58,7 @@ pub async fn open(url: &str) -> Result<DatabaseConnection, OpenError> {
                 .map_err(|e| OpenError::InvalidUrl(e.to_string()))?
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
                 .disable_statement_logging();
             let pool = sqlite_pool(8).connect_with(options).await.map_err(connect)?;

@@ -75,7 +75,25 @@ impl WriteError {
 
 impl From<DbErr> for WriteError {
     fn from(err: DbErr) -> Self {
-        match classify(&err) {
+        Self::of_class(classify(&err), err)
+    }
+}
+
+/// A write's error from SQLite's extended result code (`None` when the
+/// error is not SQLite's own), classified as sqlx's errors are.
+pub(crate) fn sqlite_write_error(extended_code: Option<i32>, err: DbErr) -> WriteError {
+    let code = extended_code.map(|code| code.to_string());
+    let class = match code.as_deref() {
+        Some(code) if storage_code(true, code) => Some(Class::Storage),
+        Some(code) if data_code(true, code) => Some(Class::Data),
+        _ => None,
+    };
+    WriteError::of_class(class, err)
+}
+
+impl WriteError {
+    fn of_class(class: Option<Class>, err: DbErr) -> Self {
+        match class {
             Some(Class::Storage) => Self::Unavailable(err),
             Some(Class::Data) => {
                 // The request's own data (checked at the front doors; this is the

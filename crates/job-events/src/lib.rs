@@ -21,7 +21,9 @@ pub mod log;
 pub mod retention;
 mod script;
 pub mod sink;
+mod sqlite_writer;
 pub mod store;
+mod tx;
 pub mod writer;
 
 pub use db::{backend_of, migrate, open, redact, OpenError};

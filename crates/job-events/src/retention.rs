@@ -461,12 +461,17 @@ pub(crate) async fn was_pruned(
     backend: DbBackend,
     id: Uuid,
 ) -> Result<bool, sea_orm::DbErr> {
+    Ok(db.query_one(was_pruned_query(backend, id)).await?.is_some())
+}
+
+/// The read of [`was_pruned`]: a row when job `id` was deleted by retention.
+pub(crate) fn was_pruned_query(backend: DbBackend, id: Uuid) -> sea_orm::Statement {
     let select = Query::select()
         .expr(Expr::val(1))
         .from(Alias::new(PRUNED_JOBS))
         .and_where(Expr::col(Alias::new("id")).eq(id))
         .to_owned();
-    Ok(db.query_one(backend.build(&select)).await?.is_some())
+    backend.build(&select)
 }
 
 /// Those of `ids` deleted, or being deleted, by retention.

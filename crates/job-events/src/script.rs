@@ -28,6 +28,11 @@ impl Script {
         self.statements.push(statement);
     }
 
+    /// The statements, in order.
+    pub(crate) fn into_statements(self) -> Vec<Statement> {
+        self.statements
+    }
+
     /// Runs every statement, rows discarded. The first failing statement ends
     /// the script with its error; the statements before it took effect (the
     /// caller rolls back the transaction or its savepoint).

@@ -25,9 +25,10 @@
 //! PostgreSQL commits each write on its own: row locks let writers of
 //! different jobs commit side by side.
 //!
-//! On SQLite a write's reads (the commit counter, its jobs, the steps it
-//! names) go as one request and its changes as another (the `script`
-//! module): each request is a round trip to the connection's thread.
+//! The rules run over a [`WriteTx`] (the `tx` module): on a SQLite file,
+//! groups run on a thread of the writer's own with a synchronous connection
+//! (`sqlite_writer`), where a statement costs no hand-over between threads;
+//! on PostgreSQL and SQLite in memory, over sea-orm.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -38,7 +39,7 @@ use jobstream_protocol::{
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    EntityTrait, IntoActiveModel, QueryFilter, SqlErr, TransactionTrait,
 };
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -46,12 +47,10 @@ use uuid::Uuid;
 
 use crate::entity::{job_events, job_steps, jobs};
 use crate::error::WriteError;
-use crate::script::{Script, ROW_KIND};
+use crate::script::Script;
 use crate::sink::{Committed, EventSink};
 use crate::store::{job_snapshot, step_snapshot, EventStore};
-
-/// Rows per multi-row insert (keeps SQLite under its bound-parameter limit).
-const INSERT_CHUNK: usize = 500;
+use crate::tx::{commit_order_sql, SeaTx, WriteTx, CHUNK as INSERT_CHUNK};
 
 /// The writer. Cheap to clone; all clones share one sink and one SQLite write queue.
 #[derive(Clone)]
@@ -65,7 +64,64 @@ pub struct JobEvents {
     write_queue: Option<Arc<Mutex<()>>>,
     /// SQLite: writes waiting for the next group commit.
     group: Option<Arc<GroupQueue>>,
+    /// SQLite files: the thread that runs the groups (see `sqlite_writer`).
+    thread: Option<Arc<WriterThread>>,
     retention: Arc<crate::retention::RetentionStats>,
+}
+
+/// The SQLite writer's thread, closed when the last writer goes.
+struct WriterThread {
+    queue: Arc<GroupQueue>,
+    /// Where the thread reports its statements, once set.
+    metric: Arc<std::sync::OnceLock<crate::sqlite_writer::MetricCallback>>,
+    handle: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl WriterThread {
+    /// Starts the thread over the SQLite file of `db`, if it is a file the
+    /// writer can open (a database in memory is not).
+    fn start(
+        db: &DatabaseConnection,
+        queue: &Arc<GroupQueue>,
+        turn: &Arc<Mutex<()>>,
+        sink: &Arc<dyn EventSink>,
+    ) -> Option<Self> {
+        let DatabaseConnection::SqlxSqlitePoolConnection(_) = db else { return None };
+        let path = db.get_sqlite_connection_pool().connect_options().get_filename().to_path_buf();
+        let conn = match crate::sqlite_writer::open(&path) {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::debug!(error = %err, "SQLite writes go through the pool (not a file the writer can open)");
+                return None;
+            }
+        };
+        let metric = Arc::default();
+        let tx = crate::sqlite_writer::SqliteTx::new(path, conn, Arc::clone(&metric));
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        match crate::sqlite_writer::spawn(tx, queue.clone(), turn.clone(), sink.clone(), runtime) {
+            Ok(handle) => Some(Self { queue: queue.clone(), metric, handle: std::sync::Mutex::new(Some(handle)) }),
+            Err(err) => {
+                tracing::warn!(error = %err, "the SQLite writer's thread could not start; writes go through the pool");
+                None
+            }
+        }
+    }
+
+    /// Stops taking writes, and waits until those queued are answered and
+    /// the connection is closed.
+    async fn close(&self) {
+        self.queue.close();
+        let handle = self.handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl std::fmt::Debug for JobEvents {
@@ -96,7 +152,7 @@ type Reply = tokio::sync::oneshot::Sender<Result<Done, WriteError>>;
 const GROUP_ITEMS: usize = 4_000;
 
 /// A write as it waits for its transaction.
-enum Work {
+pub(crate) enum Work {
     Create(CreateJob),
     Apply { items: Vec<(BatchItem, Option<Uuid>)>, may_write: MayWrite, name_items: bool },
 }
@@ -111,7 +167,7 @@ impl Work {
 }
 
 /// A write applied inside a transaction that has not committed yet.
-enum Staged {
+pub(crate) enum Staged {
     Created(Created),
     Applied(Vec<Event>, Vec<Outcome>),
 }
@@ -128,7 +184,7 @@ impl Staged {
 }
 
 /// What a job creation came to.
-enum Created {
+pub(crate) enum Created {
     /// The job existed (the same request repeated).
     Existing(Box<JobSnapshot>),
     /// A new job and its `job.created`.
@@ -136,45 +192,86 @@ enum Created {
 }
 
 /// A write's answer.
-enum Done {
+pub(crate) enum Done {
     Created(Box<JobSnapshot>, bool),
     Applied(Vec<Applied>),
 }
 
 /// A write waiting in the group-commit queue with where its answer goes.
-struct Pending {
+pub(crate) struct Pending {
     work: Work,
     reply: Reply,
 }
 
 /// SQLite's group-commit queue: writes that arrived while the writer's turn
-/// was taken, run together by the next holder of the turn.
+/// was taken, run together by the next holder of the turn (the writer's
+/// thread, or on a database in memory the next write's task).
 #[derive(Default)]
-struct GroupQueue(std::sync::Mutex<std::collections::VecDeque<Pending>>);
+pub(crate) struct GroupQueue {
+    queue: std::sync::Mutex<Queued>,
+    /// Signalled when a write arrives or the queue closes.
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Queued {
+    writes: std::collections::VecDeque<Pending>,
+    closed: bool,
+}
 
 impl GroupQueue {
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn len(&self) -> usize {
+        self.lock().writes.len()
+    }
+
+    /// Queues a write; once the queue is closed (the writer shut down) it is
+    /// answered unavailable instead.
     fn push(&self, pending: Pending) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(pending);
+        let mut queue = self.lock();
+        if queue.closed {
+            drop(queue);
+            let _ = pending.reply.send(Err(WriteError::Unavailable(DbErr::Custom("the writer is closed".into()))));
+            return;
+        }
+        queue.writes.push_back(pending);
+        drop(queue);
+        self.ready.notify_one();
     }
 
     /// The next group: queued writes in arrival order, up to [`GROUP_ITEMS`]
     /// items (at least one write).
-    fn take(&self) -> Vec<Pending> {
-        let mut queue = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    pub(crate) fn take(&self) -> Vec<Pending> {
+        let mut queue = self.lock();
         let mut group = Vec::new();
         let mut items = 0;
-        while let Some(next) = queue.front() {
+        while let Some(next) = queue.writes.front() {
             items += next.work.items();
             if !group.is_empty() && items > GROUP_ITEMS {
                 break;
             }
-            group.extend(queue.pop_front());
+            group.extend(queue.writes.pop_front());
         }
         group
+    }
+
+    /// Blocks until a write is queued: `false` once the queue is closed and
+    /// empty (for the writer's thread).
+    pub(crate) fn wait(&self) -> bool {
+        let mut queue = self.lock();
+        while queue.writes.is_empty() && !queue.closed {
+            queue = self.ready.wait(queue).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        !queue.writes.is_empty()
+    }
+
+    /// Takes no more writes; those queued are still run.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
     }
 }
 
@@ -197,7 +294,7 @@ fn fail_all(replies: impl Iterator<Item = Reply>, err: WriteError) {
 }
 
 /// What one item of a write came to.
-enum Outcome {
+pub(crate) enum Outcome {
     /// Appended; its event is the next new one.
     New(Option<StepSnapshot>),
     /// A repeat of a stored event.
@@ -209,9 +306,31 @@ impl JobEvents {
     pub fn new(db: DatabaseConnection, sink: Arc<dyn EventSink>) -> Self {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         let write_queue = sqlite.then(|| Arc::new(Mutex::new(())));
-        let group = sqlite.then(Arc::default);
+        let group: Option<Arc<GroupQueue>> = sqlite.then(Arc::default);
+        let thread = match (&group, &write_queue) {
+            (Some(group), Some(turn)) => WriterThread::start(&db, group, turn, &sink).map(Arc::new),
+            _ => None,
+        };
         let write_db = crate::db::writer_pool(&db);
-        Self { store: EventStore::new(db), write_db, sink, write_queue, group, retention: Arc::default() }
+        Self { store: EventStore::new(db), write_db, sink, write_queue, group, thread, retention: Arc::default() }
+    }
+
+    /// Whether SQLite's writes run on the writer's own thread (a SQLite
+    /// file) rather than through the pool (PostgreSQL, SQLite in memory).
+    #[doc(hidden)]
+    pub fn has_writer_thread(&self) -> bool {
+        self.thread.is_some()
+    }
+
+    /// This writer with SQLite's writes through the pool, as for a database
+    /// in memory (for tests that compare the two).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn without_writer_thread(mut self) -> Self {
+        if self.thread.take().is_some() {
+            self.group = Some(Arc::default());
+        }
+        self
     }
 
     /// The read side.
@@ -220,7 +339,8 @@ impl JobEvents {
     }
 
     /// Calls `callback` with every statement the writer and its store run
-    /// (sea-orm's metric callback, on both of their connections).
+    /// (sea-orm's metric callback, on both of their connections, and on a
+    /// SQLite file the writer thread's statements; that one is set once).
     pub fn set_metric_callback<F>(&mut self, callback: F)
     where
         F: Fn(&sea_orm::metric::Info<'_>) + Send + Sync + 'static,
@@ -228,6 +348,10 @@ impl JobEvents {
         let callback = Arc::new(callback);
         let shared = callback.clone();
         self.store.db.set_metric_callback(move |info| shared(info));
+        if let Some(thread) = &self.thread {
+            // Set once: a later callback is not seen by the writer's thread.
+            let _ = thread.metric.set(callback.clone());
+        }
         self.write_db.set_metric_callback(move |info| callback(info));
     }
 
@@ -235,6 +359,9 @@ impl JobEvents {
     /// closed checkpoints the write-ahead log: close this one before the
     /// pool's). On PostgreSQL, where writes share the pool, nothing.
     pub async fn close(&self) -> Result<(), DbErr> {
+        if let Some(thread) = &self.thread {
+            thread.close().await;
+        }
         match &self.write_db {
             DatabaseConnection::SqlxSqlitePoolConnection(_) => self.write_db.close_by_ref().await,
             _ => Ok(()),
@@ -319,114 +446,11 @@ impl JobEvents {
             (WriteError::Internal(err), Some(id))
                 if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
             {
-                let existing = self.existing_job(&self.store.db, id, &request).await?;
-                existing.map(|job| (job, false)).ok_or(WriteError::Internal(err))
+                let row = jobs::Entity::find_by_id(id).one(&self.store.db).await?;
+                same_job(row, id, &request)?.map(|job| (job, false)).ok_or(WriteError::Internal(err))
             }
             (err, _) => Err(err),
         }
-    }
-
-    /// Creates the job of `request` inside `tx` (nothing is committed here):
-    /// the existing job for a repeated id, else the new row and its `job.created`.
-    async fn create_in(&self, tx: &DatabaseTransaction, order: i64, request: CreateJob) -> Result<Created, WriteError> {
-        let id = request.id.unwrap_or_else(Uuid::now_v7);
-        if let Some(existing) = self.existing_job(tx, id, &request).await? {
-            return Ok(Created::Existing(Box::new(existing)));
-        }
-        let now = Timestamp::now();
-        let row = jobs::Model {
-            id,
-            workspace_id: request.workspace_id.clone(),
-            job_type: request.job_type.clone(),
-            status: JobStatus::Pending.as_str().to_owned(),
-            priority: request.priority.unwrap_or(0),
-            progress: 0,
-            metadata: Value::Object(request.metadata.clone().unwrap_or_default()),
-            result: None,
-            error: None,
-            created_at: now.as_datetime(),
-            updated_at: now.as_datetime(),
-            started_at: None,
-            completed_at: None,
-            last_seq: 1,
-        };
-        let snapshot = job_snapshot(row.clone(), None).map_err(|_| WriteError::Conflict("invalid job".into()))?;
-        let event = Event {
-            event_id: Uuid::now_v7(),
-            seq: 1,
-            event_type: EventType::JobCreated,
-            job_id: id,
-            workspace_id: request.workspace_id.clone(),
-            step_id: None,
-            timestamp: now,
-            body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
-        };
-        insert_job(tx, self.store.backend(), row).await?;
-        // After the insert: on PostgreSQL it waits for a prune deleting this
-        // id to commit, and this read then sees the prune's record.
-        if crate::retention::was_pruned(tx, self.store.backend(), id).await? {
-            return Err(WriteError::Conflict(format!(
-                "job id {id} is already used; choose another id, or repeat the original request exactly"
-            )));
-        }
-        tx.execute(insert_events(self.store.backend(), std::slice::from_ref(&event), &HashMap::new(), order)?).await?;
-        Ok(Created::New(Box::new(snapshot), Box::new(event)))
-    }
-    /// Commits `tx`. A commit that reports an error may still have committed
-    /// (the connection dropped after the server committed): the outcome is then
-    /// read back by the first event's id, so that a committed write is answered
-    /// as such and one that is not is never announced.
-    async fn commit(&self, tx: DatabaseTransaction, events: &[&Event]) -> Result<(), WriteError> {
-        let err = match tx.commit().await {
-            Ok(()) => return Ok(()),
-            Err(err) => err,
-        };
-        let Some(first) = events.first() else { return Err(err.into()) };
-        for attempt in 0..3u64 {
-            match job_events::Entity::find_by_id(first.event_id).one(&self.store.db).await {
-                Ok(Some(_)) => {
-                    tracing::warn!(error = %err, "the commit reported an error but had committed");
-                    return Ok(());
-                }
-                Ok(None) => return Err(err.into()),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1))).await,
-            }
-        }
-        // Unknown outcome: answer unavailable (the client retries) and let
-        // delivery compare these jobs with the database once it answers.
-        let jobs: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
-        self.sink.uncertain(&jobs);
-        Err(WriteError::Unavailable(err))
-    }
-
-    /// The job with `id` if it was created by the same request (same workspace,
-    /// type, priority and metadata): a repeat, answered with the existing job.
-    /// An id taken otherwise, in this workspace or another, is one generic
-    /// conflict that names no workspace, so ids do not reveal what exists elsewhere.
-    async fn existing_job(
-        &self,
-        db: &impl sea_orm::ConnectionTrait,
-        id: Uuid,
-        request: &CreateJob,
-    ) -> Result<Option<JobSnapshot>, WriteError> {
-        let Some(row) = jobs::Entity::find_by_id(id).one(db).await? else {
-            return Ok(None);
-        };
-        let same = row.workspace_id == request.workspace_id
-            && row.job_type == request.job_type
-            && row.priority == request.priority.unwrap_or(0)
-            && match (&row.metadata, &request.metadata) {
-                (Value::Object(stored), Some(sent)) => stored == sent,
-                (Value::Object(stored), None) => stored.is_empty(),
-                _ => false,
-            };
-        if !same {
-            return Err(WriteError::Conflict(format!(
-                "job id {id} is already used; choose another id, or repeat the original request exactly"
-            )));
-        }
-        let job = job_snapshot(row, None).map_err(|_| WriteError::Conflict(format!("job {id} is unreadable")))?;
-        Ok(Some(job))
     }
 
     /// Applies one write. `may_write` is asked about the job's workspace once
@@ -524,108 +548,41 @@ impl JobEvents {
         }
     }
 
-    /// Applies `items` inside `tx` (nothing is committed here): every rule is
-    /// checked against what `tx` sees, and the events to publish after the
-    /// commit are returned with what each item came to.
-    ///
-    /// `order` is the commit order, or `None` on PostgreSQL, where it is read
-    /// with the jobs' row locks; returned with what was staged.
-    async fn apply_in(
-        &self,
-        tx: &DatabaseTransaction,
-        order: Option<i64>,
-        items: Vec<(BatchItem, Option<Uuid>)>,
-        may_write: &(dyn Fn(&str) -> bool + Sync),
-        name_items: bool,
-    ) -> Result<(Staged, i64), WriteError> {
-        let mut batch = Batch::new(tx, self.store.backend());
-        let jobs = items.iter().map(|(item, _)| item.job_id()).collect();
-        let steps = items.iter().filter_map(|(item, _)| step_of(item)).collect();
-        let locked = batch.lock_jobs(jobs, steps, order.is_none()).await?;
-        let order = match order.or(locked) {
-            Some(order) => order,
-            None => commit_order(tx, self.store.backend()).await?,
-        };
-        let mut steps = Vec::with_capacity(items.len());
-        for (index, (item, event_id)) in items.into_iter().enumerate() {
-            let applied = batch.apply_once(item, event_id, may_write).await.map_err(|err| match err {
-                WriteError::Unavailable(_) | WriteError::Internal(_) => err,
-                err if name_items => WriteError::InBatch { index, source: Box::new(err) },
-                err => err,
-            })?;
-            steps.push(applied);
-        }
-        Ok((Staged::Applied(batch.flush(order).await?, steps), order))
-    }
-
-    /// Runs one write: in a group commit on SQLite, alone on PostgreSQL (where
-    /// row locks let writers of different jobs commit side by side).
+    /// Runs one write: on a SQLite file on the writer's thread, on SQLite in
+    /// memory in a group commit, alone on PostgreSQL (where row locks let
+    /// writers of different jobs commit side by side).
     async fn run(&self, work: Work) -> Result<Done, WriteError> {
-        match &self.group {
-            Some(group) => self.run_grouped(group, work).await,
-            None => self.run_alone(work).await,
-        }
-    }
-
-    /// Runs `work` inside `tx` at commit order `order` (read here when
-    /// `None`), and returns what it staged with that order.
-    async fn run_in(
-        &self,
-        tx: &DatabaseTransaction,
-        order: Option<i64>,
-        work: Work,
-    ) -> Result<(Staged, i64), WriteError> {
-        match work {
-            Work::Create(request) => {
-                let order = match order {
-                    Some(order) => order,
-                    None => commit_order(tx, self.store.backend()).await?,
-                };
-                Ok((Staged::Created(self.create_in(tx, order, request).await?), order))
+        match (&self.thread, &self.group) {
+            (Some(thread), _) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                thread.queue.push(Pending { work, reply });
+                answer.await.unwrap_or_else(|_| Err(no_answer()))
             }
-            Work::Apply { items, may_write, name_items } => {
-                self.apply_in(tx, order, items, may_write.as_ref(), name_items).await
-            }
+            (None, Some(group)) => self.run_grouped(group, work).await,
+            (None, None) => self.run_alone(work).await,
         }
     }
 
     /// One write in its own transaction (PostgreSQL).
     async fn run_alone(&self, work: Work) -> Result<Done, WriteError> {
         let guard = self.write_turn().await;
-        let outcome = self.run_own_transaction(work).await;
+        let outcome = run_own_transaction(&mut SeaTx::new(&self.write_db, &self.store.db), &*self.sink, work).await;
         drop(guard);
         outcome
     }
 
-    /// Runs `work` in a transaction of its own, no savepoint: a refused write
-    /// rolls the whole transaction back. The commit order is read with the
-    /// write's first request (the jobs' row locks on PostgreSQL; on SQLite
-    /// the commit counter's update, which leads the request that reads the
-    /// jobs and takes the write lock before anything is read: see
-    /// [`commit_order`]).
-    async fn run_own_transaction(&self, work: Work) -> Result<Done, WriteError> {
-        let tx = self.write_db.begin().await?;
-        let (staged, order) = match self.run_in(&tx, None, work).await {
-            Ok(staged) => staged,
-            Err(err) => return Err(rollback(tx, err).await),
-        };
-        self.commit(tx, &staged.events().iter().collect::<Vec<_>>()).await?;
-        self.finish(staged, order)
-    }
-
-    /// Group commit (SQLite): `work` joins the queue, and whoever holds the
-    /// writer's turn runs everything queued so far as one group — one
-    /// transaction and one sync. A write is answered only once its group has
-    /// committed (or failed); an earlier holder of the turn may have run it.
+    /// Group commit over sea-orm (SQLite in memory): `work` joins the queue,
+    /// and whoever holds the writer's turn runs everything queued so far as
+    /// one group — one transaction and one sync. A write is answered only
+    /// once its group has committed (or failed); an earlier holder of the
+    /// turn may have run it.
     async fn run_grouped(&self, group: &GroupQueue, work: Work) -> Result<Done, WriteError> {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
         group.push(Pending { work, reply });
         let answered = |answer: &mut tokio::sync::oneshot::Receiver<Result<Done, WriteError>>| match answer.try_recv() {
             Ok(outcome) => Some(outcome),
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
-            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                Some(Err(WriteError::Internal(DbErr::Custom("a group commit ended without an answer".into()))))
-            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(no_answer())),
         };
         loop {
             let guard = self.write_turn().await;
@@ -633,128 +590,281 @@ impl JobEvents {
                 return outcome;
             }
             let pending = group.take();
-            self.run_group(pending).await;
+            run_group(&mut SeaTx::new(&self.write_db, &self.store.db), &*self.sink, pending).await;
             drop(guard);
             if let Some(outcome) = answered(&mut answer) {
                 return outcome;
             }
         }
     }
+}
 
-    /// Runs a group in one transaction, each write inside its own savepoint:
-    /// a refused write rolls back to its savepoint and is answered with its
-    /// refusal; the others go on. Then one commit. If the commit fails (and the
-    /// read-back finds it did not commit), or a storage fault breaks the
-    /// transaction part-way, every write of the group is answered with the
-    /// error. After a commit, the group's events reach the sink write by write,
-    /// in the order they were applied.
-    ///
-    /// A group of one write needs no savepoint: it runs as a write of its own
-    /// ([`JobEvents::run_own_transaction`]), two requests to the database fewer.
-    async fn run_group(&self, mut group: Vec<Pending>) {
-        if group.len() == 1 {
-            if let Some(Pending { work, reply }) = group.pop() {
-                let _ = reply.send(self.run_own_transaction(work).await);
-            }
-            return;
-        }
-        let (tx, order) = match self.begin_group().await {
-            Ok(begun) => begun,
-            Err(err) => return fail_all(group.into_iter().map(|p| p.reply), err),
+/// The answer of a write whose group ended without answering it (a panic).
+fn no_answer() -> WriteError {
+    WriteError::Internal(DbErr::Custom("a group commit ended without an answer".into()))
+}
+
+/// The job `row` read for a creation with id `id`, if it was created by the
+/// same request (same workspace, type, priority and metadata): a repeat,
+/// answered with the existing job. An id taken otherwise, in this workspace
+/// or another, is one generic conflict that names no workspace, so ids do
+/// not reveal what exists elsewhere.
+fn same_job(row: Option<jobs::Model>, id: Uuid, request: &CreateJob) -> Result<Option<JobSnapshot>, WriteError> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let same = row.workspace_id == request.workspace_id
+        && row.job_type == request.job_type
+        && row.priority == request.priority.unwrap_or(0)
+        && match (&row.metadata, &request.metadata) {
+            (Value::Object(stored), Some(sent)) => stored == sent,
+            (Value::Object(stored), None) => stored.is_empty(),
+            _ => false,
         };
-        let mut staged: Vec<(Reply, Result<Staged, WriteError>)> = Vec::with_capacity(group.len());
-        let mut rest = group.into_iter();
-        while let Some(Pending { work, reply }) = rest.next() {
-            let outcome = match tx.execute_unprepared("SAVEPOINT write").await {
-                Ok(_) => self.run_in(&tx, Some(order), work).await.map(|(staged, _)| staged),
-                Err(err) => Err(err.into()),
+    if !same {
+        return Err(WriteError::Conflict(format!(
+            "job id {id} is already used; choose another id, or repeat the original request exactly"
+        )));
+    }
+    let job = job_snapshot(row, None).map_err(|_| WriteError::Conflict(format!("job {id} is unreadable")))?;
+    Ok(Some(job))
+}
+
+/// Creates the job of `request` inside `tx` (nothing is committed here):
+/// the existing job for a repeated id, else the new row and its `job.created`.
+async fn create_in(tx: &mut dyn WriteTx, order: i64, request: CreateJob) -> Result<Created, WriteError> {
+    let backend = tx.backend();
+    let id = request.id.unwrap_or_else(Uuid::now_v7);
+    let existing = tx.job(id).await?;
+    if let Some(existing) = same_job(existing, id, &request)? {
+        return Ok(Created::Existing(Box::new(existing)));
+    }
+    let now = Timestamp::now();
+    let row = jobs::Model {
+        id,
+        workspace_id: request.workspace_id.clone(),
+        job_type: request.job_type.clone(),
+        status: JobStatus::Pending.as_str().to_owned(),
+        priority: request.priority.unwrap_or(0),
+        progress: 0,
+        metadata: Value::Object(request.metadata.clone().unwrap_or_default()),
+        result: None,
+        error: None,
+        created_at: now.as_datetime(),
+        updated_at: now.as_datetime(),
+        started_at: None,
+        completed_at: None,
+        last_seq: 1,
+    };
+    let snapshot = job_snapshot(row.clone(), None).map_err(|_| WriteError::Conflict("invalid job".into()))?;
+    let event = Event {
+        event_id: Uuid::now_v7(),
+        seq: 1,
+        event_type: EventType::JobCreated,
+        job_id: id,
+        workspace_id: request.workspace_id.clone(),
+        step_id: None,
+        timestamp: now,
+        body: EventBody::JobCreated(JobCreated { job: snapshot.clone() }),
+    };
+    let mut script = Script::default();
+    script.push(insert_job(backend, row)?);
+    tx.execute(script).await?;
+    // After the insert: on PostgreSQL it waits for a prune deleting this
+    // id to commit, and this read then sees the prune's record.
+    if tx.was_pruned(id).await? {
+        return Err(WriteError::Conflict(format!(
+            "job id {id} is already used; choose another id, or repeat the original request exactly"
+        )));
+    }
+    let mut script = Script::default();
+    script.push(insert_events(backend, std::slice::from_ref(&event), &HashMap::new(), order)?);
+    tx.execute(script).await?;
+    Ok(Created::New(Box::new(snapshot), Box::new(event)))
+}
+
+/// Applies `items` inside `tx` (nothing is committed here): every rule is
+/// checked against what `tx` sees, and the events to publish after the
+/// commit are returned with what each item came to.
+///
+/// `order` is the commit order, or `None` when it is to be read here (with
+/// the jobs' row locks on PostgreSQL); returned with what was staged.
+async fn apply_in(
+    tx: &mut dyn WriteTx,
+    order: Option<i64>,
+    items: Vec<(BatchItem, Option<Uuid>)>,
+    may_write: &(dyn Fn(&str) -> bool + Sync),
+    name_items: bool,
+) -> Result<(Staged, i64), WriteError> {
+    let mut batch = Batch::new(tx);
+    let jobs = items.iter().map(|(item, _)| item.job_id()).collect();
+    let steps = items.iter().filter_map(|(item, _)| step_of(item)).collect();
+    let locked = batch.lock_jobs(jobs, steps, order.is_none()).await?;
+    let order = match order.or(locked) {
+        Some(order) => order,
+        None => batch.tx.commit_order().await?,
+    };
+    let mut steps = Vec::with_capacity(items.len());
+    for (index, (item, event_id)) in items.into_iter().enumerate() {
+        let applied = batch.apply_once(item, event_id, may_write).await.map_err(|err| match err {
+            WriteError::Unavailable(_) | WriteError::Internal(_) => err,
+            err if name_items => WriteError::InBatch { index, source: Box::new(err) },
+            err => err,
+        })?;
+        steps.push(applied);
+    }
+    Ok((Staged::Applied(batch.flush(order).await?, steps), order))
+}
+
+/// Runs `work` inside `tx` at commit order `order` (read here when
+/// `None`), and returns what it staged with that order.
+async fn run_in(tx: &mut dyn WriteTx, order: Option<i64>, work: Work) -> Result<(Staged, i64), WriteError> {
+    match work {
+        Work::Create(request) => {
+            let order = match order {
+                Some(order) => order,
+                None => tx.commit_order().await?,
             };
-            let kept = match &outcome {
-                Ok(_) => tx.execute_unprepared("RELEASE write").await.map_err(WriteError::from),
-                // A storage fault (disk full, I/O) fails the whole group.
-                Err(WriteError::Unavailable(_)) => Err(WriteError::Unavailable(DbErr::Custom("storage fault".into()))),
-                Err(_) => match tx.execute_unprepared("ROLLBACK TO write").await {
-                    Ok(_) => tx.execute_unprepared("RELEASE write").await.map_err(WriteError::from),
-                    Err(err) => Err(err.into()),
-                },
-            };
-            match kept {
-                Ok(_) => staged.push((reply, outcome)),
-                Err(fault) => {
-                    let err = match outcome {
-                        Err(err @ WriteError::Unavailable(_)) => err,
-                        _ => fault,
-                    };
-                    tracing::warn!(error = %err, "a group commit failed part-way; every write in it is refused");
-                    if let Err(rollback) = tx.rollback().await {
-                        tracing::warn!(error = %rollback, "rollback of a failed group failed; the connection is discarded");
-                    }
-                    let replies = staged.into_iter().map(|(reply, _)| reply).chain(std::iter::once(reply));
-                    return fail_all(replies.chain(rest.map(|p| p.reply)), err);
-                }
-            }
+            Ok((Staged::Created(create_in(tx, order, request).await?), order))
         }
-        let events: Vec<&Event> =
-            staged.iter().filter_map(|(_, s)| s.as_ref().ok()).flat_map(|s| s.events().iter()).collect();
-        if let Err(err) = self.commit(tx, &events).await {
-            return fail_all(staged.into_iter().map(|(reply, _)| reply), err);
-        }
-        for (reply, outcome) in staged {
-            let _ = reply.send(outcome.and_then(|staged| self.finish(staged, order)));
+        Work::Apply { items, may_write, name_items } => {
+            apply_in(tx, order, items, may_write.as_ref(), name_items).await
         }
     }
+}
 
-    /// Begins a group's transaction with its commit order (the first
-    /// statement, which takes SQLite's write lock).
-    async fn begin_group(&self) -> Result<(DatabaseTransaction, i64), WriteError> {
-        let tx = self.write_db.begin().await?;
-        match commit_order(&tx, self.store.backend()).await {
-            Ok(order) => Ok((tx, order)),
-            Err(err) => Err(rollback(tx, err).await),
+/// Runs `work` in a transaction of its own, no savepoint: a refused write
+/// rolls the whole transaction back. The commit order is read with the
+/// write's first request (the jobs' row locks on PostgreSQL; on SQLite
+/// the commit counter's update, which leads the reads of the jobs and takes
+/// the write lock before anything is read: see [`commit_order_sql`]).
+async fn run_own_transaction(tx: &mut dyn WriteTx, sink: &dyn EventSink, work: Work) -> Result<Done, WriteError> {
+    tx.begin().await?;
+    let (staged, order) = match run_in(tx, None, work).await {
+        Ok(staged) => staged,
+        Err(err) => {
+            tx.rollback().await;
+            return Err(err);
         }
-    }
+    };
+    tx.commit(&staged.events().iter().collect::<Vec<_>>(), sink).await?;
+    finish(sink, staged, order)
+}
 
-    /// After the commit: hands a write's new events to the sink and answers it.
-    fn finish(&self, staged: Staged, order: i64) -> Result<Done, WriteError> {
-        let (events, steps) = match staged {
-            Staged::Created(Created::Existing(job)) => return Ok(Done::Created(job, false)),
-            Staged::Created(Created::New(job, event)) => {
-                self.publish(vec![*event], order);
-                return Ok(Done::Created(job, true));
-            }
-            Staged::Applied(events, steps) => (events, steps),
+/// Runs a group in one transaction, each write inside its own savepoint:
+/// a refused write rolls back to its savepoint and is answered with its
+/// refusal; the others go on. Then one commit. If the commit fails (and the
+/// read-back finds it did not commit), or a storage fault breaks the
+/// transaction part-way, every write of the group is answered with the
+/// error. After a commit, the group's events reach the sink write by write,
+/// in the order they were applied.
+///
+/// A group of one write needs no savepoint: it runs as a write of its own
+/// ([`run_own_transaction`]), two statements fewer.
+pub(crate) async fn run_group(tx: &mut dyn WriteTx, sink: &dyn EventSink, mut group: Vec<Pending>) {
+    if group.len() == 1 {
+        if let Some(Pending { work, reply }) = group.pop() {
+            let _ = reply.send(run_own_transaction(tx, sink, work).await);
+        }
+        return;
+    }
+    let order = match begin_group(tx).await {
+        Ok(order) => order,
+        Err(err) => return fail_all(group.into_iter().map(|p| p.reply), err),
+    };
+    let mut staged: Vec<(Reply, Result<Staged, WriteError>)> = Vec::with_capacity(group.len());
+    let mut rest = group.into_iter();
+    while let Some(Pending { work, reply }) = rest.next() {
+        let outcome = match tx.execute_unprepared("SAVEPOINT write").await {
+            Ok(()) => run_in(tx, Some(order), work).await.map(|(staged, _)| staged),
+            Err(err) => Err(err),
         };
-        let mut committed = self.publish(events, order).into_iter();
-        steps
-            .into_iter()
-            .map(|outcome| match outcome {
-                Outcome::New(step) => {
-                    committed.next().map(|event| Applied { event, step, repeated: false }).ok_or_else(|| {
-                        WriteError::Internal(DbErr::Custom("a committed event could not be encoded".into()))
-                    })
-                }
-                Outcome::Repeat(event, order, step) => Committed::new(*event, order)
-                    .map(|c| Applied { event: Arc::new(c), step, repeated: true })
-                    .map_err(|e| WriteError::Internal(DbErr::Custom(format!("stored event: {e}")))),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Done::Applied)
+        let kept = match &outcome {
+            Ok(_) => tx.execute_unprepared("RELEASE write").await,
+            // A storage fault (disk full, I/O) fails the whole group.
+            Err(WriteError::Unavailable(_)) => Err(WriteError::Unavailable(DbErr::Custom("storage fault".into()))),
+            Err(_) => match tx.execute_unprepared("ROLLBACK TO write").await {
+                Ok(()) => tx.execute_unprepared("RELEASE write").await,
+                Err(err) => Err(err),
+            },
+        };
+        match kept {
+            Ok(()) => staged.push((reply, outcome)),
+            Err(fault) => {
+                let err = match outcome {
+                    Err(err @ WriteError::Unavailable(_)) => err,
+                    _ => fault,
+                };
+                tracing::warn!(error = %err, "a group commit failed part-way; every write in it is refused");
+                tx.rollback().await;
+                let replies = staged.into_iter().map(|(reply, _)| reply).chain(std::iter::once(reply));
+                return fail_all(replies.chain(rest.map(|p| p.reply)), err);
+            }
+        }
     }
-    /// Encodes committed events and hands them to the sink.
-    fn publish(&self, events: Vec<Event>, order: i64) -> Vec<Arc<Committed>> {
-        let committed: Vec<Arc<Committed>> = events
-            .into_iter()
-            .filter_map(|event| match Committed::new(event, Some(order)) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(err) => {
-                    tracing::error!(%err, "a committed event could not be encoded");
-                    None
-                }
-            })
-            .collect();
-        self.sink.publish(&committed);
-        committed
+    let events: Vec<&Event> =
+        staged.iter().filter_map(|(_, s)| s.as_ref().ok()).flat_map(|s| s.events().iter()).collect();
+    if let Err(err) = tx.commit(&events, sink).await {
+        return fail_all(staged.into_iter().map(|(reply, _)| reply), err);
     }
+    for (reply, outcome) in staged {
+        let _ = reply.send(outcome.and_then(|staged| finish(sink, staged, order)));
+    }
+}
+
+/// Begins a group's transaction with its commit order (the first
+/// statement, which takes SQLite's write lock).
+async fn begin_group(tx: &mut dyn WriteTx) -> Result<i64, WriteError> {
+    tx.begin().await?;
+    match tx.commit_order().await {
+        Ok(order) => Ok(order),
+        Err(err) => {
+            tx.rollback().await;
+            Err(err)
+        }
+    }
+}
+
+/// After the commit: hands a write's new events to the sink and answers it.
+fn finish(sink: &dyn EventSink, staged: Staged, order: i64) -> Result<Done, WriteError> {
+    let (events, steps) = match staged {
+        Staged::Created(Created::Existing(job)) => return Ok(Done::Created(job, false)),
+        Staged::Created(Created::New(job, event)) => {
+            publish(sink, vec![*event], order);
+            return Ok(Done::Created(job, true));
+        }
+        Staged::Applied(events, steps) => (events, steps),
+    };
+    let mut committed = publish(sink, events, order).into_iter();
+    steps
+        .into_iter()
+        .map(|outcome| match outcome {
+            Outcome::New(step) => committed
+                .next()
+                .map(|event| Applied { event, step, repeated: false })
+                .ok_or_else(|| WriteError::Internal(DbErr::Custom("a committed event could not be encoded".into()))),
+            Outcome::Repeat(event, order, step) => Committed::new(*event, order)
+                .map(|c| Applied { event: Arc::new(c), step, repeated: true })
+                .map_err(|e| WriteError::Internal(DbErr::Custom(format!("stored event: {e}")))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Done::Applied)
+}
+
+/// Encodes committed events and hands them to the sink.
+fn publish(sink: &dyn EventSink, events: Vec<Event>, order: i64) -> Vec<Arc<Committed>> {
+    let committed: Vec<Arc<Committed>> = events
+        .into_iter()
+        .filter_map(|event| match Committed::new(event, Some(order)) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(err) => {
+                tracing::error!(%err, "a committed event could not be encoded");
+                None
+            }
+        })
+        .collect();
+    sink.publish(&committed);
+    committed
 }
 
 /// Runs a write in its own task and waits for it. The task is not cancelled
@@ -794,8 +904,8 @@ fn json_text(backend: DbBackend, value: Option<&Value>) -> Result<sea_orm::sea_q
     })
 }
 
-/// Inserts a new job row, its JSON columns as JSON text (see [`json_text`]).
-async fn insert_job(tx: &DatabaseTransaction, backend: DbBackend, row: jobs::Model) -> Result<(), DbErr> {
+/// The insert of a new job row, its JSON columns as JSON text (see [`json_text`]).
+fn insert_job(backend: DbBackend, row: jobs::Model) -> Result<sea_orm::Statement, DbErr> {
     use sea_orm::sea_query::{Expr, Query, SimpleExpr};
     let values: [SimpleExpr; 14] = [
         Expr::val(row.id).into(),
@@ -832,29 +942,14 @@ async fn insert_job(tx: &DatabaseTransaction, backend: DbBackend, row: jobs::Mod
     let mut insert = Query::insert();
     insert.into_table(jobs::Entity).columns(columns);
     insert.values(values).map_err(|e| DbErr::Custom(format!("job insert: {e}")))?;
-    tx.execute(backend.build(&insert)).await?;
-    Ok(())
+    Ok(backend.build(&insert))
 }
 
-/// SQLite's next commit order (see [`commit_order`]); its row says what it is
-/// when it leads a write's reads ([`Batch::read_rows`]).
-const SQLITE_NEXT_ORDER: &str =
-    "UPDATE commit_counter SET value = value + 1 WHERE id = 1 RETURNING 'order' AS row_kind, value AS v";
-
-/// The commit order of the current write transaction (see the `commit_order`
-/// migration): the PostgreSQL transaction id, or the next value of SQLite's
-/// commit counter, which only the one writer takes. Run as a transaction's
-/// first statement, it also takes SQLite's write lock up front (waiting as
-/// `busy_timeout` allows), so the transaction never has to upgrade a read
-/// snapshot to a write, which SQLite refuses at once when another connection
-/// wrote in between.
+/// The commit order of `tx` (see [`commit_order_sql`]), for maintenance
+/// transactions.
 async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i64, DbErr> {
-    let sql = match backend {
-        DbBackend::Postgres => "SELECT pg_current_xact_id()::text::bigint AS v",
-        _ => SQLITE_NEXT_ORDER,
-    };
     let row = tx
-        .query_one(sea_orm::Statement::from_string(backend, sql))
+        .query_one(sea_orm::Statement::from_string(backend, commit_order_sql(backend)))
         .await?
         .ok_or_else(|| DbErr::Custom("no commit order".into()))?;
     row.try_get::<i64>("", "v")
@@ -934,7 +1029,7 @@ struct StepRow {
 /// The state of one write transaction: locked job rows and touched steps, kept
 /// in memory and written once at [`Batch::flush`].
 struct Batch<'a> {
-    tx: &'a DatabaseTransaction,
+    tx: &'a mut dyn WriteTx,
     backend: DbBackend,
     /// Locked job rows: as changed by the batch, as read, and whether changed.
     jobs: HashMap<Uuid, (jobs::Model, jobs::Model, bool)>,
@@ -952,10 +1047,10 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn new(tx: &'a DatabaseTransaction, backend: DbBackend) -> Self {
+    fn new(tx: &'a mut dyn WriteTx) -> Self {
         Self {
+            backend: tx.backend(),
             tx,
-            backend,
             jobs: HashMap::new(),
             steps: HashMap::new(),
             looked_up: BTreeSet::new(),
@@ -967,106 +1062,34 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Loads and locks every job of the batch, in id order so that two batches
-    /// touching the same jobs cannot deadlock, and (SQLite) the `steps` its
-    /// items name. With `with_order`, the same request reads the transaction's
-    /// commit order (see [`commit_order`]): on PostgreSQL its id, with the row
-    /// locks, returned if any job was found; on SQLite the commit counter's
-    /// next value, always.
+    /// Loads and locks every job of the batch, and (SQLite) the `steps` its
+    /// items name (see [`WriteTx::lock_rows`]). With `with_order`, the same
+    /// request reads the transaction's commit order: on PostgreSQL its id,
+    /// with the row locks, returned if any job was found; on SQLite the
+    /// commit counter's next value, always. On SQLite every id of `steps`
+    /// counts as looked up: one not found does not exist.
     async fn lock_jobs(
         &mut self,
         ids: BTreeSet<Uuid>,
         steps: BTreeSet<Uuid>,
         with_order: bool,
     ) -> Result<Option<i64>, WriteError> {
-        use sea_orm::{FromQueryResult, QueryTrait};
-        const ORDER: &str = "commit_order_of_tx";
-        if self.backend != DbBackend::Postgres {
-            return self.read_rows(ids, steps, with_order).await;
+        let rows = self.tx.lock_rows(&ids, &steps, with_order).await?;
+        for row in rows.jobs {
+            self.jobs.insert(row.id, (row.clone(), row, false));
         }
-        let ids: Vec<Uuid> = ids.into_iter().collect();
-        let mut order = None;
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            let mut select = writable_jobs(chunk).order_by_asc(jobs::Column::Id).lock_exclusive();
-            if with_order && order.is_none() {
-                select = select.column_as(sea_orm::sea_query::Expr::cust("pg_current_xact_id()::text::bigint"), ORDER);
-            }
-            for result in self.tx.query_all(select.build(self.backend)).await? {
-                let row = jobs::Model::from_query_result(&result, "")?;
-                if with_order && order.is_none() {
-                    order = Some(result.try_get::<i64>("", ORDER)?);
-                }
-                self.jobs.insert(row.id, (row.clone(), row, false));
-            }
+        for row in rows.steps {
+            self.steps.insert(row.id, StepRow { read: Some(row.clone()), row, new: false, dirty: false });
         }
-        // PostgreSQL: the `not_being_deleted` test above ran on the snapshot
-        // the statement began with, and a prune's slice that held a job's lock
-        // marks the job without changing its row, so the lock's wait ends
-        // without a re-check. Read again, now that the locks are held: a mark
-        // committed meanwhile is seen, and the job is not found.
-        if self.backend == DbBackend::Postgres && !self.jobs.is_empty() {
-            let chunk: Vec<Uuid> = self.jobs.keys().copied().collect();
-            for chunk in chunk.chunks(INSERT_CHUNK) {
-                for id in crate::retention::pruned_among(self.tx, self.backend, chunk.iter().copied()).await? {
-                    self.jobs.remove(&id);
-                }
-            }
+        if rows.steps_read {
+            self.looked_up.extend(steps);
         }
-        Ok(order)
-    }
-
-    /// SQLite: the jobs and steps of the batch in one request (SQLite has
-    /// one writer, so reading is locking): led, with `with_order`, by the
-    /// commit counter's update, which takes the write lock before anything is
-    /// read. Every id of `steps` counts as looked up: one not found does not
-    /// exist.
-    async fn read_rows(
-        &mut self,
-        ids: BTreeSet<Uuid>,
-        steps: BTreeSet<Uuid>,
-        with_order: bool,
-    ) -> Result<Option<i64>, WriteError> {
-        use sea_orm::sea_query::Expr;
-        use sea_orm::{FromQueryResult, QueryTrait};
-        let mut script = Script::default();
-        if with_order {
-            script.push(sea_orm::Statement::from_string(self.backend, SQLITE_NEXT_ORDER));
-        }
-        let ids: Vec<Uuid> = ids.into_iter().collect();
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            script.push(writable_jobs(chunk).column_as(Expr::val("job"), ROW_KIND).build(self.backend));
-        }
-        let step_ids: Vec<Uuid> = steps.iter().copied().collect();
-        for chunk in step_ids.chunks(INSERT_CHUNK) {
-            let select = job_steps::Entity::find()
-                .filter(job_steps::Column::Id.is_in(chunk.to_vec()))
-                .column_as(Expr::val("step"), ROW_KIND);
-            script.push(select.build(self.backend));
-        }
-        let mut order = None;
-        for row in script.query_all(self.tx).await? {
-            match row.try_get::<String>("", ROW_KIND)?.as_str() {
-                "order" => order = Some(row.try_get::<i64>("", "v")?),
-                "job" => {
-                    let row = jobs::Model::from_query_result(&row, "")?;
-                    self.jobs.insert(row.id, (row.clone(), row, false));
-                }
-                "step" => {
-                    let row = job_steps::Model::from_query_result(&row, "")?;
-                    self.steps.insert(row.id, StepRow { read: Some(row.clone()), row, new: false, dirty: false });
-                }
-                kind => {
-                    return Err(WriteError::Internal(DbErr::Custom(format!("a read returned a row of kind {kind}"))))
-                }
-            }
-        }
-        self.looked_up.extend(steps);
-        Ok(order)
+        Ok(rows.order)
     }
 
     async fn step(&mut self, job_id: Uuid, step_id: Uuid) -> Result<&mut StepRow, WriteError> {
         if !self.steps.contains_key(&step_id) && !self.looked_up.contains(&step_id) {
-            let row = job_steps::Entity::find_by_id(step_id).one(self.tx).await?;
+            let row = self.tx.step(step_id).await?;
             match row {
                 Some(row) if row.job_id == job_id => {
                     self.steps.insert(step_id, StepRow { read: Some(row.clone()), row, new: false, dirty: false });
@@ -1108,7 +1131,7 @@ impl<'a> Batch<'a> {
                 format!("{id} is used twice in this request"),
             )));
         }
-        let Some(row) = job_events::Entity::find_by_id(id).one(self.tx).await? else {
+        let Some(row) = self.tx.event(id).await? else {
             self.next_id = Some(id);
             let outcome = self.apply(item, may_write).await;
             self.next_id = None;
@@ -1127,7 +1150,7 @@ impl<'a> Batch<'a> {
         }
         let step = match (&item, stored.step_id) {
             (BatchItem::Step(..) | BatchItem::StepComplete(..), Some(step_id)) => {
-                job_steps::Entity::find_by_id(step_id).one(self.tx).await?.and_then(|row| step_snapshot(row).ok())
+                self.tx.step(step_id).await?.and_then(|row| step_snapshot(row).ok())
             }
             _ => None,
         };
@@ -1189,13 +1212,7 @@ impl<'a> Batch<'a> {
                     None => false,
                     Some(_) if self.steps.contains_key(&step_id) => true,
                     Some(_) if self.looked_up.contains(&step_id) => false,
-                    Some(_) => job_steps::Entity::find_by_id(step_id)
-                        .select_only()
-                        .column(job_steps::Column::Id)
-                        .into_tuple::<Uuid>()
-                        .one(self.tx)
-                        .await?
-                        .is_some(),
+                    Some(_) => self.tx.step(step_id).await?.is_some(),
                 };
                 if taken {
                     return Err(WriteError::Conflict(format!("step id {step_id} is already used")));
@@ -1314,15 +1331,9 @@ impl<'a> Batch<'a> {
                 push_update(&mut script, self.backend, &update.filter(jobs::Column::Id.eq(id)).into_query());
             }
         }
-        script.execute(self.tx).await?;
+        self.tx.execute(script).await?;
         Ok(self.events)
     }
-}
-
-/// The jobs of `ids` that take writes: a job whose deletion has begun takes
-/// no more (it is not found).
-fn writable_jobs(ids: &[Uuid]) -> sea_orm::Select<jobs::Entity> {
-    jobs::Entity::find().filter(jobs::Column::Id.is_in(ids.to_vec())).filter(crate::store::not_being_deleted())
 }
 
 /// Adds `update` to `script` unless it sets nothing (no column changed).
