@@ -5,8 +5,9 @@
 //! - [`JobEvents`]: the writer. Each write is one transaction that locks the job
 //!   row, checks the rules, takes the next `seq`, inserts the event and updates
 //!   the snapshot columns (on SQLite, writes that arrive together share one
-//!   transaction, each in its own savepoint: group commit); only after commit is the event handed to the
-//!   [`EventSink`]. The typed emit helpers (`emit_job_created` …) build each
+//!   transaction, each in its own savepoint: group commit, run on a SQLite
+//!   file by a thread of the writer's own); only after commit is the event
+//!   handed to the [`EventSink`]. The typed emit helpers (`emit_job_created` …) build each
 //!   payload in one place.
 //!
 //! Delivery (the hub that turns committed events into ordered streams per

@@ -10,6 +10,10 @@
 //! and runs the statements of one request one after the other, binding
 //! SQLite's unnumbered `?` parameters across them in order.
 //!
+//! Used where writes go through sea-orm: SQLite in memory (a SQLite file is
+//! written on the writer's own thread, where a statement is a function call:
+//! see `sqlite_writer`) and PostgreSQL.
+//!
 //! PostgreSQL's extended protocol takes one statement per request, so there
 //! the statements run one after the other, as before; its server runs in its
 //! own process and is reached over a socket, not through a thread of ours.

@@ -430,6 +430,10 @@ impl JobEvents {
     pub async fn create_job(&self, request: CreateJob) -> Result<(JobSnapshot, bool), WriteError> {
         use jobstream_protocol::requests::Request as _;
         request.validate()?;
+        if self.thread.is_some() {
+            // Queued at the first poll, then run to its end by the writer's thread.
+            return self.create_job_now(request).await;
+        }
         let this = self.clone();
         detached(async move { this.create_job_now(request).await }).await
     }
@@ -456,7 +460,8 @@ impl JobEvents {
     /// Applies one write. `may_write` is asked about the job's workspace once
     /// the job is locked; a job it refuses is reported as not found.
     ///
-    /// The write runs in its own task: a caller that stops waiting (an HTTP
+    /// The write runs in its own task (on a SQLite file, on the writer's
+    /// thread, from the first poll on): a caller that stops waiting (an HTTP
     /// client that hangs up) does not cancel it half-way, and a committed event
     /// is always handed to the sink. On any failure the transaction is rolled
     /// back before the error is returned.
@@ -509,8 +514,13 @@ impl JobEvents {
         may_write: impl Fn(&str) -> bool + Send + Sync + 'static,
         name_items: bool,
     ) -> Result<Vec<Applied>, WriteError> {
-        let this = self.clone();
         let may_write: MayWrite = Arc::new(may_write);
+        if self.thread.is_some() {
+            // Queued at the first poll, then run to its end by the writer's
+            // thread, which is the only writer: no two insert one id at once.
+            return self.apply_all_now(items, may_write, name_items).await;
+        }
+        let this = self.clone();
         detached(async move {
             // Ids the client chose (an `eventId`, a new step's id) may be
             // inserted by two writers at once (PostgreSQL: the second waits
