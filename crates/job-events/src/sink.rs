@@ -43,10 +43,9 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// Writes to these jobs may or may not have committed (the database stopped
     /// answering during the commit). Delivery compares what it has sent with
-    /// the database once it answers again. By default nothing is done.
-    fn uncertain(&self, jobs: &[uuid::Uuid]) {
-        let _ = jobs;
-    }
+    /// the database once it answers again. A sink that wraps another passes
+    /// this on (there is no default, so that no wrapper drops it).
+    fn uncertain(&self, jobs: &[uuid::Uuid]);
 }
 
 /// A sink that drops everything (for tools that only write).
@@ -55,4 +54,6 @@ pub struct NullSink;
 
 impl EventSink for NullSink {
     fn publish(&self, _: &[Arc<Committed>]) {}
+
+    fn uncertain(&self, _: &[uuid::Uuid]) {}
 }

@@ -91,7 +91,7 @@ impl WriterThread {
         let conn = match crate::sqlite_writer::open(&path) {
             Ok(conn) => conn,
             Err(err) => {
-                tracing::debug!(error = %err, "SQLite writes go through the pool (not a file the writer can open)");
+                tracing::info!(error = %err, "SQLite writes go through the pool (not a file the writer can open)");
                 return None;
             }
         };
@@ -861,7 +861,11 @@ fn finish(sink: &dyn EventSink, staged: Staged, order: i64) -> Result<Done, Writ
         .map(Done::Applied)
 }
 
-/// Encodes committed events and hands them to the sink.
+/// Encodes committed events and hands them to the sink. The events are
+/// committed whatever the sink does: a sink that panics is logged and told
+/// the jobs are uncertain (its subscribers compare their cursors with the
+/// database), and the writes are still answered as committed, so that a
+/// client never retries (and repeats) a write that was stored.
 fn publish(sink: &dyn EventSink, events: Vec<Event>, order: i64) -> Vec<Arc<Committed>> {
     let committed: Vec<Arc<Committed>> = events
         .into_iter()
@@ -873,7 +877,12 @@ fn publish(sink: &dyn EventSink, events: Vec<Event>, order: i64) -> Vec<Arc<Comm
             }
         })
         .collect();
-    sink.publish(&committed);
+    let published = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.publish(&committed)));
+    if published.is_err() {
+        tracing::error!("delivering committed events failed; their jobs' subscribers are checked against the database");
+        let jobs: Vec<Uuid> = committed.iter().map(|c| c.event.job_id).collect();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.uncertain(&jobs)));
+    }
     committed
 }
 

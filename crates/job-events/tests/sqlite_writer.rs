@@ -184,3 +184,59 @@ async fn the_writers_thread_stores_every_column_as_the_pools_connection_does() {
     threaded.close().await;
     pooled.close().await;
 }
+
+/// A sink that panics on its second delivery.
+#[derive(Default)]
+struct PanicsOnce(std::sync::atomic::AtomicUsize, std::sync::Mutex<Vec<Uuid>>);
+
+impl jobstream_job_events::EventSink for PanicsOnce {
+    fn publish(&self, _: &[Arc<jobstream_job_events::Committed>]) {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            panic!("a sink that fails");
+        }
+    }
+
+    fn uncertain(&self, jobs: &[Uuid]) {
+        self.1.lock().unwrap().extend_from_slice(jobs);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_write_is_answered_as_committed_even_when_delivery_fails() {
+    let Some(db) = TestDb::open(Engine::Sqlite).await else { return };
+    let sink = Arc::new(PanicsOnce::default());
+    let writer = JobEvents::new(db.db.clone(), sink.clone());
+    let (job, _) = writer
+        .create_job(CreateJob {
+            id: None,
+            workspace_id: "ws".into(),
+            job_type: "t".into(),
+            priority: None,
+            metadata: None,
+        })
+        .await
+        .unwrap();
+    // Three writes in one group: the sink panics on the first of them.
+    let turn = writer.hold_writer_turn().await;
+    let writes: Vec<_> = (0..3)
+        .map(|i| {
+            let writer = writer.clone();
+            let item = BatchItem::Progress(job.id, ProgressRequest { progress: 10 * i, message: None });
+            tokio::spawn(async move { writer.write(item, |_| true).await })
+        })
+        .collect();
+    while writer.queued_writes() < 3 {
+        tokio::task::yield_now().await;
+    }
+    drop(turn);
+    let mut seqs = Vec::new();
+    for write in writes {
+        seqs.push(write.await.unwrap().expect("a committed write is answered as such").event.event.seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(*sink.1.lock().unwrap(), [job.id], "the job's subscribers are checked against the database");
+    assert_eq!(writer.store().job(job.id).await.unwrap().unwrap().last_seq, 4);
+    writer.close().await.unwrap();
+    db.close().await;
+}

@@ -475,12 +475,33 @@ impl<S: jobstream_job_events::EventSink + std::fmt::Debug> jobstream_job_events:
         self.metrics.appended.add(events.len() as u64);
         self.inner.publish(events);
     }
+
+    fn uncertain(&self, jobs: &[uuid::Uuid]) {
+        self.inner.uncertain(jobs);
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_counting_sink_passes_on_writes_of_unknown_outcome() {
+        use jobstream_job_events::EventSink;
+        #[derive(Debug, Default)]
+        struct Told(std::sync::Mutex<Vec<uuid::Uuid>>);
+        impl EventSink for Told {
+            fn publish(&self, _: &[Arc<jobstream_job_events::Committed>]) {}
+            fn uncertain(&self, jobs: &[uuid::Uuid]) {
+                self.0.lock().unwrap().extend_from_slice(jobs);
+            }
+        }
+        let sink = CountingSink { inner: Told::default(), metrics: Metrics::default() };
+        let job = uuid::Uuid::now_v7();
+        sink.uncertain(&[job]);
+        assert_eq!(*sink.inner.0.lock().unwrap(), vec![job]);
+    }
 
     #[test]
     fn a_striped_counter_sums_what_every_thread_added() {

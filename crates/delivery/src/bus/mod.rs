@@ -128,6 +128,14 @@ impl EventSink for ClusterSink {
         note_seen(&self.hub, &self.seen, events);
         let _ = self.outbox.send(events.to_vec());
     }
+
+    /// This node's subscribers compare their cursors with the database.
+    /// Other nodes are not told: if such a write committed, their
+    /// subscribers get it when a later event of its job shows the gap (filled
+    /// from the database) or when they subscribe again.
+    fn uncertain(&self, jobs: &[Uuid]) {
+        self.hub.uncertain(jobs);
+    }
 }
 
 /// Starts the bus on `driver` (publisher, listener and sweep tasks) and returns

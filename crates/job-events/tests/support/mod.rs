@@ -16,6 +16,8 @@ impl EventSink for Recorder {
     fn publish(&self, events: &[Arc<Committed>]) {
         self.0.lock().unwrap().extend(events.iter().cloned());
     }
+
+    fn uncertain(&self, _: &[Uuid]) {}
 }
 
 /// A writer on `db` whose events go to a [`Recorder`].
