@@ -85,6 +85,10 @@ async fn the_same_writes(writer: &JobEvents, job: Uuid, step: Uuid, ids: &[Uuid]
     writer.write_with_id(BatchItem::Event(job, custom), Some(ids[8]), |_| true).await.unwrap();
 }
 
+fn new_job() -> CreateJob {
+    CreateJob { id: None, workspace_id: "ws".into(), job_type: "t".into(), priority: None, metadata: None }
+}
+
 /// Every row of the three tables, each column as its SQLite storage class and
 /// its value, except values that differ from run to run (times, durations,
 /// commit orders, generated ids); those are checked to be written as sqlx
@@ -143,16 +147,7 @@ async fn a_sqlite_file_is_written_on_the_writers_thread_and_a_database_in_memory
     jobstream_job_events::migrate(&memory).await.unwrap();
     let writer = JobEvents::new(memory.clone(), Arc::new(NullSink));
     assert!(!writer.has_writer_thread());
-    let (job, created) = writer
-        .create_job(CreateJob {
-            id: None,
-            workspace_id: "ws".into(),
-            job_type: "t".into(),
-            priority: None,
-            metadata: None,
-        })
-        .await
-        .unwrap();
+    let (job, created) = writer.create_job(new_job()).await.unwrap();
     assert!(created);
     assert_eq!(writer.store().job(job.id).await.unwrap().unwrap().last_seq, 1);
     file.close().await;
@@ -206,16 +201,7 @@ async fn a_committed_write_is_answered_as_committed_even_when_delivery_fails() {
     let Some(db) = TestDb::open(Engine::Sqlite).await else { return };
     let sink = Arc::new(PanicsOnce::default());
     let writer = JobEvents::new(db.db.clone(), sink.clone());
-    let (job, _) = writer
-        .create_job(CreateJob {
-            id: None,
-            workspace_id: "ws".into(),
-            job_type: "t".into(),
-            priority: None,
-            metadata: None,
-        })
-        .await
-        .unwrap();
+    let (job, _) = writer.create_job(new_job()).await.unwrap();
     // Three writes in one group: the sink panics on the first of them.
     let turn = writer.hold_writer_turn().await;
     let writes: Vec<_> = (0..3)
