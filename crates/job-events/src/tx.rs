@@ -116,6 +116,15 @@ pub(crate) fn commit_order_sql(backend: DbBackend) -> &'static str {
     }
 }
 
+/// The commit order of `tx` (see [`commit_order_sql`]).
+pub(crate) async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i64, DbErr> {
+    let row = tx
+        .query_one(sea_orm::Statement::from_string(backend, commit_order_sql(backend)))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no commit order".into()))?;
+    row.try_get::<i64>("", "v")
+}
+
 /// The jobs of `ids` that take writes: a job whose deletion has begun takes
 /// no more (it is not found).
 pub(crate) fn writable_jobs(ids: &[Uuid]) -> sea_orm::Select<jobs::Entity> {
@@ -199,12 +208,7 @@ impl WriteTx for SeaTx<'_> {
 
     async fn commit_order(&mut self) -> Result<i64, WriteError> {
         let backend = self.backend();
-        let row = self
-            .tx()?
-            .query_one(sea_orm::Statement::from_string(backend, commit_order_sql(backend)))
-            .await?
-            .ok_or_else(|| DbErr::Custom("no commit order".into()))?;
-        Ok(row.try_get::<i64>("", "v")?)
+        Ok(commit_order(self.tx()?, backend).await?)
     }
 
     async fn lock_rows(

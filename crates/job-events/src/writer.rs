@@ -50,7 +50,7 @@ use crate::error::WriteError;
 use crate::script::Script;
 use crate::sink::{Committed, EventSink};
 use crate::store::{job_snapshot, step_snapshot, EventStore};
-use crate::tx::{commit_order_sql, SeaTx, WriteTx, CHUNK as INSERT_CHUNK};
+use crate::tx::{commit_order, SeaTx, WriteTx, CHUNK as INSERT_CHUNK};
 
 /// The writer. Cheap to clone; all clones share one sink and one SQLite write queue.
 #[derive(Clone)]
@@ -747,7 +747,7 @@ async fn run_in(tx: &mut dyn WriteTx, order: Option<i64>, work: Work) -> Result<
 /// rolls the whole transaction back. The commit order is read with the
 /// write's first request (the jobs' row locks on PostgreSQL; on SQLite
 /// the commit counter's update, which leads the reads of the jobs and takes
-/// the write lock before anything is read: see [`commit_order_sql`]).
+/// the write lock before anything is read: see [`crate::tx::commit_order_sql`]).
 async fn run_own_transaction(tx: &mut dyn WriteTx, sink: &dyn EventSink, work: Work) -> Result<Done, WriteError> {
     tx.begin().await?;
     let (staged, order) = match run_in(tx, None, work).await {
@@ -962,16 +962,6 @@ fn insert_job(backend: DbBackend, row: jobs::Model) -> Result<sea_orm::Statement
     insert.into_table(jobs::Entity).columns(columns);
     insert.values(values).map_err(|e| DbErr::Custom(format!("job insert: {e}")))?;
     Ok(backend.build(&insert))
-}
-
-/// The commit order of `tx` (see [`commit_order_sql`]), for maintenance
-/// transactions.
-async fn commit_order(tx: &DatabaseTransaction, backend: DbBackend) -> Result<i64, DbErr> {
-    let row = tx
-        .query_one(sea_orm::Statement::from_string(backend, commit_order_sql(backend)))
-        .await?
-        .ok_or_else(|| DbErr::Custom("no commit order".into()))?;
-    row.try_get::<i64>("", "v")
 }
 
 /// The insert of events. Their data goes in as JSON text: on PostgreSQL it is cast to
